@@ -1,0 +1,44 @@
+# The verbs users type. Each target creates .venv and installs the project on
+# first use; later runs reinstall nothing unless pyproject.toml changed.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PROFILE ?= demo
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo reports metadata-report test lab clean-reports clean-demo
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install --upgrade --quiet pip
+	$(VENV_PYTHON) -m pip install --progress-bar off -e '.[dev]'
+	$(VENV_PYTHON) -c "from cxrutils.reports import ensure_kernel; ensure_kernel()"
+	@touch $@
+
+install: $(INSTALLED)  ## create .venv and install cxrutils with its pinned dependencies
+
+demo: $(INSTALLED)  ## build the phantom demo data if missing, run every notebook, write reports/index.html
+	$(VENV_PYTHON) -m cxrutils.reports --profile demo
+
+reports: $(INSTALLED)  ## run the notebooks for PROFILE (e.g. make reports PROFILE=nih ARGS="--set data_root=/data/nih")
+	$(VENV_PYTHON) -m cxrutils.reports --profile $(PROFILE) $(ARGS)
+
+metadata-report: $(INSTALLED)  ## the EDA on the metadata shipped in torchxrayvision: no download needed
+	$(VENV_PYTHON) -m cxrutils.reports --profile metadata
+
+test: $(INSTALLED)  ## run the test suite
+	$(VENV_PYTHON) -m pytest
+
+lab: $(INSTALLED)  ## open JupyterLab on notebooks/ with the project's kernel
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-reports:  ## delete generated reports
+	rm -rf reports/*.html reports/*.ipynb reports/index.json reports/[0-9][0-9]_*/
+
+clean-demo:  ## delete the generated demo dataset
+	rm -rf data/demo

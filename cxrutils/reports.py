@@ -1,0 +1,254 @@
+"""Run the numbered notebooks headlessly with papermill and publish HTML reports.
+
+    python -m cxrutils.reports --profile NAME [--set KEY=VALUE ...] [--only NOTEBOOK ...]
+
+Each notebook receives the profile's parameters that its ``parameters`` cell
+declares, plus ``output_dir`` (``reports/<notebook>/``), where it writes
+``report_summary.json`` (status, data source, headline figures). Executed copies
+and HTML go to ``reports/``; ``reports/index.html`` lists every report. The first
+failing notebook stops the run with a non-zero exit; its HTML keeps the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cxrutils.config import ProfileError, apply_overrides, available_profiles, load_profile
+from cxrutils.paths import NOTEBOOKS_DIR, PROJ_ROOT, REPORTS_DIR, resolve
+
+KERNEL_NAME = "cxrutils"
+SUMMARY_NAME = "report_summary.json"
+INDEX_JSON_NAME = "index.json"
+STATUSES = ("ok", "skipped", "failed", "not run")
+
+
+def write_summary(output_dir: str | os.PathLike[str], *, status: str = "ok", **facts: Any) -> Path:
+    """Called by a notebook at its end: what the index shows for it.
+
+    ``status`` is ``ok``, or ``skipped`` with a ``status_reason`` (e.g. no weights).
+    """
+    if status not in ("ok", "skipped"):
+        raise ValueError(f"a notebook reports 'ok' or 'skipped', got {status!r}")
+    folder = resolve(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SUMMARY_NAME
+    path.write_text(json.dumps({"status": status, **facts}, indent=2, default=str))
+    return path
+
+
+def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The numbered notebooks, in order."""
+    return sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select_notebooks(profile: dict[str, Any], only: list[str], available: list[Path]) -> list[Path]:
+    """Notebooks of the profile (all by default), narrowed by ``--only`` (stem or number)."""
+    by_stem = {p.stem: p for p in available}
+    wanted = profile.get("notebooks") or list(by_stem)
+    unknown = [name for name in wanted if name not in by_stem]
+    if unknown:
+        raise ProfileError(f"profile {profile['name']!r} names unknown notebook(s) {unknown}; have {list(by_stem)}")
+    chosen = [by_stem[name] for name in wanted]
+    if only:
+        matches = [p for p in chosen if any(p.stem == o or p.stem.split("_")[0] == o for o in only)]
+        missing = [o for o in only if not any(p.stem == o or p.stem.split("_")[0] == o for p in chosen)]
+        if missing:
+            raise ProfileError(f"--only {missing}: not among this profile's notebooks {[p.stem for p in chosen]}")
+        chosen = matches
+    return chosen
+
+
+def ensure_kernel() -> str:
+    """Register this interpreter as the ``cxrutils`` Jupyter kernel in its own prefix.
+
+    Papermill and JupyterLab then run notebooks in this environment, whatever
+    other kernels the user has; no manual ``ipykernel install`` step.
+    """
+    from ipykernel.kernelspec import install
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        if spec.argv and Path(spec.argv[0]) == Path(sys.executable):
+            return KERNEL_NAME
+    except NoSuchKernel:
+        pass
+    install(kernel_name=KERNEL_NAME, display_name="Python (cxrutils)", prefix=sys.prefix)
+    return KERNEL_NAME
+
+
+def run_notebook(
+    notebook: Path, parameters: dict[str, Any], reports_dir: Path, show_code: bool
+) -> dict[str, Any]:
+    """Execute one notebook and export its HTML; return its index entry."""
+    import papermill as pm
+
+    output_dir = reports_dir / notebook.stem
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / SUMMARY_NAME).unlink(missing_ok=True)
+    declared = pm.inspect_notebook(str(notebook))
+    passed = {k: v for k, v in {**parameters, "output_dir": str(output_dir)}.items() if k in declared}
+    executed = reports_dir / notebook.name
+    started = time.perf_counter()
+    error: str | None = None
+    try:
+        pm.execute_notebook(
+            str(notebook), str(executed), parameters=passed, kernel_name=ensure_kernel(),
+            cwd=str(PROJ_ROOT), progress_bar=True,
+        )
+    except pm.PapermillExecutionError as err:
+        error = f"{err.ename}: {err.evalue}"
+    elapsed = time.perf_counter() - started
+    export_html(executed, reports_dir / f"{notebook.stem}.html", show_code=show_code)
+    summary_path = output_dir / SUMMARY_NAME
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() and error is None else {}
+    status = "failed" if error else summary.pop("status", "ok")
+    return {
+        "notebook": notebook.stem,
+        "status": status,
+        "status_reason": error or summary.pop("status_reason", ""),
+        "run_seconds": round(elapsed, 1),
+        "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "parameters": passed,
+        **summary,
+    }
+
+
+def export_html(executed: Path, html_path: Path, show_code: bool) -> None:
+    """HTML of an executed notebook; code cells hidden unless ``show_code``."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", exclude_input=not show_code, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    html_path.write_text(body, encoding="utf-8")
+
+
+def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) -> Path:
+    """Merge this run's entries into ``index.json`` and render ``index.html``."""
+    index_json = reports_dir / INDEX_JSON_NAME
+    previous = json.loads(index_json.read_text()) if index_json.is_file() else {}
+    for entry in entries:
+        previous[entry["notebook"]] = {**entry, "profile": profile}
+    index_json.write_text(json.dumps(previous, indent=2, default=str))
+    rows = []
+    for name in sorted(previous):
+        entry = previous[name]
+        status = entry["status"]
+        reason = f"<div class='reason'>{html.escape(str(entry.get('status_reason', '')))}</div>" if entry.get("status_reason") else ""
+        source = html.escape(str(entry.get("data_source", "")))
+        if entry.get("synthetic"):
+            source = f"<span class='synthetic'>SYNTHETIC</span> {source}"
+        link = f"<a href='{html.escape(name)}.html'>{html.escape(name)}</a>" if (reports_dir / f"{name}.html").is_file() else html.escape(name)
+        rows.append(
+            f"<tr><td>{link}</td><td class='status {status.replace(' ', '-')}'>{html.escape(status)}{reason}</td>"
+            f"<td>{entry.get('run_seconds', '')} s</td><td>{html.escape(str(entry.get('profile', '')))}</td>"
+            f"<td>{source}</td><td>{html.escape(str(entry.get('headline', '')))}</td>"
+            f"<td>{html.escape(str(entry.get('finished_at', '')))}</td></tr>"
+        )
+    page = _INDEX_TEMPLATE.format(rows="\n".join(rows), generated=dt.datetime.now().isoformat(timespec="seconds"))
+    index_html = reports_dir / "index.html"
+    index_html.write_text(page, encoding="utf-8")
+    return index_html
+
+
+_INDEX_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>cxrutils reports</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: .5rem .75rem; text-align: left; vertical-align: top; }}
+th {{ background: #f4f4f4; }}
+.status.ok {{ color: #176f2c; font-weight: 600; }}
+.status.failed {{ color: #b00020; font-weight: 600; }}
+.status.skipped, .status.not-run {{ color: #8a6d00; font-weight: 600; }}
+.reason {{ font-weight: normal; font-size: .85em; color: #555; }}
+.synthetic {{ background: #b00020; color: white; padding: 0 .3em; border-radius: 3px; font-size: .85em; }}
+</style></head><body>
+<h1>cxrutils reports</h1>
+<p>Generated {generated} by <code>python -m cxrutils.reports</code>. Reports marked
+<span class="synthetic">SYNTHETIC</span> were computed on rendered phantoms and say
+nothing about real chest X-rays.</p>
+<table><thead><tr><th>Report</th><th>Status</th><th>Run time</th><th>Profile</th>
+<th>Data source</th><th>Summary</th><th>Finished</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table></body></html>
+"""
+
+
+def prepare_data(profile: dict[str, Any]) -> None:
+    """Build the phantom dataset for profiles that declare ``demo_data``."""
+    demo = profile.get("demo_data")
+    if not demo:
+        return
+    from cxrutils.demo_data import DemoSpec, ensure_demo_dataset
+
+    settings = dict(demo)
+    root = resolve(settings.pop("root"))
+    print(f"demo data: {root}", flush=True)
+    ensure_demo_dataset(root, DemoSpec(**settings))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cxrutils.reports", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", required=True, help=f"one of {available_profiles()}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a notebook parameter, e.g. --set data_root=/data/nih")
+    parser.add_argument("--only", action="append", default=[], metavar="NOTEBOOK",
+                        help="run only this notebook (e.g. 01_eda or 01); repeatable")
+    parser.add_argument("--show-code", action="store_true", help="include code cells in the HTML")
+    parser.add_argument("--reports-dir", default=str(REPORTS_DIR), help="where reports go (default: reports/)")
+    args = parser.parse_args(argv)
+    try:
+        profile = apply_overrides(load_profile(args.profile), args.overrides)
+        notebooks = select_notebooks(profile, args.only, notebook_paths())
+        _check_overrides_are_used(args.overrides, notebooks)
+    except ProfileError as err:
+        parser.error(str(err))
+    reports_dir = resolve(args.reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data(profile)
+    entries: list[dict[str, Any]] = []
+    failed = False
+    for notebook in notebooks:
+        if failed:
+            entries.append({"notebook": notebook.stem, "status": "not run",
+                            "status_reason": "an earlier notebook failed"})
+            continue
+        print(f"== {notebook.name} ({args.profile})", flush=True)
+        entry = run_notebook(notebook, profile["parameters"], reports_dir, args.show_code)
+        entries.append(entry)
+        print(f"   {entry['status']} in {entry['run_seconds']} s -> {reports_dir / notebook.stem}.html", flush=True)
+        failed = entry["status"] == "failed"
+        if failed:
+            print(f"   error: {entry['status_reason']}", file=sys.stderr, flush=True)
+    index = write_index(entries, args.profile, reports_dir)
+    print(f"index: {index}", flush=True)
+    return 1 if failed else 0
+
+
+def _check_overrides_are_used(overrides: list[str], notebooks: list[Path]) -> None:
+    """A --set key that no selected notebook declares is almost always a typo."""
+    import papermill as pm
+
+    if not overrides:
+        return
+    declared = set().union(*(pm.inspect_notebook(str(nb)) for nb in notebooks))
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key not in declared:
+            raise ProfileError(f"--set {key}: no selected notebook has a parameter {key!r}; they have {sorted(declared)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

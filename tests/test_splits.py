@@ -1,0 +1,82 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrutils.metadata import read_metadata
+from cxrutils.splits import (
+    PatientOverlapError,
+    assert_patient_disjoint,
+    assign_official,
+    assign_random,
+    patient_overlap,
+    read_split_list,
+    split_summary,
+    write_split_list,
+)
+
+
+@pytest.fixture(scope="module")
+def nih_metadata():
+    return read_metadata(None)
+
+
+def _patients(metadata, split, side):
+    return set(metadata.loc[(split.reindex(metadata["image"]) == side).to_numpy(), "patient_id"])
+
+
+def test_split_lists_are_read_without_a_final_newline(fixtures_dir, tmp_path):
+    assert read_split_list(fixtures_dir / "test_list.txt") == ["00000003_000.png", "00000013_005.png"]
+    write_split_list(["a.png", "b.png"], tmp_path / "x.txt")
+    assert (tmp_path / "x.txt").read_bytes() == b"a.png\nb.png"
+
+
+def test_official_lists_with_validation_carved_by_patient(nih_metadata):
+    # Lists in the official shape: whole patients on one side, drawn here by patient id.
+    test_patients = set(nih_metadata["patient_id"].drop_duplicates().sample(frac=0.1, random_state=0))
+    is_test = nih_metadata["patient_id"].isin(test_patients)
+    train_val = nih_metadata.loc[~is_test, "image"].tolist()
+    test = nih_metadata.loc[is_test, "image"].tolist()
+    split = assign_official(nih_metadata, train_val, test, val_fraction=0.1, seed=7)
+    assert split.attrs["kind"] == "official"
+    assert set(split[split == "test"].index) == set(test)
+    sides = {side: _patients(nih_metadata, split, side) for side in ("train", "val", "test")}
+    assert not sides["train"] & sides["val"] and not sides["val"] & sides["test"] and not sides["train"] & sides["test"]
+    train_val_patients = sides["train"] | sides["val"]
+    assert len(sides["val"]) == round(0.1 * len(train_val_patients))
+    assert (patient_overlap(nih_metadata, split).to_numpy() == 0).all()
+    summary = split_summary(nih_metadata, split)
+    assert summary["images"].sum() == len(nih_metadata)
+    assert summary.loc["test", "patients"] == len(test_patients)
+    again = assign_official(nih_metadata, train_val, test, val_fraction=0.1, seed=7)
+    other = assign_official(nih_metadata, train_val, test, val_fraction=0.1, seed=8)
+    assert again.equals(split) and not other.equals(split)
+
+
+def test_lists_that_share_a_patient_are_an_error(fixtures_dir):
+    metadata = read_metadata(fixtures_dir / "Data_Entry_2017_v2020.csv")
+    # patient 1's two films on different sides
+    with pytest.raises(PatientOverlapError, match=r"patient_id \[1\]"):
+        assign_official(metadata, ["00000001_000.png", "00000002_000.png"], ["00000001_001.png", "00000003_000.png"],
+                        val_fraction=0.0)
+
+
+def test_lists_naming_unknown_images_are_an_error(fixtures_dir):
+    metadata = read_metadata(fixtures_dir / "Data_Entry_2017_v2020.csv")
+    with pytest.raises(ValueError, match="not in the metadata"):
+        assign_official(metadata, ["00000001_000.png", "ghost.png"], ["00000003_000.png"])
+
+
+def test_random_split_is_patient_disjoint_and_seeded(nih_metadata):
+    split = assign_random(nih_metadata, val_fraction=0.1, test_fraction=0.2, seed=0)
+    assert_patient_disjoint(nih_metadata, split)
+    counts = split.value_counts(normalize=True)
+    assert counts["test"] == pytest.approx(0.2, abs=0.02) and counts["val"] == pytest.approx(0.1, abs=0.02)
+    assert assign_random(nih_metadata, seed=0).equals(split)
+    assert not assign_random(nih_metadata, seed=1).equals(split)
+
+
+def test_overlap_check_catches_an_image_level_split(nih_metadata):
+    rng = np.random.default_rng(0)
+    by_image = pd.Series(rng.choice(["train", "val", "test"], len(nih_metadata)), index=nih_metadata["image"])
+    with pytest.raises(PatientOverlapError):
+        assert_patient_disjoint(nih_metadata, by_image)
