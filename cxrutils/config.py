@@ -36,7 +36,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw_value = text.partition("=")
     if not sep or not key.strip():
         raise ProfileError(f"--set expects KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(raw_value) if raw_value.strip() else ""
+    raw_value = raw_value.strip()
+    value = yaml.safe_load(raw_value) if raw_value else ""
+    # YAML 1.1 reads on/off/yes/no as booleans; only true/false mean a boolean here.
+    if isinstance(value, bool) and raw_value.lower() not in ("true", "false"):
+        value = raw_value
+    return key.strip(), value
 
 
 def apply_overrides(profile: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -1,0 +1,68 @@
+"""The install and the project's conventions: checks that could fail on a real mistake."""
+
+import ast
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _normalized(requirements):
+    return {Requirement(r).name.lower(): str(Requirement(r).specifier) for r in requirements}
+
+
+def test_environment_yml_carries_the_same_pins_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pyproject = _normalized(project["dependencies"] + project["optional-dependencies"]["dev"])
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    conda = _normalized([r for r in pip_section if not r.startswith("-e")])
+    assert conda == pyproject
+    assert pyproject["torch"].startswith("==") and pyproject["torchvision"].startswith("==")
+
+
+def test_pinned_torch_and_torchvision_work_together():
+    import torch
+    import torchvision
+    from torchvision.ops import nms  # fails when torchvision was built for another torch
+
+    assert torch.__version__.split("+")[0] == _normalized(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    )["torch"].lstrip("=")
+    kept = nms(torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]]), torch.tensor([0.9, 0.8, 0.7]), 0.5)
+    assert kept.tolist() == [0, 2]
+    if torch.version.cuda is not None:  # torchvision encodes CUDA 13.0 as 13000
+        tv_cuda = int(torchvision.version.cuda)
+        assert f"{tv_cuda // 1000}.{tv_cuda % 1000 // 10}" == torch.version.cuda, "CUDA builds differ"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1]
+    first_block = quick_start.split("```bash", 1)[1].split("```", 1)[0]
+    commands = re.findall(r"^(make [\w-]+)", first_block, flags=re.M)
+    assert commands == ["make demo", "make test"]
+    ci_commands = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()
+                   if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))]
+    assert ci_commands == ["make test"]
+
+
+def test_notebooks_are_committed_without_outputs_and_with_literal_parameters():
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert notebooks, "no numbered notebooks found"
+    for path in notebooks:
+        notebook = json.loads(path.read_text())
+        code_cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+        assert all(not c["outputs"] and c["execution_count"] is None for c in code_cells), path.name
+        parameter_cells = [c for c in code_cells if "parameters" in c["metadata"].get("tags", [])]
+        assert len(parameter_cells) == 1, f"{path.name}: expected one cell tagged 'parameters'"
+        tree = ast.parse("".join(parameter_cells[0]["source"]))
+        for statement in tree.body:
+            assert isinstance(statement, ast.Assign), f"{path.name}: parameters cell holds only assignments"
+            ast.literal_eval(statement.value)  # raises on anything but a literal
+        assert notebook["metadata"]["kernelspec"]["name"] == "cxrutils"

@@ -1,0 +1,72 @@
+import json
+
+import nbformat
+import pytest
+
+from cxrutils import reports
+from cxrutils.config import ProfileError, apply_overrides, load_profile, parse_override
+
+
+def test_overrides_keep_their_yaml_types():
+    assert parse_override("seed=3") == ("seed", 3)
+    assert parse_override("images_dir=null") == ("images_dir", None)
+    assert parse_override("data_root=/data/nih") == ("data_root", "/data/nih")
+    assert parse_override("integrity_check=off") == ("integrity_check", "off")  # YAML 1.1 'off' is a bool
+    with pytest.raises(ProfileError, match="KEY=VALUE"):
+        parse_override("seed")
+
+
+def test_nih_profile_demands_a_data_root():
+    with pytest.raises(ProfileError, match="--set data_root="):
+        apply_overrides(load_profile("nih"), [])
+    assert apply_overrides(load_profile("nih"), ["data_root=/x"])["parameters"]["data_root"] == "/x"
+
+
+def test_unknown_profile_lists_the_known_ones():
+    with pytest.raises(ProfileError, match="demo"):
+        load_profile("nope")
+
+
+def test_only_selects_by_name_or_number(tmp_path):
+    paths = [tmp_path / f"{n}.ipynb" for n in ("01_eda", "02_train")]
+    profile = {"name": "x", "parameters": {}}
+    assert reports.select_notebooks(profile, ["02"], paths) == [paths[1]]
+    assert reports.select_notebooks(profile, ["01_eda"], paths) == [paths[0]]
+    with pytest.raises(ProfileError, match="03"):
+        reports.select_notebooks(profile, ["03"], paths)
+
+
+def test_a_set_key_no_notebook_declares_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reports.main(["--profile", "metadata", "--set", "dataroot=/x"])
+    assert exit_info.value.code == 2
+    assert "dataroot" in capsys.readouterr().err
+
+
+def test_summary_status_is_ok_or_skipped(tmp_path):
+    reports.write_summary(tmp_path, status="skipped", status_reason="no weights")
+    assert json.loads((tmp_path / reports.SUMMARY_NAME).read_text())["status"] == "skipped"
+    with pytest.raises(ValueError, match="failed"):
+        reports.write_summary(tmp_path, status="failed")
+
+
+def test_index_merges_runs_and_shows_status_and_source(tmp_path):
+    reports.write_index([{"notebook": "01_eda", "status": "ok", "run_seconds": 3.0, "data_source": "demo",
+                          "synthetic": True}], "demo", tmp_path)
+    reports.write_index([{"notebook": "04_txv", "status": "skipped", "status_reason": "no weights"}], "demo", tmp_path)
+    page = (tmp_path / "index.html").read_text()
+    assert "01_eda" in page and "04_txv" in page and "no weights" in page and "SYNTHETIC" in page
+    assert set(json.loads((tmp_path / "index.json").read_text())) == {"01_eda", "04_txv"}
+
+
+def test_a_failing_notebook_is_reported_failed_with_its_error_in_the_html(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("output_dir = 'x'")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, nbformat.v4.new_code_cell("raise RuntimeError('corrupt PNG: images/x.png')")]
+    notebook.metadata["kernelspec"] = {"name": "cxrutils", "display_name": "Python (cxrutils)", "language": "python"}
+    path = tmp_path / "09_broken.ipynb"
+    nbformat.write(notebook, path)
+    entry = reports.run_notebook(path, {}, tmp_path / "reports", show_code=False)
+    assert entry["status"] == "failed" and "corrupt PNG" in entry["status_reason"]
+    assert "corrupt PNG: images/x.png" in (tmp_path / "reports" / "09_broken.html").read_text()
