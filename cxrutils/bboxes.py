@@ -42,8 +42,7 @@ def read_bbox_list(path: str | os.PathLike[str]) -> pd.DataFrame:
     header = [field.strip() for field in rows[0]]
     if header[:6] != _EXPECTED_HEADER_START or any(header[6:]):
         raise BBoxFormatError(
-            f"{path}: header {rows[0]} is not BBox_List_2017's "
-            f"'Image Index,Finding Label,Bbox [x,y,w,h],,,'"
+            f"{path}: header {rows[0]} is not BBox_List_2017's 'Image Index,Finding Label,Bbox [x,y,w,h],,,'"
         )
     records = []
     for line_number, row in enumerate(rows[1:], start=2):

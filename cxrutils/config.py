@@ -22,7 +22,9 @@ def load_profile(name: str, configs_dir: Path = CONFIGS_DIR) -> dict[str, Any]:
     """Read ``configs/<name>.yaml``; ``parameters`` always present."""
     path = configs_dir / f"{name}.yaml"
     if not path.is_file():
-        raise ProfileError(f"no profile {name!r}: {path} does not exist; choose one of {available_profiles(configs_dir)}")
+        raise ProfileError(
+            f"no profile {name!r}: {path} does not exist; choose one of {available_profiles(configs_dir)}"
+        )
     profile = yaml.safe_load(path.read_text()) or {}
     if not isinstance(profile, dict):
         raise ProfileError(f"{path}: expected a mapping at the top level")

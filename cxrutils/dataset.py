@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from tqdm import tqdm
 
 from cxrutils import splits as split_lib
 from cxrutils.bboxes import read_bbox_list
@@ -23,6 +22,7 @@ from cxrutils.images import full_integrity_problem, quick_integrity_problem
 from cxrutils.layout import DatasetFiles, ImageIndex, index_images, locate_files
 from cxrutils.metadata import SHIPPED_BBOX_NAME, read_metadata, shipped_data_file
 from cxrutils.paths import resolve
+from cxrutils.progress import progress_bar
 
 METADATA_ONLY = "metadata-only"
 # Written by cxrutils.demo_data into every phantom dataset it builds.
@@ -125,7 +125,9 @@ def _load_metadata_only(val_fraction: float, test_fraction: float, seed: int) ->
         boxes=read_bbox_list(shipped_data_file(SHIPPED_BBOX_NAME)),
         index=None,
         files=None,
-        description="metadata only: Data_Entry_2017_v2020.csv and BBox_List_2017.csv shipped in torchxrayvision (no images)",
+        description=(
+            "metadata only: Data_Entry_2017_v2020.csv and BBox_List_2017.csv shipped in torchxrayvision (no images)"
+        ),
         synthetic=False,
     )
 
@@ -134,9 +136,7 @@ def _empty_boxes() -> pd.DataFrame:
     return pd.DataFrame({"image": [], "finding": [], "x": [], "y": [], "w": [], "h": []})
 
 
-def find_unreadable_images(
-    paths: pd.Series, mode: IntegrityMode = "quick", workers: int = 8
-) -> pd.DataFrame:
+def find_unreadable_images(paths: pd.Series, mode: IntegrityMode = "quick", workers: int = 8) -> pd.DataFrame:
     """Check image files; return one row (image, path, problem) per bad file.
 
     ``quick`` reads each file's first and last bytes (a truncated PNG lacks its
@@ -147,7 +147,9 @@ def find_unreadable_images(
     check = {"quick": quick_integrity_problem, "full": full_integrity_problem}[mode]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         problems = list(
-            tqdm(pool.map(check, paths.to_numpy()), total=paths.size, desc=f"{mode} integrity check", unit="img")
+            progress_bar(
+                pool.map(check, paths.to_numpy()), total=paths.size, desc=f"{mode} integrity check", unit="img"
+            )
         )
     report = pd.DataFrame({"image": paths.index, "path": paths.to_numpy(), "problem": problems})
     return report[report["problem"].notna()].reset_index(drop=True)

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from cxrutils.bboxes import write_bbox_list
 from cxrutils.dataset import SYNTHETIC_MANIFEST_NAME
 from cxrutils.labels import FINDINGS, NO_FINDING
 from cxrutils.metadata import read_metadata
 from cxrutils.phantoms import render_phantom
+from cxrutils.progress import progress_bar
 from cxrutils.splits import write_split_list
 
 # Bump when the rendering or sampling changes, so cached demo data is rebuilt.
@@ -106,7 +106,9 @@ def _render_one(task: tuple[int, tuple[str, ...], str, float, DemoSpec, str]) ->
     return [(image, finding, *box) for finding, box in phantom.boxes.items()]
 
 
-def build_demo_dataset(out_dir: str | os.PathLike[str], spec: DemoSpec = DemoSpec(), workers: int | None = None) -> Path:
+def build_demo_dataset(
+    out_dir: str | os.PathLike[str], spec: DemoSpec = DemoSpec(), workers: int | None = None
+) -> Path:
     """Write a complete phantom dataset to ``out_dir`` (replaced atomically)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -115,13 +117,19 @@ def build_demo_dataset(out_dir: str | os.PathLike[str], spec: DemoSpec = DemoSpe
     try:
         (staging / "images").mkdir()
         tasks = [
-            (i, tuple(f for f in FINDINGS if row[f]), str(row["sex"]), float(row["age_years"]), spec,
-             str(staging / "images" / row["image"]))
+            (
+                i,
+                tuple(f for f in FINDINGS if row[f]),
+                str(row["sex"]),
+                float(row["age_years"]),
+                spec,
+                str(staging / "images" / row["image"]),
+            )
             for i, row in rows.iterrows()
         ]
         workers = workers or min(4, os.cpu_count() or 1)
         box_rows: list[tuple] = []
-        progress = tqdm(total=len(tasks), desc="rendering phantoms", unit="img")
+        progress = progress_bar(total=len(tasks), desc="rendering phantoms", unit="img")
         if workers > 1:
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
                 for result in pool.imap(_render_one, tasks, chunksize=16):
@@ -163,8 +171,17 @@ def _write_metadata_csv(rows: pd.DataFrame, path: Path) -> None:
     for _, row in rows.iterrows():
         labels = "|".join(f for f in FINDINGS if row[f]) or NO_FINDING
         fields = [
-            row["image"], labels, row["follow_up"], row["patient_id"], int(round(row["age_years"])), row["sex"],
-            row["view"], row["width"], row["height"], row["pixel_spacing_x"], row["pixel_spacing_y"],
+            row["image"],
+            labels,
+            row["follow_up"],
+            row["patient_id"],
+            int(round(row["age_years"])),
+            row["sex"],
+            row["view"],
+            row["width"],
+            row["height"],
+            row["pixel_spacing_x"],
+            row["pixel_spacing_y"],
         ]
         lines.append(",".join(str(v) for v in fields) + ",")
     path.write_text("\n".join(lines) + "\n")

@@ -118,7 +118,6 @@ def sample_gallery(
     return chosen
 
 
-
 def integrity_problems(dataset: NIHDataset, mode: IntegrityMode = "quick") -> pd.DataFrame:
     """Every image that cannot be used, and why: missing, unreadable, unlisted, duplicated.
 
@@ -132,7 +131,9 @@ def integrity_problems(dataset: NIHDataset, mode: IntegrityMode = "quick") -> pd
     unreadable = find_unreadable_images(index.paths, mode)
     rows += [(r.image, f"unreadable: {r.problem}", r.path) for r in unreadable.itertuples()]
     rows += [(name, "file present, not in the metadata", "") for name in index.unlisted]
-    rows += [(name, f"same file name in {len(paths)} folders", "; ".join(paths)) for name, paths in index.duplicates.items()]
+    rows += [
+        (name, f"same file name in {len(paths)} folders", "; ".join(paths)) for name, paths in index.duplicates.items()
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -51,7 +51,6 @@ def canonical_finding(name: str) -> str:
     canonical = LABEL_ALIASES.get(stripped, stripped)
     if canonical not in FINDINGS:
         raise ValueError(
-            f"unknown finding label {name!r}; expected one of {', '.join(FINDINGS)}"
-            f" (or {NO_FINDING!r} on its own)"
+            f"unknown finding label {name!r}; expected one of {', '.join(FINDINGS)} (or {NO_FINDING!r} on its own)"
         )
     return canonical

@@ -111,9 +111,7 @@ def scan_images(images_root: str | os.PathLike[str]) -> tuple[dict[str, str], di
     return paths, duplicates
 
 
-def index_images(
-    images_root: str | os.PathLike[str], listed_images: pd.Series | list[str]
-) -> ImageIndex:
+def index_images(images_root: str | os.PathLike[str], listed_images: pd.Series | list[str]) -> ImageIndex:
     """Match the image files under ``images_root`` against the metadata's names."""
     images_root = Path(images_root)
     if not images_root.is_dir():

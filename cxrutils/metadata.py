@@ -119,9 +119,7 @@ def encode_findings(finding_labels: pd.Series, source: str) -> pd.DataFrame:
         try:
             canonical_finding(unknown[0])
         except ValueError as err:
-            raise MetadataError(
-                f"{source}: row {first_row + 2} has {err}; all unknown labels: {unknown}"
-            ) from None
+            raise MetadataError(f"{source}: row {first_row + 2} has {err}; all unknown labels: {unknown}") from None
     mixed = label_lists.map(lambda labels: NO_FINDING in labels and len(labels) > 1)
     if mixed.any():
         row = int(np.flatnonzero(mixed.to_numpy())[0]) + 2
@@ -151,8 +149,7 @@ def read_metadata(csv_path: str | os.PathLike[str] | None = None) -> pd.DataFram
     unexpected = [c for c in raw.columns if c not in RAW_TO_TIDY]
     if unexpected:
         raise MetadataError(
-            f"{source}: unexpected column(s) {unexpected}; known NIH columns are "
-            f"{sorted(set(RAW_TO_TIDY))}"
+            f"{source}: unexpected column(s) {unexpected}; known NIH columns are {sorted(set(RAW_TO_TIDY))}"
         )
     frame = raw.rename(columns=RAW_TO_TIDY)
     missing = [c for c in REQUIRED_TIDY if c not in frame.columns]

@@ -26,7 +26,9 @@ def age_histogram(metadata: pd.DataFrame) -> Figure:
     plausible = metadata[~metadata["age_implausible"]]
     sns.histplot(data=plausible, x="age_years", hue="sex", bins=np.arange(0, 101, 2), multiple="stack", ax=ax)
     flagged = int(metadata["age_implausible"].sum())
-    ax.set(xlabel="age (years)", ylabel="images", title=f"Age at imaging ({flagged} impossible ages flagged, not shown)")
+    ax.set(
+        xlabel="age (years)", ylabel="images", title=f"Age at imaging ({flagged} impossible ages flagged, not shown)"
+    )
     return fig
 
 
@@ -58,10 +60,19 @@ def cooccurrence_heatmap(conditional: pd.DataFrame) -> Figure:
     """P(column | row) in percent; the diagonal is 100 by definition and masked."""
     fig, ax = plt.subplots(figsize=(9, 7.5))
     mask = np.eye(len(conditional), dtype=bool)
-    sns.heatmap(conditional, mask=mask, annot=True, fmt=".0f", cmap="rocket_r", cbar_kws={"label": "% of row images"},
-                annot_kws={"fontsize": 7}, ax=ax)
-    ax.set(title="Co-occurrence: % of images with the row finding that also have the column finding",
-           xlabel="", ylabel="")
+    sns.heatmap(
+        conditional,
+        mask=mask,
+        annot=True,
+        fmt=".0f",
+        cmap="rocket_r",
+        cbar_kws={"label": "% of row images"},
+        annot_kws={"fontsize": 7},
+        ax=ax,
+    )
+    ax.set(
+        title="Co-occurrence: % of images with the row finding that also have the column finding", xlabel="", ylabel=""
+    )
     return fig
 
 
@@ -81,16 +92,22 @@ def images_per_patient(per_patient: pd.Series) -> Figure:
     upper = int(per_patient.max())
     ax.hist(per_patient, bins=np.arange(0.5, upper + 1.5, 1 if upper <= 60 else max(1, upper // 60)), color="#4c72b0")
     ax.set_yscale("log")
-    ax.set(title=f"Images per patient (mean {per_patient.mean():.2f}, max {upper})", xlabel="images per patient",
-           ylabel="patients")
+    ax.set(
+        title=f"Images per patient (mean {per_patient.mean():.2f}, max {upper})",
+        xlabel="images per patient",
+        ylabel="patients",
+    )
     return fig
 
 
 def split_prevalence(prevalence_by_split: pd.DataFrame) -> Figure:
     """Percent of images with each finding, per split, side by side."""
     fig, ax = plt.subplots(figsize=(9, 5))
-    long = prevalence_by_split.rename_axis("finding").reset_index().melt(id_vars="finding", var_name="split",
-                                                                             value_name="percent")
+    long = (
+        prevalence_by_split.rename_axis("finding")
+        .reset_index()
+        .melt(id_vars="finding", var_name="split", value_name="percent")
+    )
     sns.barplot(data=long, y="finding", x="percent", hue="split", ax=ax)
     ax.set(title="Prevalence per split", xlabel="% of images", ylabel="")
     return fig
@@ -111,8 +128,11 @@ def bbox_sizes(boxes: pd.DataFrame) -> Figure:
     """Box width vs height per finding."""
     fig, ax = plt.subplots(figsize=(7, 5))
     sns.scatterplot(data=boxes, x="w", y="h", hue="finding", s=15, alpha=0.7, ax=ax)
-    ax.set(title=f"Bounding boxes ({len(boxes)} on {boxes['image'].nunique()} images)", xlabel="width (px)",
-           ylabel="height (px)")
+    ax.set(
+        title=f"Bounding boxes ({len(boxes)} on {boxes['image'].nunique()} images)",
+        xlabel="width (px)",
+        ylabel="height (px)",
+    )
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
     return fig
 

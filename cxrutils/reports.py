@@ -85,9 +85,7 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
-def run_notebook(
-    notebook: Path, parameters: dict[str, Any], reports_dir: Path, show_code: bool
-) -> dict[str, Any]:
+def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, show_code: bool) -> dict[str, Any]:
     """Execute one notebook and export its HTML; return its index entry."""
     import papermill as pm
 
@@ -101,8 +99,12 @@ def run_notebook(
     error: str | None = None
     try:
         pm.execute_notebook(
-            str(notebook), str(executed), parameters=passed, kernel_name=ensure_kernel(),
-            cwd=str(PROJ_ROOT), progress_bar=True,
+            str(notebook),
+            str(executed),
+            parameters=passed,
+            kernel_name=ensure_kernel(),
+            cwd=str(PROJ_ROOT),
+            progress_bar=True,
         )
     except pm.PapermillExecutionError as err:
         error = f"{err.ename}: {err.evalue}"
@@ -127,8 +129,9 @@ def export_html(executed: Path, html_path: Path, show_code: bool) -> None:
     import nbformat
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab", exclude_input=not show_code, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
+    exporter = HTMLExporter(
+        template_name="lab", exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True
+    )
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     html_path.write_text(body, encoding="utf-8")
 
@@ -144,11 +147,19 @@ def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) 
     for name in sorted(previous):
         entry = previous[name]
         status = entry["status"]
-        reason = f"<div class='reason'>{html.escape(str(entry.get('status_reason', '')))}</div>" if entry.get("status_reason") else ""
+        reason = (
+            f"<div class='reason'>{html.escape(str(entry.get('status_reason', '')))}</div>"
+            if entry.get("status_reason")
+            else ""
+        )
         source = html.escape(str(entry.get("data_source", "")))
         if entry.get("synthetic"):
             source = f"<span class='synthetic'>SYNTHETIC</span> {source}"
-        link = f"<a href='{html.escape(name)}.html'>{html.escape(name)}</a>" if (reports_dir / f"{name}.html").is_file() else html.escape(name)
+        link = (
+            f"<a href='{html.escape(name)}.html'>{html.escape(name)}</a>"
+            if (reports_dir / f"{name}.html").is_file()
+            else html.escape(name)
+        )
         rows.append(
             f"<tr><td>{link}</td><td class='status {status.replace(' ', '-')}'>{html.escape(status)}{reason}</td>"
             f"<td>{entry.get('run_seconds', '')} s</td><td>{html.escape(str(entry.get('profile', '')))}</td>"
@@ -202,10 +213,21 @@ def prepare_data(profile: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxrutils.reports", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", required=True, help=f"one of {available_profiles()}")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a notebook parameter, e.g. --set data_root=/data/nih")
-    parser.add_argument("--only", action="append", default=[], metavar="NOTEBOOK",
-                        help="run only this notebook (e.g. 01_eda or 01); repeatable")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a notebook parameter, e.g. --set data_root=/data/nih",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NOTEBOOK",
+        help="run only this notebook (e.g. 01_eda or 01); repeatable",
+    )
     parser.add_argument("--show-code", action="store_true", help="include code cells in the HTML")
     parser.add_argument("--reports-dir", default=str(REPORTS_DIR), help="where reports go (default: reports/)")
     args = parser.parse_args(argv)
@@ -222,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for notebook in notebooks:
         if failed:
-            entries.append({"notebook": notebook.stem, "status": "not run",
-                            "status_reason": "an earlier notebook failed"})
+            entries.append(
+                {"notebook": notebook.stem, "status": "not run", "status_reason": "an earlier notebook failed"}
+            )
             continue
         print(f"== {notebook.name} ({args.profile})", flush=True)
         entry = run_notebook(notebook, profile["parameters"], reports_dir, args.show_code)
@@ -247,7 +270,9 @@ def _check_overrides_are_used(overrides: list[str], notebooks: list[Path]) -> No
     for text in overrides:
         key = text.partition("=")[0].strip()
         if key not in declared:
-            raise ProfileError(f"--set {key}: no selected notebook has a parameter {key!r}; they have {sorted(declared)}")
+            raise ProfileError(
+                f"--set {key}: no selected notebook has a parameter {key!r}; they have {sorted(declared)}"
+            )
 
 
 if __name__ == "__main__":

@@ -115,8 +115,7 @@ def assert_patient_disjoint(metadata: pd.DataFrame, split: pd.Series) -> None:
     leaking = per_patient[per_patient > 1]
     if not leaking.empty:
         raise PatientOverlapError(
-            f"{leaking.size} patient(s) appear in more than one split, "
-            f"e.g. patient_id {list(leaking.index[:5])}"
+            f"{leaking.size} patient(s) appear in more than one split, e.g. patient_id {list(leaking.index[:5])}"
         )
 
 
@@ -142,8 +141,12 @@ def split_summary(metadata: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
         members = metadata[side == name]
         shared = int(overlap.loc[name].sum()) if name in overlap.index else 0
         rows.append(
-            {"split": name, "images": len(members), "patients": members["patient_id"].nunique(),
-             "patients_shared_with_other_splits": shared}
+            {
+                "split": name,
+                "images": len(members),
+                "patients": members["patient_id"].nunique(),
+                "patients_shared_with_other_splits": shared,
+            }
         )
     return pd.DataFrame(rows).set_index("split")
 

@@ -1,8 +1,8 @@
 import shutil
 
 import pytest
-
 from conftest import write_png
+
 from cxrutils.dataset import load_dataset
 from cxrutils.layout import index_images, locate_files
 

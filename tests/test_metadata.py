@@ -84,9 +84,20 @@ def test_shipped_v2020_metadata_reproduces_the_published_facts():
     assert frame["view"].value_counts().to_dict() == {"PA": 67_310, "AP": 44_810}
     assert frame["sex"].value_counts().to_dict() == {"M": 63_340, "F": 48_780}
     published = {
-        "Infiltration": 19_894, "Effusion": 13_317, "Atelectasis": 11_559, "Nodule": 6_331, "Mass": 5_782,
-        "Pneumothorax": 5_302, "Consolidation": 4_667, "Pleural_Thickening": 3_385, "Cardiomegaly": 2_776,
-        "Emphysema": 2_516, "Edema": 2_303, "Fibrosis": 1_686, "Pneumonia": 1_431, "Hernia": 227,
+        "Infiltration": 19_894,
+        "Effusion": 13_317,
+        "Atelectasis": 11_559,
+        "Nodule": 6_331,
+        "Mass": 5_782,
+        "Pneumothorax": 5_302,
+        "Consolidation": 4_667,
+        "Pleural_Thickening": 3_385,
+        "Cardiomegaly": 2_776,
+        "Emphysema": 2_516,
+        "Edema": 2_303,
+        "Fibrosis": 1_686,
+        "Pneumonia": 1_431,
+        "Hernia": 227,
     }
     assert frame[list(published)].sum().to_dict() == published
     assert frame["no_finding"].sum() == 60_361

@@ -47,8 +47,11 @@ def test_ci_runs_exactly_the_readme_test_command():
     first_block = quick_start.split("```bash", 1)[1].split("```", 1)[0]
     commands = re.findall(r"^(make [\w-]+)", first_block, flags=re.M)
     assert commands == ["make demo", "make test"]
-    ci_commands = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()
-                   if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))]
+    ci_commands = [
+        line.strip()
+        for line in (ROOT / ".ci/run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))
+    ]
     assert ci_commands == ["make test"]
 
 

@@ -51,8 +51,11 @@ def test_summary_status_is_ok_or_skipped(tmp_path):
 
 
 def test_index_merges_runs_and_shows_status_and_source(tmp_path):
-    reports.write_index([{"notebook": "01_eda", "status": "ok", "run_seconds": 3.0, "data_source": "demo",
-                          "synthetic": True}], "demo", tmp_path)
+    reports.write_index(
+        [{"notebook": "01_eda", "status": "ok", "run_seconds": 3.0, "data_source": "demo", "synthetic": True}],
+        "demo",
+        tmp_path,
+    )
     reports.write_index([{"notebook": "04_txv", "status": "skipped", "status_reason": "no weights"}], "demo", tmp_path)
     page = (tmp_path / "index.html").read_text()
     assert "01_eda" in page and "04_txv" in page and "no weights" in page and "SYNTHETIC" in page

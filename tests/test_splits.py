@@ -56,8 +56,12 @@ def test_lists_that_share_a_patient_are_an_error(fixtures_dir):
     metadata = read_metadata(fixtures_dir / "Data_Entry_2017_v2020.csv")
     # patient 1's two films on different sides
     with pytest.raises(PatientOverlapError, match=r"patient_id \[1\]"):
-        assign_official(metadata, ["00000001_000.png", "00000002_000.png"], ["00000001_001.png", "00000003_000.png"],
-                        val_fraction=0.0)
+        assign_official(
+            metadata,
+            ["00000001_000.png", "00000002_000.png"],
+            ["00000001_001.png", "00000003_000.png"],
+            val_fraction=0.0,
+        )
 
 
 def test_lists_naming_unknown_images_are_an_error(fixtures_dir):

@@ -1,0 +1,63 @@
+import hashlib
+import json
+
+import pandas as pd
+
+from cxrutils.dataset import is_synthetic, load_dataset
+from cxrutils.demo_data import DemoSpec, build_demo_dataset, ensure_demo_dataset, sample_rows
+from cxrutils.labels import BOX_FINDINGS, FINDINGS
+from cxrutils.metadata import read_metadata
+from cxrutils.splits import read_split_list
+
+
+def _digest(root):
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_sampled_rows_are_real_whole_patients_with_every_finding():
+    shipped = read_metadata(None)
+    spec = DemoSpec(n_patients=60, min_images_per_finding=5, max_images_per_patient=4, seed=1)
+    rows = sample_rows(shipped, spec)
+    assert (rows[list(FINDINGS)].sum() >= 5).all()
+    real = shipped.set_index("image").loc[rows["image"]]
+    pd.testing.assert_frame_equal(rows.set_index("image")[list(FINDINGS)], real[list(FINDINGS)])
+    per_patient = rows.groupby("patient_id").size()
+    assert per_patient.max() <= 4
+    first_films = shipped.sort_values("follow_up").groupby("patient_id").head(4)
+    kept = first_films[first_films["patient_id"].isin(per_patient.index)]
+    assert set(kept["image"]) == set(rows["image"])  # whole (capped) patients, never single films
+    assert sample_rows(shipped, spec).equals(rows)
+
+
+def test_the_phantom_root_is_in_the_nih_layout_and_marked_synthetic(tiny_phantom_root):
+    root = tiny_phantom_root
+    for name in ("Data_Entry_2017.csv", "train_val_list.txt", "test_list.txt", "BBox_List_2017.csv", "README.md"):
+        assert (root / name).is_file(), name
+    assert "SYNTHETIC" in (root / "README.md").read_text()
+    assert is_synthetic(root)
+    assert (root / "Data_Entry_2017.csv").read_text().splitlines()[0].endswith(",")  # the Kaggle quirk
+    assert not (root / "test_list.txt").read_text().endswith("\n")
+    dataset = load_dataset(root)
+    assert dataset.synthetic and dataset.split_kind == "official"
+    assert dataset.index.missing == [] and dataset.index.unlisted == []
+    assert len(dataset.metadata) == len(read_split_list(root / "train_val_list.txt")) + len(
+        read_split_list(root / "test_list.txt")
+    )
+    assert set(dataset.boxes["finding"]) <= set(BOX_FINDINGS)
+    labels = dataset.metadata.set_index("image")
+    assert all(labels.loc[box.image, box.finding] == 1 for box in dataset.boxes.itertuples())
+
+
+def test_same_seed_gives_identical_files_and_ensure_reuses_them(tmp_path, tiny_phantom_root):
+    spec = DemoSpec(**json.loads((tiny_phantom_root / "PHANTOM_DATASET.json").read_text())["spec"])
+    again = build_demo_dataset(tmp_path / "again", spec, workers=2)
+    assert _digest(again) == _digest(tiny_phantom_root)
+    marker = again / "images" / "marker.txt"
+    marker.write_text("kept")
+    ensure_demo_dataset(again, spec)  # same spec: nothing rebuilt
+    assert marker.exists()
+    other = build_demo_dataset(
+        tmp_path / "other", DemoSpec(**{**json.loads(json.dumps(spec.__dict__)), "seed": 4}), workers=1
+    )
+    assert _digest(other) != _digest(tiny_phantom_root)

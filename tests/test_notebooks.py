@@ -1,0 +1,60 @@
+"""Papermill runs of the notebooks through the reports runner, on tiny data."""
+
+import json
+
+import pytest
+
+from cxrutils import reports
+
+pytestmark = pytest.mark.notebook
+
+
+def _summary(reports_dir, notebook="01_eda"):
+    return json.loads((reports_dir / notebook / reports.SUMMARY_NAME).read_text())
+
+
+def test_eda_on_a_damaged_phantom_root_names_the_missing_and_the_truncated_file(phantom_copy, tmp_path):
+    images = sorted((phantom_copy / "images").iterdir())
+    deleted, truncated = images[0], images[1]
+    deleted.unlink()
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    reports_dir = tmp_path / "reports"
+    code = reports.main(
+        [
+            "--profile",
+            "demo",
+            "--only",
+            "01_eda",
+            "--set",
+            f"data_root={phantom_copy}",
+            "--set",
+            "integrity_check=quick",
+            "--reports-dir",
+            str(reports_dir),
+        ]
+    )
+    assert code == 0
+    summary = _summary(reports_dir)
+    problems = {p["image"]: p["problem"] for p in summary["problems"]}
+    assert set(problems) == {deleted.name, truncated.name}
+    assert "no file found" in problems[deleted.name] and "truncated" in problems[truncated.name]
+    assert summary["synthetic"] is True
+    page = (reports_dir / "01_eda.html").read_text()
+    assert deleted.name in page and truncated.name in page and "SYNTHETIC DATA" in page
+    index = (reports_dir / "index.html").read_text()
+    assert "01_eda" in index and "SYNTHETIC" in index
+    # the split shown is the phantom root's official-format lists, with no shared patients
+    assert summary["split_kind"] == "official"
+    assert all(side["patients_shared_with_other_splits"] == 0 for side in summary["split"].values())
+
+
+def test_metadata_only_eda_reproduces_the_published_v2020_facts(tmp_path):
+    reports_dir = tmp_path / "reports"
+    assert reports.main(["--profile", "metadata", "--reports-dir", str(reports_dir)]) == 0
+    summary = _summary(reports_dir)
+    facts = summary["summary"]
+    assert (facts["images"], facts["patients"], facts["view PA"], facts["view AP"]) == (112_120, 30_805, 67_310, 44_810)
+    counts = summary["label_counts"]
+    assert (counts["No Finding"], counts["Infiltration"], counts["Hernia"]) == (60_361, 19_894, 227)
+    assert summary["synthetic"] is False and summary["problems"] == []
