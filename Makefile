@@ -5,6 +5,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# torch and its CUDA libraries are ~4 GB. pip's HTTP cache is not reliable for them,
+# so they are downloaded once into a wheelhouse and installed from it offline.
+WHEELHOUSE ?= $(HOME)/.cache/cxrutils/wheels
+HEAVY_PINS := $(shell sed -n 's/^ *"\(torch[a-z]*==[^"]*\)".*/\1/p' pyproject.toml)
 PROFILE ?= demo
 
 .DEFAULT_GOAL := help
@@ -16,6 +20,10 @@ help:  ## list the targets
 $(INSTALLED): pyproject.toml
 	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
 	$(VENV_PYTHON) -m pip install --upgrade --quiet pip
+	$(VENV_PYTHON) -m pip install --quiet --no-index --find-links $(WHEELHOUSE) $(HEAVY_PINS) 2>/dev/null || { \
+	  echo "Downloading $(HEAVY_PINS) (~4 GB, once) into $(WHEELHOUSE)"; \
+	  $(VENV_PYTHON) -m pip download --quiet --progress-bar off --dest $(WHEELHOUSE) $(HEAVY_PINS) && \
+	  $(VENV_PYTHON) -m pip install --quiet --no-index --find-links $(WHEELHOUSE) $(HEAVY_PINS); }
 	$(VENV_PYTHON) -m pip install --progress-bar off -e '.[dev]'
 	$(VENV_PYTHON) -c "from cxrutils.reports import ensure_kernel; ensure_kernel()"
 	@touch $@

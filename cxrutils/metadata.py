@@ -8,6 +8,7 @@ file shipped inside torchxrayvision is used.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -139,7 +140,18 @@ def read_metadata(csv_path: str | os.PathLike[str] | None = None) -> pd.DataFram
     ``csv_path=None`` reads the v2020 metadata shipped inside torchxrayvision.
     The frame's ``attrs["source"]`` names the file it came from.
     """
-    path = Path(csv_path) if csv_path is not None else shipped_data_file(SHIPPED_METADATA_NAME)
+    if csv_path is None:
+        return _read_shipped_metadata().copy()
+    return _read_metadata_file(Path(csv_path))
+
+
+@functools.lru_cache(maxsize=1)
+def _read_shipped_metadata() -> pd.DataFrame:
+    # 112k rows take seconds to parse; the shipped file never changes within a process.
+    return _read_metadata_file(shipped_data_file(SHIPPED_METADATA_NAME))
+
+
+def _read_metadata_file(path: Path) -> pd.DataFrame:
     source = str(path)
     if not path.is_file():
         raise FileNotFoundError(f"metadata CSV not found: {path}")
