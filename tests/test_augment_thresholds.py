@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import torch
+
+from cxrutils.augment import AugmentConfig, random_affine
+from cxrutils.thresholds import choose_thresholds
+
+
+def test_identity_augmentation_returns_the_batch_unchanged():
+    batch = torch.rand(3, 1, 16, 16)
+    none = AugmentConfig(rotation_degrees=0, scale_min=1, scale_max=1, translate_fraction=0, hflip_probability=0)
+    assert random_affine(batch, none) is batch
+
+
+def test_flip_only_mirrors_each_image():
+    batch = torch.rand(4, 1, 8, 8)
+    flip = AugmentConfig(rotation_degrees=0, scale_min=1, scale_max=1, translate_fraction=0, hflip_probability=1)
+    torch.testing.assert_close(random_affine(batch, flip), batch.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_augmentation_is_per_image_and_seeded():
+    batch = torch.rand(1, 1, 32, 32).repeat(6, 1, 1, 1)
+    config = AugmentConfig()
+    first = random_affine(batch, config, torch.Generator().manual_seed(0))
+    again = random_affine(batch, config, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first[0], first[1])  # each image gets its own transform
+    assert first.shape == batch.shape
+
+
+def test_thresholds_come_from_validation_and_match_a_brute_force_youden():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (300, 3))
+    scores = np.clip(labels * 0.3 + rng.random((300, 3)) * 0.8, 0, 1)
+    thresholds = choose_thresholds(labels, scores, "youden")
+    for k in range(3):
+        def youden(t):
+            predicted = scores[:, k] >= t
+            tpr = predicted[labels[:, k] == 1].mean()
+            fpr = predicted[labels[:, k] == 0].mean()
+            return tpr - fpr
+        best = max(youden(t) for t in np.unique(scores[:, k]))
+        assert youden(thresholds[k]) == pytest.approx(best)
+    f1 = choose_thresholds(labels, scores, "max_f1")
+    assert np.all((f1 > 0) & (f1 < 1))
+
+
+def test_a_class_without_positives_gets_no_threshold():
+    labels = np.zeros((10, 2), dtype=int)
+    labels[:5, 0] = 1
+    thresholds = choose_thresholds(labels, np.random.default_rng(0).random((10, 2)), "max_f1")
+    assert np.isfinite(thresholds[0]) and np.isnan(thresholds[1])
