@@ -56,7 +56,7 @@ class Phantom:
 
 @dataclass(frozen=True)
 class _Lung:
-    """One lung as an egg-shaped ellipse cut by the mediastinum and a diaphragm dome."""
+    """One lung: a superellipse widening downwards, cut by the mediastinum and a diaphragm dome."""
 
     side: int
     centre_a: float
@@ -132,6 +132,7 @@ class _Anatomy:
     bone: float
     air_depth: float
     marking_gain: float
+    hilar_gain: float
     hilum_v: float
     rib_top: float
     rib_spacing: float
@@ -231,7 +232,8 @@ def _sample_anatomy(rng: np.random.Generator, difficulty: float, sex: str, age_y
         tissue=0.55 + jitter(0.03),
         bone=_bone_density(age_years) * (1.0 + jitter(0.08)),
         air_depth=0.37 + jitter(0.025),
-        marking_gain=1.0 + jitter(0.15),
+        marking_gain=1.0 + jitter(0.2),
+        hilar_gain=float(rng.uniform(0.6, 1.4)),
         hilum_v=centre_v - 0.035 + jitter(0.01),
         rib_top=centre_v - half_height - 0.005 + jitter(0.008),
         rib_spacing=0.056 * scale * (1.0 + jitter(0.04)),
@@ -253,6 +255,11 @@ def _sample_anatomy(rng: np.random.Generator, difficulty: float, sex: str, age_y
 
 # ---------------------------------------------------------------------------
 # Rasterising
+
+
+def _contrast(difficulty: float) -> float:
+    """Multiplier on every finding's strength."""
+    return 1.0 - (1.0 - _MIN_CONTRAST) * difficulty
 
 
 def _ramp(x: np.ndarray) -> np.ndarray:
@@ -283,6 +290,7 @@ class _Scene:
     air: np.ndarray  # lung air thickness, 0..1
     markings: np.ndarray
     heart_mask: np.ndarray
+    heart: tuple[float, float, float, float, float]  # anatomy.heart_ellipse()
     fill: np.ndarray = field(init=False)
     marking_keep: np.ndarray = field(init=False)
     lucency: np.ndarray = field(init=False)
@@ -301,7 +309,7 @@ class _Scene:
 
     @property
     def contrast(self) -> float:
-        return 1.0 - (1.0 - _MIN_CONTRAST) * self.difficulty
+        return _contrast(self.difficulty)
 
     @property
     def shrink(self) -> float:
@@ -334,14 +342,19 @@ class _Scene:
             return False
         if lung.rho(a, v) > 1.0 - margin / lung.half_width_at(v):
             return False
-        hu, hv, major, minor, tilt = self.anatomy.heart_ellipse()
+        hu, hv, major, minor, tilt = self.heart
         du, dv = self.u_of(side, a) - hu, v - hv
         x = du * math.cos(tilt) + dv * math.sin(tilt)
         y = -du * math.sin(tilt) + dv * math.cos(tilt)
         return math.hypot(x / (major + margin), y / (minor + margin)) > 1.0
 
     def sample_point(
-        self, rng: np.random.Generator, side: int, zone: tuple[float, float], margin: float, lateral: tuple[float, float] = (0.0, 1.0)
+        self,
+        rng: np.random.Generator,
+        side: int,
+        zone: tuple[float, float],
+        margin: float,
+        lateral: tuple[float, float] = (0.0, 1.0),
     ) -> tuple[float, float]:
         """A point (a, v) inside one lung, in a band of its height (0 = apex, 1 = dome)."""
         lung = self.anatomy.lung(side)
@@ -362,13 +375,15 @@ class _Scene:
         return self.base - anatomy.air_depth * aerated + markings - self.lucency + self.additive
 
 
-def _window(u: np.ndarray, v: np.ndarray, u0: float, u1: float, v0: float, v1: float) -> tuple[slice, slice, np.ndarray, np.ndarray]:
+def _window(
+    u: np.ndarray, v: np.ndarray, u0: float, u1: float, v0: float, v1: float
+) -> tuple[slice, slice, np.ndarray, np.ndarray]:
     """Pixel slices and coordinates of a normalised rectangle, clipped to the image."""
     size = u.shape[1]
-    c0 = min(size - 1, max(0, int(math.floor(u0 * size))))
-    r0 = min(size - 1, max(0, int(math.floor(v0 * size))))
-    c1 = max(c0 + 1, min(size, int(math.ceil(u1 * size)) + 1))
-    r1 = max(r0 + 1, min(size, int(math.ceil(v1 * size)) + 1))
+    c0 = min(size - 1, max(0, math.floor(u0 * size)))
+    r0 = min(size - 1, max(0, math.floor(v0 * size)))
+    c1 = max(c0 + 1, min(size, math.ceil(u1 * size) + 1))
+    r1 = max(r0 + 1, min(size, math.ceil(v1 * size) + 1))
     return slice(r0, r1), slice(c0, c1), u[:, c0:c1], v[r0:r1, :]
 
 
@@ -392,10 +407,6 @@ def _upsample(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return values
     out = Image.fromarray(values.astype(np.float32)).resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
     return np.asarray(out, dtype=np.float32)
-
-
-def _disk(u: np.ndarray, v: np.ndarray, cu: float, cv: float, radius: float, edge: float) -> np.ndarray:
-    return _ramp((radius - np.sqrt((u - cu) ** 2 + (v - cv) ** 2)) / edge)
 
 
 def _rasterise(anatomy: _Anatomy, size: int, difficulty: float, rng: np.random.Generator) -> _Scene:
@@ -489,7 +500,9 @@ def _rasterise(anatomy: _Anatomy, size: int, difficulty: float, rng: np.random.G
         full[rows, cols] = mask
         lung_masks[lung.side] = full
         # Thinner lung near its edges and the dome, so the lung greys out towards them.
-        depth = (0.55 + 0.45 * np.sqrt(np.clip(1.0 - rho**2, 0.0, 1.0))) * np.clip((lung.dome(a) - vv) / 0.05, 0.5, 1.0) ** 0.5
+        depth = (0.55 + 0.45 * np.sqrt(np.clip(1.0 - rho**2, 0.0, 1.0))) * np.clip(
+            (lung.dome(a) - vv) / 0.05, 0.5, 1.0
+        ) ** 0.5
         air[rows, cols] += mask * depth
         # Vessel texture is smooth at large sizes, so it is computed on at most ~400 px.
         step = max(1, size // 400)
@@ -506,6 +519,7 @@ def _rasterise(anatomy: _Anatomy, size: int, difficulty: float, rng: np.random.G
         air=air,
         markings=markings,
         heart_mask=heart_mask * above_domes,
+        heart=(hu, hv, major, minor, tilt),
     )
 
 
@@ -519,9 +533,14 @@ def _ribs_and_clavicles(anatomy: _Anatomy, u: np.ndarray, v: np.ndarray, size: i
         u_lo, u_hi = sorted((mid + lung.side * 0.02, mid + lung.side * (wall + 0.01)))
         rows, cols, uu, vv = _window(u, v, u_lo, u_hi, anatomy.rib_top - 0.06, lung.base_v() + 0.12)
         a = np.maximum(lung.side * (uu - mid), 0.0)
-        cage_rho = np.sqrt(((a - lung.centre_a) / (lung.half_width_at(vv) + 0.03)) ** 2 + ((vv - lung.centre_v) / (lung.half_height + 0.03)) ** 2)
+        cage_rho = np.sqrt(
+            ((a - lung.centre_a) / (lung.half_width_at(vv) + 0.03)) ** 2
+            + ((vv - lung.centre_v) / (lung.half_height + 0.03)) ** 2
+        )
         inside_cage = _ramp((1.0 - cage_rho) * lung.half_width / (3 * edge)) * _ramp((a - 0.03) / (3 * edge))
-        inside_cage = np.maximum(inside_cage, _ramp((0.09 - a) / (3 * edge)) * _ramp((a - 0.03) / (3 * edge)) * (vv > anatomy.rib_top - 0.02))
+        inside_cage = np.maximum(
+            inside_cage, _ramp((0.09 - a) / (3 * edge)) * _ramp((a - 0.03) / (3 * edge)) * (vv > anatomy.rib_top - 0.02)
+        )
         # Posterior ribs leave the spine almost level, then curve down to the lateral wall.
         arch = -0.25 * anatomy.rib_arch * a + 1.3 * anatomy.rib_arch * a**2
         index_f = (vv - anatomy.rib_top - arch) / spacing
@@ -554,7 +573,14 @@ def _ribs_and_clavicles(anatomy: _Anatomy, u: np.ndarray, v: np.ndarray, size: i
 
 
 def _vessels(
-    anatomy: _Anatomy, lung: _Lung, a: np.ndarray, v: np.ndarray, rng: np.random.Generator, size: int, rows: slice, cols: slice
+    anatomy: _Anatomy,
+    lung: _Lung,
+    a: np.ndarray,
+    v: np.ndarray,
+    rng: np.random.Generator,
+    size: int,
+    rows: slice,
+    cols: slice,
 ) -> np.ndarray:
     """Lung markings: tapering branching vessels fanning out from the hilum."""
     hilum_a = lung.medial_a + 0.035
@@ -565,7 +591,9 @@ def _vessels(
     angle = np.arctan2(dv, da) + 0.22 * _noise_field(rng, 10, size, rows, cols, shape)
     wiggle = 0.05 * _noise_field(rng, 24, size, rows, cols, shape)
     out = np.zeros_like(r)
-    for level, (per_radian, start, width, weight) in enumerate(((2.0, 0.03, 0.0045, 1.0), (4.0, 0.07, 0.0032, 0.75), (8.0, 0.14, 0.0022, 0.55))):
+    for level, (per_radian, start, width, weight) in enumerate(
+        ((2.0, 0.03, 0.0045, 1.0), (4.0, 0.07, 0.0032, 0.75), (8.0, 0.14, 0.0022, 0.55))
+    ):
         t = (angle + wiggle * (level + 1) * 0.5) * per_radian + rng.uniform(0, 1)
         nearest = np.round(t)
         strength = rng.uniform(0.4, 1.0, 64).astype(np.float32)[(nearest.astype(np.intp)) % 64]
@@ -574,7 +602,7 @@ def _vessels(
         onset = np.clip((r - start) / 0.03, 0.0, 1.0)
         out = np.maximum(out, weight * strength * onset * np.exp(-((distance / taper) ** 2)))
     hilar = np.exp(-(((da - 0.005) / 0.035) ** 2 + (dv / 0.05) ** 2))
-    return (0.075 * out * np.exp(-r / 0.28) + 0.08 * hilar).astype(np.float32)
+    return (0.075 * out * np.exp(-r / 0.28) + 0.08 * anatomy.hilar_gain * hilar).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -583,17 +611,18 @@ def _vessels(
 
 def _draw_cardiomegaly(anatomy: _Anatomy, rng: np.random.Generator, difficulty: float) -> _Anatomy:
     """Enlarge the heart to a cardiothoracic ratio above 0.5."""
-    contrast = 1.0 - (1.0 - _MIN_CONTRAST) * difficulty
-    ctr = 0.515 + rng.uniform(0.0, 0.13) * contrast
+    # Skewed towards borderline hearts, as most labelled cardiomegaly is.
+    ctr = 0.51 + 0.14 * rng.uniform(0.0, 1.0) ** 1.5 * _contrast(difficulty)
     growth = ctr / anatomy.heart.ctr
-    heart = replace(anatomy.heart, ctr=float(ctr), height=anatomy.heart.height * growth**0.4,
-                    tilt=anatomy.heart.tilt * 0.85)
+    heart = replace(
+        anatomy.heart, ctr=float(ctr), height=anatomy.heart.height * growth**0.4, tilt=anatomy.heart.tilt * 0.85
+    )
     return replace(anatomy, heart=heart)
 
 
 def _draw_emphysema(anatomy: _Anatomy, rng: np.random.Generator, difficulty: float) -> _Anatomy:
     """Hyperinflation: bigger, darker lungs, flat low domes, pruned vessels, narrow heart."""
-    strength = (1.0 - (1.0 - _MIN_CONTRAST) * difficulty) * rng.uniform(0.7, 1.0)
+    strength = _contrast(difficulty) * rng.uniform(0.35, 1.0)
     drop = 0.07 * strength
     lungs = tuple(
         replace(
@@ -606,8 +635,9 @@ def _draw_emphysema(anatomy: _Anatomy, rng: np.random.Generator, difficulty: flo
         )
         for lung in anatomy.lungs
     )
-    heart = replace(anatomy.heart, ctr=anatomy.heart.ctr * (1.0 - 0.1 * strength),
-                    height=anatomy.heart.height * (1.0 + 0.1 * strength))
+    # A narrow, vertical heart; an enlarged one (cardiomegaly drawn first) stays enlarged.
+    ctr = anatomy.heart.ctr if anatomy.heart.ctr > 0.5 else anatomy.heart.ctr * (1.0 - 0.1 * strength)
+    heart = replace(anatomy.heart, ctr=ctr, height=anatomy.heart.height * (1.0 + 0.1 * strength))
     return replace(
         anatomy,
         lungs=lungs,
@@ -645,7 +675,7 @@ def _round_opacity(scene: _Scene, rng: np.random.Generator, radius: float, lobul
 
 def _draw_nodule(scene: _Scene, rng: np.random.Generator) -> _Patch:
     radius = rng.uniform(0.015, 0.035) * scene.shrink
-    return _round_opacity(scene, rng, radius, lobulation=0.05, density=rng.uniform(0.55, 0.8))
+    return _round_opacity(scene, rng, radius, lobulation=0.05, density=rng.uniform(0.6, 0.9))
 
 
 def _draw_mass(scene: _Scene, rng: np.random.Generator) -> _Patch:
@@ -660,20 +690,24 @@ def _draw_effusion(scene: _Scene, rng: np.random.Generator) -> _Patch:
     footprints = []
     for i, side in enumerate(sides):
         lung = scene.anatomy.lung(side)
-        depth = rng.uniform(0.05, 0.16) * scene.shrink * (1.0 if i == 0 else 0.6)
-        climb = rng.uniform(0.03, 0.07) * scene.shrink
-        soft = rng.uniform(0.012, 0.03)
+        # Mostly small: many effusions only blunt the costophrenic angle.
+        volume = (0.2 + 0.8 * rng.uniform(0.0, 1.0) ** 1.5) * (1.0 if i == 0 else 0.6)
         base_v = lung.base_v()
+        lateral_level = base_v - (0.03 + 0.15 * volume) * scene.shrink
+        medial_level = lateral_level + 0.02 + 0.05 * volume
+        soft = rng.uniform(0.012, 0.03)
         rows, cols, uu, vv = scene.window(
             *sorted((scene.u_of(side, lung.medial_a - 0.02), scene.u_of(side, lung.lateral_extent() + 0.02))),
-            lung.dome_top - depth - climb - soft - 0.02, base_v + 0.02,
+            lateral_level - soft - 0.02,
+            base_v + 0.02,
         )
         a = scene.lateral(side, uu)
         lateral = np.clip((a - lung.medial_a) / (lung.lateral_extent() - lung.medial_a), 0.0, 1.0)
-        surface = lung.dome_top - depth + 0.25 * (base_v - lung.dome_top) - climb * lateral**2
+        # The meniscus: fluid climbs highest against the lateral chest wall.
+        surface = medial_level - (medial_level - lateral_level) * lateral**2
         shape = np.clip((vv - surface) / soft + 0.5, 0.0, 1.0) ** 1.5
         patch = _Patch(rows, cols, shape.astype(np.float32))
-        scene.add_fill(_Patch(rows, cols, rng.uniform(0.8, 0.95) * min(1.0, scene.contrast * 1.15) * shape))
+        scene.add_fill(_Patch(rows, cols, rng.uniform(0.55, 0.9) * scene.contrast * shape))
         footprints.append(scene.lung_footprint(side, patch))
     return footprints[0]
 
@@ -682,7 +716,7 @@ def _draw_pneumothorax(scene: _Scene, rng: np.random.Generator) -> _Patch:
     """An apical/lateral rim of pleural air without markings, edged by the visceral pleura."""
     side = _random_side(rng)
     lung = scene.anatomy.lung(side)
-    rim = rng.uniform(0.18, 0.4) * scene.shrink  # in units of the normalised lung radius
+    rim = rng.uniform(0.08, 0.32) * scene.shrink  # in units of the normalised lung radius
     start, stop = rng.uniform(-0.6, -0.1), rng.uniform(1.6, 2.4)  # radians, 0 = lateral, pi/2 = apex
     u_lo, u_hi = sorted((scene.u_of(side, lung.medial_a - 0.01), scene.u_of(side, lung.lateral_extent() + 0.01)))
     rows, cols, uu, vv = scene.window(u_lo, u_hi, lung.apex_v - 0.01, lung.base_v())
@@ -691,7 +725,7 @@ def _draw_pneumothorax(scene: _Scene, rng: np.random.Generator) -> _Patch:
     dy = (lung.centre_v - vv) / lung.half_height
     angle = np.arctan2(dy, dx)
     sector = np.clip((angle - start) / 0.35, 0.0, 1.0) * np.clip((stop - angle) / 0.35, 0.0, 1.0)
-    thickness = rim * sector ** 0.5
+    thickness = rim * sector**0.5
     rho = np.sqrt(dx**2 + dy**2)
     pleura_rho = 1.0 - thickness
     scale = lung.half_width
@@ -700,21 +734,23 @@ def _draw_pneumothorax(scene: _Scene, rng: np.random.Generator) -> _Patch:
     lung_mask = scene.lung_masks[side][rows, cols]
     strength = scene.contrast
     scene.marking_keep[rows, cols] *= 1.0 - space
-    scene.lucency[rows, cols] += 0.08 * strength * space * lung_mask
-    scene.additive[rows, cols] += 0.07 * strength * line * lung_mask
+    scene.lucency[rows, cols] += 0.055 * strength * space * lung_mask
+    scene.additive[rows, cols] += 0.06 * strength * line * lung_mask
     return _Patch(rows, cols, (np.maximum(space, line) * lung_mask).astype(np.float32))
 
 
 def _draw_edema(scene: _Scene, rng: np.random.Generator) -> _Patch:
     """Bilateral perihilar haze (bat-wing) fading towards the periphery."""
-    density = rng.uniform(0.45, 0.65) * scene.contrast
+    density = rng.uniform(0.1, 0.4) * scene.contrast
     reach = rng.uniform(0.11, 0.16) * scene.shrink
     footprints = []
     for side in (RIGHT, LEFT):
         lung = scene.anatomy.lung(side)
         ha, hv = lung.medial_a + 0.06, scene.anatomy.hilum_v + 0.03
         rows, cols, uu, vv = scene.window(
-            *sorted((scene.u_of(side, lung.medial_a - 0.01), scene.u_of(side, ha + 3 * reach))), hv - 2.5 * reach, hv + 2.5 * reach
+            *sorted((scene.u_of(side, lung.medial_a - 0.01), scene.u_of(side, ha + 3 * reach))),
+            hv - 2.5 * reach,
+            hv + 2.5 * reach,
         )
         a = scene.lateral(side, uu)
         haze = np.exp(-(((a - ha) / (1.4 * reach)) ** 2) - ((vv - hv) / (1.5 * reach)) ** 2)
@@ -735,10 +771,10 @@ def _draw_hernia(scene: _Scene, rng: np.random.Generator) -> _Patch:
     r = np.sqrt((uu - cu) ** 2 + (vv - cv) ** 2)
     disk = _ramp((radius - r) / (1.5 * scene.edge)) * np.sqrt(np.clip(1.0 - (r / radius) ** 2, 0.2, 1.0))
     scene.additive[rows, cols] += 0.08 * scene.contrast * disk
-    if rng.random() < 0.6:
+    if rng.random() < 0.5:
         level = cv + rng.uniform(-0.3, 0.3) * radius
         gas = _ramp((radius * 0.92 - r) / scene.edge) * _ramp((level - vv) / scene.edge)
-        scene.additive[rows, cols] -= 0.16 * scene.contrast * gas
+        scene.additive[rows, cols] -= 0.1 * scene.contrast * gas
     return _Patch(rows, cols, disk.astype(np.float32))
 
 
@@ -756,7 +792,9 @@ def _draw_atelectasis(scene: _Scene, rng: np.random.Generator) -> _Patch:
         along = (uu - cu) * math.cos(tilt) + (vv - cv) * math.sin(tilt)
         across = -(uu - cu) * math.sin(tilt) + (vv - cv) * math.cos(tilt)
         bend = 0.15 * length * (2 * along / length) ** 2
-        shape = np.exp(-(((across - bend) / half_thick) ** 2)) * np.clip(1.0 - (2 * along / length) ** 2, 0.0, 1.0) ** 0.5
+        shape = (
+            np.exp(-(((across - bend) / half_thick) ** 2)) * np.clip(1.0 - (2 * along / length) ** 2, 0.0, 1.0) ** 0.5
+        )
         density = rng.uniform(0.7, 0.95)
     else:
         lung = scene.anatomy.lung(side)
@@ -765,7 +803,9 @@ def _draw_atelectasis(scene: _Scene, rng: np.random.Generator) -> _Patch:
         direction = math.atan2(cv - hv, a - ha)
         spread = math.radians(rng.uniform(9.0, 16.0)) * scene.shrink
         rows, cols, uu, vv = scene.window(
-            *sorted((scene.u_of(side, lung.medial_a), scene.u_of(side, lung.lateral_extent()))), hv - 0.05, lung.base_v()
+            *sorted((scene.u_of(side, lung.medial_a), scene.u_of(side, lung.lateral_extent()))),
+            hv - 0.05,
+            lung.base_v(),
         )
         da, dv = scene.lateral(side, uu) - ha, vv - hv
         off = np.abs(np.arctan2(dv, da) - direction)
@@ -777,7 +817,9 @@ def _draw_atelectasis(scene: _Scene, rng: np.random.Generator) -> _Patch:
     return scene.lung_footprint(side, _Patch(rows, cols, shape.astype(np.float32)))
 
 
-def _patchy(scene: _Scene, rng: np.random.Generator, zone: tuple[float, float], radius: float, cells: int, threshold: float) -> tuple[int, _Patch]:
+def _patchy(
+    scene: _Scene, rng: np.random.Generator, zone: tuple[float, float], radius: float, cells: int, threshold: float
+) -> tuple[int, _Patch]:
     """An ill-defined cluster of blotches in one lung zone."""
     side = _random_side(rng)
     a, cv = scene.sample_point(rng, side, zone, margin=0.3 * radius)
@@ -826,14 +868,16 @@ def _draw_consolidation(scene: _Scene, rng: np.random.Generator) -> _Patch:
     ragged = 1.0 + 0.12 * _noise_field(rng, 18, scene.size, rows, cols)
     r = np.sqrt(((uu - cu) / half_w) ** 2 + ((vv - cv) / half_h) ** 2)
     # Sharp where the fissure bounds the lobe, a short fade into aerated lung elsewhere.
-    shape = np.clip((ragged - r) / 0.45, 0.0, 1.0) ** 0.7 * _ramp((vv - fissure - tilt * (uu - cu)) / (1.5 * scene.edge))
+    shape = np.clip((ragged - r) / 0.45, 0.0, 1.0) ** 0.7 * _ramp(
+        (vv - fissure - tilt * (uu - cu)) / (1.5 * scene.edge)
+    )
     ha, hv = lung.medial_a, scene.anatomy.hilum_v
     la = scene.lateral(side, uu)
     angle = np.arctan2(vv - hv, la - ha) + 0.1 * _noise_field(rng, 16, scene.size, rows, cols)
     t = angle * 9.0 + rng.uniform(0, 1)
     dist = np.sqrt((la - ha) ** 2 + (vv - hv) ** 2)
     bronchi = np.exp(-(((t - np.round(t)) / 9.0 * dist / 0.0025) ** 2)) * np.clip(1.0 - dist / 0.35, 0.0, 1.0)
-    density = rng.uniform(0.8, 0.95) * min(1.0, scene.contrast * 1.1)
+    density = rng.uniform(0.6, 0.9) * scene.contrast
     scene.add_fill(_Patch(rows, cols, density * shape * (1.0 - 0.45 * bronchi)))
     return scene.lung_footprint(side, _Patch(rows, cols, shape.astype(np.float32)))
 
@@ -842,7 +886,7 @@ def _draw_fibrosis(scene: _Scene, rng: np.random.Generator) -> _Patch:
     """Reticular lines, upper-zone or subpleural, usually bilateral."""
     upper = rng.random() < 0.6
     sides = [RIGHT, LEFT] if rng.random() < 0.8 else [_random_side(rng)]
-    density = rng.uniform(0.6, 0.8) * scene.contrast
+    density = rng.uniform(0.2, 0.55) * scene.contrast
     footprints = []
     for side in sides:
         lung = scene.anatomy.lung(side)
@@ -852,7 +896,9 @@ def _draw_fibrosis(scene: _Scene, rng: np.random.Generator) -> _Patch:
         if upper:
             zone = np.clip((lung.centre_v - vv) / 0.15 + 0.5, 0.0, 1.0)
         else:
-            zone = np.clip((lung.rho(a, vv) - 0.6) / 0.2, 0.0, 1.0) * np.clip((vv - lung.centre_v + 0.1) / 0.1, 0.0, 1.0)
+            zone = np.clip((lung.rho(a, vv) - 0.6) / 0.2, 0.0, 1.0) * np.clip(
+                (vv - lung.centre_v + 0.1) / 0.1, 0.0, 1.0
+            )
         width = 0.3
         net = np.maximum(
             np.exp(-((_noise_field(rng, 36, scene.size, rows, cols) / width) ** 2)),
@@ -924,7 +970,7 @@ def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
         half = Image.fromarray(image).resize((max(1, width // 2), max(1, height // 2)), Image.Resampling.BOX)
         small = _gaussian_blur(np.asarray(half, dtype=np.float32), math.sqrt(sigma**2 - 1.0) / 2)
         return np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
-    radius = max(1, int(math.ceil(3.0 * sigma)))
+    radius = max(1, math.ceil(3.0 * sigma))
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     taps = (taps / taps.sum()).astype(np.float32)
     out = image
@@ -940,7 +986,9 @@ def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def _expose(density: np.ndarray, anatomy: _Anatomy, rng: np.random.Generator, size: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _expose(
+    density: np.ndarray, anatomy: _Anatomy, rng: np.random.Generator, size: int, u: np.ndarray, v: np.ndarray
+) -> np.ndarray:
     ramp = math.cos(anatomy.gradient_angle) * (u - 0.5) + math.sin(anatomy.gradient_angle) * (v - 0.5)
     film = anatomy.black + anatomy.gain * density * (1.0 + anatomy.gradient * ramp)
     film = np.clip(film, 0.0, 1.0) ** anatomy.gamma
@@ -968,7 +1016,7 @@ def _box(patch: _Patch) -> tuple[float, float, float, float]:
 
 def _validate(findings: Collection[str], size: int, difficulty: float, sex: str) -> frozenset[str]:
     if isinstance(findings, str):
-        raise ValueError(f"findings must be a collection of labels, not the string {findings!r}")
+        raise TypeError(f"findings must be a collection of labels, not the string {findings!r}")
     unknown = [f for f in findings if f not in FINDINGS]
     if unknown:
         raise ValueError(f"unknown finding label {unknown[0]!r}; expected a subset of {', '.join(FINDINGS)}")
