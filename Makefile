@@ -12,7 +12,7 @@ HEAVY_PINS := $(shell sed -n 's/^ *"\(torch[a-z]*==[^"]*\)".*/\1/p' pyproject.to
 PROFILE ?= demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reports metadata-report test lab clean-reports clean-demo
+.PHONY: help install demo reports metadata-report test bench lab clean-reports clean-demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -42,11 +42,14 @@ metadata-report: $(INSTALLED)  ## the EDA on the metadata shipped in torchxrayvi
 test: $(INSTALLED)  ## run the test suite
 	$(VENV_PYTHON) -m pytest
 
+bench: $(INSTALLED)  ## data path and training-step throughput (benchmarks/; add BENCH_ARGS="--preset gpu" on a GPU)
+	$(VENV_PYTHON) benchmarks/bench_training.py --out reports/benchmark.json $(BENCH_ARGS)
+
 lab: $(INSTALLED)  ## open JupyterLab on notebooks/ with the project's kernel
 	$(VENV)/bin/jupyter lab notebooks/
 
 clean-reports:  ## delete generated reports
 	rm -rf reports/*.html reports/*.ipynb reports/index.json reports/[0-9][0-9]_*/
 
-clean-demo:  ## delete the generated demo dataset
-	rm -rf data/demo
+clean-demo:  ## delete the generated demo dataset, its image cache and the demo run
+	rm -rf data/demo data/cache/demo_* runs/demo

@@ -147,11 +147,14 @@ def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) 
     for name in sorted(previous):
         entry = previous[name]
         status = entry["status"]
+        status_text = status
         reason = (
             f"<div class='reason'>{html.escape(str(entry.get('status_reason', '')))}</div>"
             if entry.get("status_reason")
             else ""
         )
+        if status == "skipped" and entry.get("status_reason"):  # e.g. "skipped (no weights)": not a failure
+            status_text, reason = f"skipped ({entry['status_reason']})", ""
         source = html.escape(str(entry.get("data_source", "")))
         if entry.get("synthetic"):
             source = f"<span class='synthetic'>SYNTHETIC</span> {source}"
@@ -161,7 +164,7 @@ def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) 
             else html.escape(name)
         )
         rows.append(
-            f"<tr><td>{link}</td><td class='status {status.replace(' ', '-')}'>{html.escape(status)}{reason}</td>"
+            f"<tr><td>{link}</td><td class='status {status.replace(' ', '-')}'>{html.escape(status_text)}{reason}</td>"
             f"<td>{entry.get('run_seconds', '')} s</td><td>{html.escape(str(entry.get('profile', '')))}</td>"
             f"<td>{source}</td><td>{html.escape(str(entry.get('headline', '')))}</td>"
             f"<td>{html.escape(str(entry.get('finished_at', '')))}</td></tr>"
@@ -206,6 +209,9 @@ def prepare_data(profile: dict[str, Any]) -> None:
 
     settings = dict(demo)
     root = resolve(settings.pop("root"))
+    data_root = profile["parameters"].get("data_root")
+    if data_root and resolve(data_root) != root:
+        return  # --set data_root points elsewhere: the demo data is not needed
     print(f"demo data: {root}", flush=True)
     ensure_demo_dataset(root, DemoSpec(**settings))
 
@@ -239,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     reports_dir = resolve(args.reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    prepare_data(profile)
+    if _declares(notebooks, "data_root"):  # only notebooks that read a dataset root need the demo data
+        prepare_data(profile)
     entries: list[dict[str, Any]] = []
     failed = False
     for notebook in notebooks:
@@ -258,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     index = write_index(entries, args.profile, reports_dir)
     print(f"index: {index}", flush=True)
     return 1 if failed else 0
+
+
+def _declares(notebooks: list[Path], parameter: str) -> bool:
+    import papermill as pm
+
+    return any(parameter in pm.inspect_notebook(str(notebook)) for notebook in notebooks)
 
 
 def _check_overrides_are_used(overrides: list[str], notebooks: list[Path]) -> None:

@@ -68,6 +68,12 @@ def read_history(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     return pd.DataFrame(json.loads((Path(run_dir) / HISTORY_JSON).read_text()))
 
 
+def read_bad_files(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """image, path, reason of every image skipped as unreadable (empty when none was)."""
+    path = Path(run_dir) / BAD_FILES_NAME
+    return pd.read_csv(path, dtype=str) if path.is_file() else pd.DataFrame(columns=["image", "path", "reason"])
+
+
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads((Path(run_dir) / CONFIG_NAME).read_text())
 

@@ -40,3 +40,17 @@ def tiny_phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def phantom_copy(tiny_phantom_root: Path, tmp_path: Path) -> Path:
     """A private, writable copy of the tiny phantom dataset."""
     return Path(shutil.copytree(tiny_phantom_root, tmp_path / "demo"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seconds-long training run (tiny profile) on the tiny phantom root; returns its run folder (read-only)."""
+    from cxrutils.train import load_train_config, train
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    config = load_train_config(
+        "tiny",
+        {"data_root": str(tiny_phantom_root), "runs_dir": str(folder / "runs"), "cache_dir": str(folder / "cache"),
+         "name": "tiny"},
+    )
+    return train(config).run_dir

@@ -1,0 +1,196 @@
+"""The training engine on tiny phantom data: run folder, resume, determinism, DDP, missing weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import cxrutils.train as train_module
+from cxrutils import run_folder
+from cxrutils.labels import FINDINGS
+from cxrutils.model import IMAGENET_DENSENET121_FILE, WeightsNotFoundError
+from cxrutils.train import load_train_config, train
+
+TESTS_DIR = Path(__file__).parent
+
+
+def _config(root: Path, tmp: Path, **overrides):
+    return load_train_config(
+        "tiny",
+        {"data_root": str(root), "runs_dir": str(tmp / "runs"), "cache_dir": str(tmp / "cache"), "name": "run",
+         **overrides},
+    )
+
+
+def _checkpoint(run_dir: Path) -> dict:
+    return run_folder.load_checkpoint(run_dir / run_folder.LAST_CHECKPOINT)
+
+
+def test_a_run_writes_everything_later_notebooks_read(tiny_phantom_root, tmp_path):
+    result = train(_config(tiny_phantom_root, tmp_path))
+    run_dir = result.run_dir
+    config = run_folder.read_config(run_dir)
+    assert config["label_order"] == list(FINDINGS) and config["synthetic"] is True
+    history = run_folder.read_history(run_dir)
+    assert history["epoch"].tolist() == [1, 2]
+    for column in ("train_loss", "val_loss", "val_auroc_mean", "lr", "epoch_seconds", "train_images_per_second"):
+        assert np.isfinite(history[column]).all(), column
+    assert {f"val_auroc_{f}" for f in FINDINGS} <= set(history.columns)
+    assert pd.read_csv(run_dir / run_folder.HISTORY_CSV)["epoch"].tolist() == [1, 2]
+    best = run_folder.load_checkpoint(run_dir / run_folder.BEST_CHECKPOINT)
+    assert best["epoch"] == result.best_epoch and best["label_order"] == list(FINDINGS)
+    # Validation predictions of the best epoch: one row per validation image, probabilities in [0, 1].
+    predictions = run_folder.read_predictions(run_dir, "val")
+    assert len(predictions) == config["val_images"]
+    probabilities = predictions[[f"prob_{f}" for f in FINDINGS]].to_numpy()
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    thresholds = run_folder.read_thresholds(run_dir)
+    assert set(thresholds) == {"youden", "max_f1"} and set(thresholds["youden"]) == set(FINDINGS)
+    # Nothing half-written is left behind.
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_the_same_seed_gives_the_same_metrics_on_the_cpu(tiny_phantom_root, tmp_path):
+    first = run_folder.read_history(train(_config(tiny_phantom_root, tmp_path, name="a")).run_dir)
+    second = run_folder.read_history(train(_config(tiny_phantom_root, tmp_path, name="b")).run_dir)
+    columns = ["train_loss", "val_loss", "val_auroc_mean"]
+    pd.testing.assert_frame_equal(first[columns], second[columns])
+
+
+def test_a_run_killed_mid_epoch_resumes_with_identical_state(tiny_phantom_root, tmp_path, monkeypatch):
+    epochs = 3
+    reference_dir = train(_config(tiny_phantom_root, tmp_path, name="whole", epochs=epochs)).run_dir
+
+    # Kill the second run in the middle of epoch 2: augmentation runs once per training batch.
+    calls = {"n": 0}
+    real_affine = train_module.random_affine
+
+    def dying_affine(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 1 has 3 training batches: this is batch 2 of epoch 2
+            raise KeyboardInterrupt("simulated kill")
+        return real_affine(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "random_affine", dying_affine)
+    config = _config(tiny_phantom_root, tmp_path, name="killed", epochs=epochs)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.setattr(train_module, "random_affine", real_affine)
+    killed_dir = config.run_dir
+    assert _checkpoint(killed_dir)["epoch"] == 1
+    with pytest.raises(FileExistsError, match="resume"):
+        train(config)  # a fresh start would overwrite the run: refused
+
+    train(config, resume=True)
+    history = run_folder.read_history(killed_dir)
+    assert history["epoch"].tolist() == list(range(1, epochs + 1))  # no gap, no duplicate
+    reference_history = run_folder.read_history(reference_dir)
+    columns = ["train_loss", "val_loss", "val_auroc_mean", "lr"]
+    pd.testing.assert_frame_equal(history[columns], reference_history[columns])
+
+    resumed, reference = _checkpoint(killed_dir), _checkpoint(reference_dir)
+    assert resumed["epoch"] == reference["epoch"] == epochs
+    assert resumed["scheduler"] == reference["scheduler"]
+    assert resumed["best_epoch"] == reference["best_epoch"]
+    for key, tensor in reference["model"].items():
+        assert torch.equal(resumed["model"][key], tensor), key
+    assert resumed["optimizer"]["param_groups"] == reference["optimizer"]["param_groups"]
+    for index, state in reference["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(resumed["optimizer"]["state"][index][name], value), (index, name)
+
+
+def test_resume_refuses_changed_settings(tiny_phantom_root, tmp_path):
+    train(_config(tiny_phantom_root, tmp_path, epochs=1))
+    with pytest.raises(ValueError, match="lr"):
+        train(_config(tiny_phantom_root, tmp_path, epochs=2, lr=0.5), resume=True)
+
+
+def test_absent_imagenet_weights_fail_before_anything_is_written(tiny_phantom_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    config = _config(tiny_phantom_root, tmp_path, weights="imagenet")
+    with pytest.raises(WeightsNotFoundError) as error:
+        train(config)
+    assert IMAGENET_DENSENET121_FILE in str(error.value)
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in str(error.value)
+    assert not config.run_dir.exists()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_unknown_settings_and_profiles_are_named(tmp_path):
+    with pytest.raises(ValueError, match="learning_rate"):
+        load_train_config("tiny", {"learning_rate": 0.1})
+    with pytest.raises(FileNotFoundError, match="no_such_profile"):
+        load_train_config("no_such_profile")
+
+
+def test_the_shipped_profiles_carry_the_recipes():
+    nih = load_train_config("nih")
+    assert (nih.weights, nih.strategy, nih.head, nih.input_size, nih.cache_size) == ("imagenet", "full", "gap", 224, 256)
+    assert (nih.scheduler, nih.plateau_factor, nih.plateau_patience) == ("plateau", 0.1, 5)
+    assert 64 <= nih.batch_size <= 128 and nih.amp and nih.augment.hflip_probability > 0
+    partial = load_train_config("nih_partial")
+    assert (partial.strategy, partial.head, partial.class_weighting, partial.epochs) == (
+        "freeze_through_denseblock3", "lse", "pos_weight", 20)
+
+
+def test_torchrun_with_two_cpu_processes_trains_and_only_rank_0_writes(tiny_phantom_root, tmp_path):
+    write_log = tmp_path / "writes.log"
+    env = {**os.environ, "CXRUTILS_WRITE_LOG": str(write_log), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(TESTS_DIR / "ddp_probe.py"), "--config", "tiny",
+        "--set", f"data_root={tiny_phantom_root}", "--set", f"runs_dir={tmp_path / 'runs'}",
+        "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "name=ddp",
+    ]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    lines = [line.split(" ", 1) for line in write_log.read_text().splitlines()]
+    started = sorted(rank for rank, what in lines if what == "start")
+    writers = {rank for rank, what in lines if what != "start"}
+    assert started == ["0", "1"]  # both processes trained
+    assert writers == {"0"}  # only rank 0 wrote to the run folder
+    config = json.loads((tmp_path / "runs" / "ddp" / run_folder.CONFIG_NAME).read_text())
+    assert config["world_size"] == 2
+    assert run_folder.read_history(tmp_path / "runs" / "ddp")["epoch"].tolist() == [1, 2]
+
+
+def test_training_learns_the_phantoms(tmp_path_factory):
+    """A short CPU run on easy phantoms separates the two most visible findings well above chance."""
+    from cxrutils.demo_data import DemoSpec, build_demo_dataset
+
+    folder = tmp_path_factory.mktemp("learnable")
+    spec = DemoSpec(n_patients=60, image_size=64, seed=1, difficulty=0.1, min_images_per_finding=0,
+                    max_images_per_patient=4)
+    root = build_demo_dataset(folder / "demo", spec, workers=1)
+    config = load_train_config("demo", {
+        "data_root": str(root), "runs_dir": str(folder / "runs"), "cache_dir": str(folder / "cache"),
+        "name": "learn", "epochs": 6, "batch_size": 16, "val_fraction": 0.35, "early_stopping_patience": 6,
+    })
+    result = train(config)
+    history = run_folder.read_history(result.run_dir)
+    assert history["train_loss"].iloc[-1] < 0.8 * history["train_loss"].iloc[0]
+    best = history.loc[history["epoch"] == result.best_epoch].iloc[0]
+    print(best.filter(like="val_auroc_"))
+    assert best["val_auroc_mean"] > 0.6
+
+
+def test_unreadable_images_stop_training_unless_skipped_and_then_are_listed(phantom_copy, tmp_path):
+    from cxrutils.images import ImageReadError
+
+    damaged = sorted((phantom_copy / "images").iterdir())[3]
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    with pytest.raises(ImageReadError, match=damaged.name):
+        train(_config(phantom_copy, tmp_path, name="strict"))
+    result = train(_config(phantom_copy, tmp_path, name="lenient", skip_bad_images=True, epochs=1))
+    bad_files = run_folder.read_bad_files(result.run_dir)
+    assert bad_files["image"].tolist() == [damaged.name]
+    assert "truncated" in bad_files["reason"].iloc[0] or "corrupt" in bad_files["reason"].iloc[0]
