@@ -1,0 +1,285 @@
+"""DeLong's test for AUROCs: the variance of one, and the paired test of two on the same images.
+
+Fast DeLong (Sun & Xu, IEEE Signal Processing Letters 2014): the structural
+components
+
+    V10[i] = mean over negatives j of psi(X_i, Y_j)   (one per positive image)
+    V01[j] = mean over positives i of psi(X_i, Y_j)   (one per negative image)
+
+with psi = 1 if the positive scores higher, 1/2 on a tie, 0 otherwise, come from
+three midrank vectors instead of the m x n pair table, so the cost is one sort:
+O(n log n). AUROC is the mean of V10 (or of V01), and
+
+    var(AUROC) = var(V10) / m + var(V01) / n        (DeLong et al., Biometrics 1988)
+
+with sample variances. Two models scored on the same images have a covariance
+from the same formula, which gives the paired test of their difference.
+
+**Patients as clusters.** DeLong treats images as independent. NIH has about 3.6
+films per patient and a patient's films are alike, so image-level variances are
+too small. With ``clusters`` (patient ids) the variance is Obuchowski's (Biometrics
+1997) clustered form of the same statistic: each patient contributes the sum of
+its images' centred structural components, and patients are the independent
+units. With one image per patient it is DeLong's variance with each of its two
+terms scaled by K (m - 1) / ((K - 1) m) (K patients; n for m in the second), a
+small-sample factor near 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+AdjustMethod = Literal["holm", "bh"]
+
+
+# --------------------------------------------------------------------------- structural components
+
+
+def midrank(values: Any) -> np.ndarray:
+    """1-based ranks of ``values`` with ties given the mean of the ranks they span."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    order = np.argsort(x, kind="stable")
+    ordered = x[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], x.size]  # exclusive
+    group_rank = (starts + ends + 1) / 2.0  # mean of the 1-based ranks starts+1 .. ends
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.repeat(group_rank, ends - starts)
+    return ranks
+
+
+def _check_labels_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (n,) as bool and scores as (k, n) float64, or an error saying what is wrong."""
+    y = np.asarray(labels).reshape(-1)
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0 or 1; found {np.unique(y[~np.isin(y, (0, 1))])[:5]}")
+    s = np.asarray(scores, dtype=np.float64)
+    s = s[None, :] if s.ndim == 1 else s
+    if s.ndim != 2 or s.shape[1] != y.size:
+        raise ValueError(f"scores must be (n_images,) or (n_models, n_images) with n_images={y.size}; "
+                         f"got shape {np.shape(scores)}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"scores hold {int((~np.isfinite(s)).sum())} NaN or infinite values")
+    y = y.astype(bool)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        raise ValueError(f"AUROC needs positives and negatives; got {positives} positives and {negatives} negatives")
+    return y, s
+
+
+def structural_components(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUROCs (k,), V10 (k, m) over positives and V01 (k, n) over negatives, by midranks.
+
+    ``scores`` is (n_images,) for one model or (k, n_images) for k models on the
+    same images. Positives and negatives keep their order in ``labels``.
+    """
+    y, s = _check_labels_scores(labels, scores)
+    m, n = int(y.sum()), int((~y).sum())
+    k = s.shape[0]
+    v10, v01 = np.empty((k, m)), np.empty((k, n))
+    for r in range(k):
+        positive, negative = s[r, y], s[r, ~y]
+        rank_all = midrank(s[r])
+        # A positive's rank among everything minus its rank among positives counts
+        # the negatives below it (ties as 1/2); symmetrically for negatives.
+        v10[r] = (rank_all[y] - midrank(positive)) / n
+        v01[r] = 1.0 - (rank_all[~y] - midrank(negative)) / m
+    return v10.mean(axis=1), v10, v01
+
+
+def _covariance(
+    labels: np.ndarray, aurocs: np.ndarray, v10: np.ndarray, v01: np.ndarray, clusters: Any | None
+) -> np.ndarray:
+    """(k, k) covariance of the AUROC estimates, image-level (DeLong) or patient-clustered."""
+    m, n = v10.shape[1], v01.shape[1]
+    if clusters is None:
+        if m < 2 or n < 2:
+            raise ValueError(f"DeLong's variance needs at least 2 positives and 2 negatives; got {m} and {n}")
+        return np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    ids = np.asarray(clusters).reshape(-1)
+    if ids.size != labels.size:
+        raise ValueError(f"{ids.size} cluster ids for {labels.size} images")
+    if pd.isna(pd.Series(ids)).any():
+        raise ValueError("cluster ids hold missing values; every image needs its patient")
+    codes, uniques = pd.factorize(ids)
+    n_clusters = len(uniques)
+    if n_clusters < 2:
+        raise ValueError("the clustered variance needs at least 2 clusters (patients)")
+    centred = np.zeros((aurocs.size, n_clusters))
+    # Each image's centred structural component, summed per patient.
+    for r in range(aurocs.size):
+        centred[r] += np.bincount(codes[labels], weights=v10[r] - aurocs[r], minlength=n_clusters) / m
+        centred[r] += np.bincount(codes[~labels], weights=v01[r] - aurocs[r], minlength=n_clusters) / n
+    return n_clusters / (n_clusters - 1) * (centred @ centred.T)
+
+
+def delong_covariance(labels: Any, scores: Any, clusters: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """AUROCs (k,) and their (k, k) covariance matrix for k models on the same images.
+
+    ``clusters`` (e.g. patient ids, one per image) switches to the patient-clustered
+    variance; without it images are taken as independent (DeLong 1988).
+    """
+    y, _ = _check_labels_scores(labels, scores)
+    aurocs, v10, v01 = structural_components(labels, scores)
+    return aurocs, _covariance(y, aurocs, v10, v01, clusters)
+
+
+def _z_quantile(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def two_sided_p(z: float) -> float:
+    """Two-sided normal p-value of ``z`` (1 at z = 0, 0 at infinite z)."""
+    return math.erfc(abs(z) / math.sqrt(2.0))
+
+
+# --------------------------------------------------------------------------- one AUROC
+
+
+@dataclass(frozen=True)
+class AurocEstimate:
+    """One AUROC with its DeLong variance and a normal interval clipped to [0, 1]."""
+
+    auroc: float
+    variance: float
+    ci_low: float
+    ci_high: float
+    positives: int
+    negatives: int
+
+
+def delong_auroc(
+    labels: Any, scores: Any, clusters: Any | None = None, confidence: float = 0.95
+) -> AurocEstimate:
+    """AUROC of one score vector with its DeLong (or patient-clustered) variance."""
+    y, _ = _check_labels_scores(labels, scores)
+    aurocs, covariance = delong_covariance(labels, scores, clusters)
+    auroc, variance = float(aurocs[0]), float(covariance[0, 0])
+    half = _z_quantile(confidence) * math.sqrt(max(variance, 0.0))
+    return AurocEstimate(auroc, variance, max(0.0, auroc - half), min(1.0, auroc + half),
+                         int(y.sum()), int((~y).sum()))
+
+
+# --------------------------------------------------------------------------- paired test
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """DeLong's paired test of AUROC(a) - AUROC(b) on the same images."""
+
+    auroc_a: float
+    auroc_b: float
+    difference: float  # a - b
+    variance: float  # of the difference
+    z: float
+    p_value: float  # two-sided
+    ci_low: float
+    ci_high: float
+    positives: int
+    negatives: int
+
+
+def delong_paired_test(
+    labels: Any, scores_a: Any, scores_b: Any, clusters: Any | None = None, confidence: float = 0.95
+) -> PairedTest:
+    """Two-sided test of equal AUROCs for two models scored on the same images.
+
+    The variance of the difference is computed from the difference of the two
+    models' structural components (equal to var_a + var_b - 2 cov_ab, without the
+    cancellation), so models that rank every image alike get exactly zero: then
+    the difference is 0 and p = 1.
+    """
+    y, both = _check_labels_scores(labels, np.vstack([np.ravel(scores_a), np.ravel(scores_b)]))
+    aurocs, v10, v01 = structural_components(y, both)
+    difference_components = (aurocs[:1] - aurocs[1:], v10[:1] - v10[1:], v01[:1] - v01[1:])
+    variance = float(_covariance(y, *difference_components, clusters)[0, 0])
+    difference = float(aurocs[0] - aurocs[1])
+    if variance > 0:
+        z = difference / math.sqrt(variance)
+        p_value = two_sided_p(z)
+    else:  # identical rankings: no evidence of a difference (and the difference is 0)
+        z, p_value = (0.0, 1.0) if difference == 0 else (math.copysign(math.inf, difference), 0.0)
+    half = _z_quantile(confidence) * math.sqrt(max(variance, 0.0))
+    return PairedTest(float(aurocs[0]), float(aurocs[1]), difference, variance, z, p_value,
+                      difference - half, difference + half, int(y.sum()), int((~y).sum()))
+
+
+def delong_per_class(
+    labels: Any,
+    scores_a: Any,
+    scores_b: Any,
+    class_names: Sequence[str],
+    clusters: Any | None = None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """The paired test for each column of (n_images, n_classes) labels and scores.
+
+    Rows: one per class. Columns: auroc_a, auroc_b, difference, ci_low, ci_high
+    (normal interval of the difference), z, p_value, positives, negatives, note.
+    A class without 2 positives and 2 negatives (or 2 patients) gets NaN and a note.
+    """
+    y = np.asarray(labels)
+    a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    if not (y.ndim == 2 and y.shape == a.shape == b.shape and y.shape[1] == len(class_names)):
+        raise ValueError(f"labels {y.shape}, scores_a {a.shape} and scores_b {b.shape} must all be "
+                         f"(n_images, {len(class_names)})")
+    rows = []
+    for k, name in enumerate(class_names):
+        positives, negatives = int((y[:, k] == 1).sum()), int((y[:, k] == 0).sum())
+        row: dict[str, Any] = {"finding": name, "positives": positives, "negatives": negatives, "note": ""}
+        if positives < 2 or negatives < 2:
+            row.update(dict.fromkeys(("auroc_a", "auroc_b", "difference", "ci_low", "ci_high", "z", "p_value"),
+                                     np.nan), note=f"not tested: {positives} positives, {negatives} negatives")
+        else:
+            test = delong_paired_test(y[:, k], a[:, k], b[:, k], clusters=clusters, confidence=confidence)
+            row.update(auroc_a=test.auroc_a, auroc_b=test.auroc_b, difference=test.difference,
+                       ci_low=test.ci_low, ci_high=test.ci_high, z=test.z, p_value=test.p_value)
+        rows.append(row)
+    columns = ["finding", "auroc_a", "auroc_b", "difference", "ci_low", "ci_high", "z", "p_value",
+               "positives", "negatives", "note"]
+    table = pd.DataFrame(rows)[columns].set_index("finding")
+    table.attrs.update(confidence=confidence, variance="patient-clustered (Obuchowski 1997)"
+                       if clusters is not None else "images independent (DeLong 1988)")
+    return table
+
+
+# --------------------------------------------------------------------------- multiplicity
+
+
+def adjust_p_values(p_values: Any, method: AdjustMethod = "holm") -> np.ndarray:
+    """Multiplicity-adjusted p-values, in the input order; NaN entries stay NaN and do not count.
+
+    - ``holm``: Holm's step-down, controls the family-wise error rate.
+    - ``bh``: Benjamini-Hochberg step-up, controls the false discovery rate
+      (independent or positively dependent tests).
+    """
+    p = np.asarray(p_values, dtype=np.float64).reshape(-1)
+    tested = np.isfinite(p)
+    if ((p[tested] < 0) | (p[tested] > 1)).any():
+        raise ValueError(f"p-values must lie in [0, 1]; got {p[tested][(p[tested] < 0) | (p[tested] > 1)][:5]}")
+    adjusted = np.full(p.shape, np.nan)
+    values = p[tested]
+    m = values.size
+    if m == 0:
+        return adjusted
+    order = np.argsort(values, kind="stable")
+    ranked = values[order]
+    if method == "holm":
+        stepped = np.maximum.accumulate((m - np.arange(m)) * ranked)
+    elif method == "bh":
+        stepped = np.minimum.accumulate((m / np.arange(1, m + 1) * ranked)[::-1])[::-1]
+    else:
+        raise ValueError(f"unknown adjustment {method!r}; choose 'holm' or 'bh'")
+    result = np.empty(m)
+    result[order] = np.minimum(stepped, 1.0)
+    adjusted[tested] = result
+    return adjusted

@@ -1,0 +1,230 @@
+"""Fast DeLong against its O(n^2) definition, the bootstrap, and hand-computed adjustments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from cxrutils.delong import (
+    adjust_p_values,
+    delong_auroc,
+    delong_covariance,
+    delong_paired_test,
+    delong_per_class,
+    midrank,
+    structural_components,
+)
+
+
+def _brute_force(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROCs and covariance from the pair table: psi = 1, 1/2 on ties, 0 (DeLong 1988)."""
+    y = labels.astype(bool)
+    m, n = int(y.sum()), int((~y).sum())
+    v10, v01 = np.empty((len(scores), m)), np.empty((len(scores), n))
+    for r, s in enumerate(scores):
+        positive, negative = s[y], s[~y]
+        psi = np.empty((m, n))
+        for i in range(m):
+            for j in range(n):
+                psi[i, j] = 1.0 if positive[i] > negative[j] else 0.5 if positive[i] == negative[j] else 0.0
+        v10[r], v01[r] = psi.mean(axis=1), psi.mean(axis=0)
+    aurocs = v10.mean(axis=1)
+    s10 = (v10 - aurocs[:, None]) @ (v10 - aurocs[:, None]).T / (m - 1)
+    s01 = (v01 - aurocs[:, None]) @ (v01 - aurocs[:, None]).T / (n - 1)
+    return aurocs, s10 / m + s01 / n
+
+
+def _correlated_scores(rng: np.random.Generator, n: int, prevalence: float = 0.3):
+    labels = (rng.random(n) < prevalence).astype(int)
+    shared = rng.normal(size=n)
+    scores_a = 1.0 * labels + shared + 0.7 * rng.normal(size=n)
+    scores_b = 0.6 * labels + shared + 0.7 * rng.normal(size=n)
+    return labels, scores_a, scores_b
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    y = labels.astype(bool)
+    m, n = y.sum(), (~y).sum()
+    return float((midrank(scores)[y].sum() - m * (m + 1) / 2) / (m * n))
+
+
+def test_midrank_averages_tied_ranks() -> None:
+    np.testing.assert_array_equal(midrank([3.0, 1.0, 3.0, 2.0, 3.0]), [4.0, 1.0, 4.0, 2.0, 4.0])
+    np.testing.assert_array_equal(midrank([5.0, 5.0]), [1.5, 1.5])
+
+
+@pytest.mark.parametrize("seed, decimals", [(0, None), (1, 1), (2, 0)])
+def test_fast_delong_equals_the_pair_table_definition(seed: int, decimals: int | None) -> None:
+    rng = np.random.default_rng(seed)
+    labels, scores_a, scores_b = _correlated_scores(rng, 90)
+    scores = np.vstack([scores_a, scores_b, -scores_a + 0.3 * scores_b])
+    if decimals is not None:  # coarse rounding makes many ties, within and across classes
+        scores = np.round(scores, decimals)
+    aurocs, covariance = delong_covariance(labels, scores)
+    expected_aurocs, expected_covariance = _brute_force(labels, scores)
+    np.testing.assert_allclose(aurocs, expected_aurocs, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(covariance, expected_covariance, rtol=0, atol=1e-12)
+    assert covariance[0, 1] > 0  # the shared component makes the two AUROCs correlated
+    for r in range(len(scores)):
+        assert aurocs[r] == pytest.approx(roc_auc_score(labels, scores[r]), abs=1e-12)
+
+
+def test_structural_components_are_the_pair_table_means() -> None:
+    labels = np.array([1, 0, 1, 0, 0, 1])
+    scores = np.array([0.9, 0.9, 0.2, 0.1, 0.5, 0.5])
+    aurocs, v10, v01 = structural_components(labels, scores)
+    # positives 0.9, 0.2, 0.5 against negatives 0.9, 0.1, 0.5
+    np.testing.assert_allclose(v10[0], [(0.5 + 1 + 1) / 3, (0 + 1 + 0) / 3, (0 + 1 + 0.5) / 3])
+    np.testing.assert_allclose(v01[0], [(0.5 + 0 + 0) / 3, (1 + 1 + 1) / 3, (1 + 0 + 0.5) / 3])
+    assert aurocs[0] == pytest.approx(roc_auc_score(labels, scores))
+
+
+def test_delong_variance_matches_a_large_image_bootstrap() -> None:
+    rng = np.random.default_rng(7)
+    labels, scores_a, scores_b = _correlated_scores(rng, 400)
+    estimate = delong_auroc(labels, scores_a)
+    paired = delong_paired_test(labels, scores_a, scores_b)
+    boot_a, boot_diff = [], []
+    while len(boot_a) < 4000:
+        index = rng.integers(0, labels.size, labels.size)
+        y = labels[index]
+        if y.min() == y.max():
+            continue
+        a = _auroc(y, scores_a[index])
+        boot_a.append(a)
+        boot_diff.append(a - _auroc(y, scores_b[index]))
+    assert estimate.variance == pytest.approx(np.var(boot_a, ddof=1), rel=0.10)
+    assert paired.variance == pytest.approx(np.var(boot_diff, ddof=1), rel=0.10)
+    assert estimate.ci_low < estimate.auroc < estimate.ci_high
+
+
+def test_clustered_variance_ignores_duplicated_films_while_image_level_halves() -> None:
+    rng = np.random.default_rng(3)
+    labels, scores_a, _ = _correlated_scores(rng, 150)
+    singletons = np.arange(labels.size)
+    once = delong_auroc(labels, scores_a, clusters=singletons)
+    twice = delong_auroc(np.repeat(labels, 2), np.repeat(scores_a, 2), clusters=np.repeat(singletons, 2))
+    assert twice.auroc == pytest.approx(once.auroc, abs=1e-12)
+    assert twice.variance == pytest.approx(once.variance, rel=1e-10)
+    image_level_twice = delong_auroc(np.repeat(labels, 2), np.repeat(scores_a, 2))
+    assert image_level_twice.variance < 0.6 * once.variance  # pretends to know twice as much
+
+
+def test_clustered_variance_with_one_image_per_patient_is_delong_up_to_the_small_sample_factor() -> None:
+    rng = np.random.default_rng(4)
+    labels, scores_a, _ = _correlated_scores(rng, 120)
+    y = labels.astype(bool)
+    m, n, k = int(y.sum()), int((~y).sum()), labels.size
+    _, v10, v01 = structural_components(labels, scores_a)
+    expected = k / (k - 1) * (np.var(v10, ddof=1) * (m - 1) / m**2 + np.var(v01, ddof=1) * (n - 1) / n**2)
+    clustered = delong_auroc(labels, scores_a, clusters=np.arange(k)).variance
+    assert clustered == pytest.approx(expected, rel=1e-12)
+    assert clustered == pytest.approx(delong_auroc(labels, scores_a).variance, rel=0.02)
+
+
+def test_clustered_variance_matches_a_patient_bootstrap() -> None:
+    rng = np.random.default_rng(11)
+    n_patients = 200
+    films = rng.integers(1, 6, n_patients)
+    patient = np.repeat(np.arange(n_patients), films)
+    # A patient's films share a disease tendency and a score offset: strongly clustered.
+    disease = rng.normal(size=n_patients)[patient]
+    labels = (disease + 0.5 * rng.normal(size=patient.size) > 0.6).astype(int)
+    scores = labels + rng.normal(size=n_patients)[patient] + 0.5 * rng.normal(size=patient.size)
+    clustered = delong_auroc(labels, scores, clusters=patient).variance
+    members = [np.flatnonzero(patient == p) for p in range(n_patients)]
+    boot = []
+    while len(boot) < 4000:
+        index = np.concatenate([members[p] for p in rng.integers(0, n_patients, n_patients)])
+        if labels[index].min() != labels[index].max():
+            boot.append(_auroc(labels[index], scores[index]))
+    assert clustered == pytest.approx(np.var(boot, ddof=1), rel=0.10)
+    assert clustered > 1.3 * delong_auroc(labels, scores).variance  # image-level is too narrow here
+
+
+def test_paired_test_of_identical_rankings_gives_p_one() -> None:
+    rng = np.random.default_rng(5)
+    labels, scores_a, _ = _correlated_scores(rng, 200)
+    for other in (scores_a, np.exp(scores_a) * 3 + 1):  # identical, and a monotone transform
+        test = delong_paired_test(labels, scores_a, other)
+        assert test.difference == 0.0 and test.variance == 0.0
+        assert test.z == 0.0 and test.p_value == 1.0
+        clustered = delong_paired_test(labels, scores_a, other, clusters=np.arange(labels.size) // 3)
+        assert clustered.p_value == 1.0
+
+
+def test_paired_test_detects_a_strong_difference_and_is_antisymmetric() -> None:
+    rng = np.random.default_rng(6)
+    labels = (rng.random(500) < 0.4).astype(int)
+    informative = 2.0 * labels + rng.normal(size=500)
+    noise = rng.normal(size=500)
+    forward = delong_paired_test(labels, informative, noise)
+    backward = delong_paired_test(labels, noise, informative)
+    assert forward.auroc_a > 0.85 and abs(forward.auroc_b - 0.5) < 0.08
+    assert forward.p_value < 1e-12
+    assert forward.ci_low > 0.2
+    assert backward.difference == pytest.approx(-forward.difference)
+    assert backward.z == pytest.approx(-forward.z)
+    assert backward.p_value == pytest.approx(forward.p_value)
+
+
+def test_paired_test_p_value_is_uniform_ish_under_the_null() -> None:
+    # Two exchangeable models: p < 0.05 about 5% of the time (loose bounds: 200 trials).
+    rng = np.random.default_rng(8)
+    rejections = 0
+    for _ in range(200):
+        labels = (rng.random(120) < 0.3).astype(int)
+        shared = labels + rng.normal(size=120)
+        test = delong_paired_test(labels, shared + rng.normal(size=120), shared + rng.normal(size=120))
+        rejections += test.p_value < 0.05
+    assert 2 <= rejections <= 22
+
+
+def test_all_tied_scores_give_one_half_and_zero_variance() -> None:
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    estimate = delong_auroc(labels, np.full(6, 0.3))
+    assert estimate.auroc == 0.5 and estimate.variance == 0.0
+
+
+def test_inputs_that_cannot_be_scored_raise_clear_errors() -> None:
+    with pytest.raises(ValueError, match="0 positives"):
+        delong_auroc(np.zeros(5), np.arange(5.0))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        delong_auroc([0, 1, 0, 1], [0.1, np.nan, 0.3, 0.4])
+    with pytest.raises(ValueError, match="0 or 1"):
+        delong_auroc([0, 2, 0, 1], [0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(ValueError, match="cluster ids"):
+        delong_auroc([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], clusters=[1, 2])
+
+
+def test_per_class_table_tests_each_class_and_skips_unscorable_ones() -> None:
+    rng = np.random.default_rng(9)
+    labels, scores_a, scores_b = _correlated_scores(rng, 150)
+    rare = np.zeros(150, dtype=int)
+    rare[3] = 1
+    table = delong_per_class(np.c_[labels, rare], np.c_[scores_a, scores_a], np.c_[scores_b, scores_b],
+                             ["Effusion", "Hernia"])
+    single = delong_paired_test(labels, scores_a, scores_b)
+    assert table.loc["Effusion", "p_value"] == pytest.approx(single.p_value)
+    assert table.loc["Effusion", "difference"] == pytest.approx(single.difference)
+    assert np.isnan(table.loc["Hernia", "p_value"]) and "1 positives" in table.loc["Hernia", "note"]
+    assert table.attrs["variance"].startswith("images independent")
+
+
+def test_holm_and_benjamini_hochberg_match_hand_computed_values() -> None:
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max
+    np.testing.assert_allclose(adjust_p_values(p, "holm"), [0.03, 0.06, 0.06, 0.02])
+    # BH: sorted times 4/1, 4/2, 4/3, 4/4 = 0.02, 0.02, 0.04, 0.04 -> running min from the top
+    np.testing.assert_allclose(adjust_p_values(p, "bh"), [0.02, 0.04, 0.04, 0.02])
+    # BH's step-up lets a larger p pull a smaller one down: 0.04*3/2=0.06 > 0.045*3/3=0.045
+    np.testing.assert_allclose(adjust_p_values([0.04, 0.045, 0.001], "bh"), [0.045, 0.045, 0.003])
+    # capped at 1; NaN (untested classes) kept and not counted in m
+    np.testing.assert_allclose(adjust_p_values([0.5, np.nan, 0.6], "holm"), [1.0, np.nan, 1.0])
+    np.testing.assert_allclose(adjust_p_values([0.02, np.nan, 0.04], "bh"), [0.04, np.nan, 0.04])
+    assert np.isnan(adjust_p_values([np.nan, np.nan])).all()
+    with pytest.raises(ValueError, match="unknown adjustment"):
+        adjust_p_values(p, "bonferroni")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        adjust_p_values([1.5])
