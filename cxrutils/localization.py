@@ -153,10 +153,16 @@ def box_mask(box: Box, shape: tuple[int, int]) -> np.ndarray:
 
 
 def pointing_game_hit(heatmap: Any, box: Box) -> bool:
-    """True when the heatmap's maximum (first one in row-major order) falls inside the box."""
+    """True when the heatmap's maximum falls inside the box.
+
+    An upsampled coarse map has a flat plateau at its maximum (it reaches the image
+    edge for an edge cell), and the first pixel of it in row-major order would always
+    be its top-left corner; the point taken is the plateau pixel nearest its centroid.
+    """
     values = np.asarray(heatmap, dtype=np.float64)
-    row, col = np.unravel_index(int(np.argmax(values)), values.shape)
-    return bool(box_mask(box, values.shape)[row, col])
+    rows, cols = np.nonzero(values >= values.max() - 1e-9)
+    nearest = int(np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2))
+    return bool(box_mask(box, values.shape)[rows[nearest], cols[nearest]])
 
 
 def iobb(heatmap: Any, box: Box, threshold: float = 0.5) -> float:

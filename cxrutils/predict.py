@@ -17,13 +17,19 @@ import pandas as pd
 import torch
 
 from cxrutils import run_folder
-from cxrutils.cache import CachedImageDataset, build_cache, make_loader
-from cxrutils.dataset import load_dataset
+from cxrutils.cache import CachedImageDataset, make_loader
 from cxrutils.labels import FINDINGS
 from cxrutils.model import ChestXrayDenseNet
-from cxrutils.paths import resolve
 from cxrutils.progress import progress_bar
-from cxrutils.train import Distributed, TrainConfig, autocast_dtype, default_cache_dir, prepare_batch, select_device
+from cxrutils.train import (
+    Distributed,
+    TrainConfig,
+    autocast_dtype,
+    load_training_dataset,
+    open_image_cache,
+    prepare_batch,
+    select_device,
+)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TTA_SUFFIX = "_hflip_tta"
@@ -51,16 +57,6 @@ def load_run_model(
     model.eval()
     details = {k: v for k, v in checkpoint.items() if k in ("epoch", "best_epoch", "best_val_auroc_mean")}
     return model, config, details
-
-
-def _cache_dir(run_dir: Path, config: TrainConfig) -> Path:
-    """The cache the run trained from: config.json records it resolved; else as training would choose."""
-    saved = run_dir / run_folder.CONFIG_NAME
-    if saved.is_file():
-        recorded = run_folder.read_config(run_dir).get("cache_dir")
-        if recorded:
-            return resolve(recorded)
-    return resolve(config.cache_dir) if config.cache_dir else default_cache_dir(config)
 
 
 @torch.no_grad()
@@ -116,14 +112,8 @@ def predict_split(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     run_dir = Path(run_dir)
     model, config, details = load_run_model(run_dir)
-    dataset = load_dataset(
-        config.data_root, images_dir=config.images_dir, val_fraction=config.val_fraction, seed=config.seed
-    )
-    if dataset.index is None:
-        raise ValueError(f"{config.data_root}: a metadata-only dataset has no images to predict on")
-    cache = build_cache(
-        dataset.index.paths, _cache_dir(run_dir, config), size=config.cache_size, skip_bad=config.skip_bad_images
-    )
+    dataset = load_training_dataset(config)
+    cache = open_image_cache(dataset, config)
     metadata = dataset.metadata
     in_split = (dataset.split.reindex(metadata["image"]) == split).to_numpy()
     usable = set(cache.names[cache.usable])

@@ -299,6 +299,32 @@ def default_cache_dir(config: TrainConfig) -> Path:
     return DATA_DIR / "cache" / f"{resolve(config.data_root).name}_{config.cache_size}"
 
 
+def image_cache_dir(config: TrainConfig) -> Path:
+    """Where a config's image cache lives: ``cache_dir`` if set, else data/cache/<root>_<size>."""
+    return resolve(config.cache_dir) if config.cache_dir else default_cache_dir(config)
+
+
+def open_image_cache(dataset: NIHDataset, config: TrainConfig) -> ImageCache:
+    """The config's image cache: reused when complete, otherwise built (or its interrupted build resumed).
+
+    Training, prediction and the comparison all come through here, so they share one
+    fingerprint and never rebuild each other's cache.
+    """
+    return build_cache(listed_image_paths(dataset, config), image_cache_dir(config), size=config.cache_size,
+                       skip_bad=config.skip_bad_images)
+
+
+def read_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
+    """A run's ``config.json`` as a ``TrainConfig``.
+
+    ``config.json`` also records facts about the run that are not settings (device,
+    world size, image counts, ...); they are dropped here. Its ``cache_dir`` is the
+    resolved folder the run trained from.
+    """
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig.from_dict({k: v for k, v in run_folder.read_config(run_dir).items() if k in known})
+
+
 def _rng_state() -> dict[str, Any]:
     """Every generator's state as plain Python values (safe to pickle, gather and load with weights_only)."""
     kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
@@ -336,6 +362,16 @@ def load_training_dataset(config: TrainConfig) -> NIHDataset:
                         seed=config.seed)
 
 
+def listed_image_paths(dataset: NIHDataset, config: TrainConfig) -> pd.Series:
+    """Every image the metadata lists, found or not: a missing file then stops the cache build
+    with its name, or (``skip_bad_images``) is listed in ``bad_files.csv``; it is never dropped silently."""
+    if dataset.index is None:
+        raise ValueError("training needs images: data_root is metadata-only; point it at a dataset folder")
+    images_root = resolve(config.images_dir or config.data_root)
+    missing = pd.Series({name: str(images_root / name) for name in dataset.index.missing}, dtype=object)
+    return pd.concat([dataset.index.paths, missing]) if len(missing) else dataset.index.paths
+
+
 def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset | None = None) -> TrainResult:
     """Train per ``config``.
 
@@ -368,9 +404,9 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
     model = build_model(config.weights, head=config.head, lse_r=config.lse_r, strategy=config.strategy)  # type: ignore[arg-type]
 
     dataset = dataset or load_training_dataset(config)
-    cache_dir = resolve(config.cache_dir) if config.cache_dir else default_cache_dir(config)
+    cache_dir = image_cache_dir(config)
     if ddp.is_main:
-        cache = build_cache(dataset.index.paths, cache_dir, size=config.cache_size, skip_bad=config.skip_bad_images)
+        cache = open_image_cache(dataset, config)
     if ddp.enabled:
         dist.barrier()
     if not ddp.is_main:
@@ -550,8 +586,7 @@ def augmented_sample(
 ) -> tuple[torch.Tensor, list[str]]:
     """The first training images of the cache as the model sees them after augmentation."""
     dataset = dataset or load_training_dataset(config)
-    cache_dir = resolve(config.cache_dir) if config.cache_dir else default_cache_dir(config)
-    cache = build_cache(dataset.index.paths, cache_dir, size=config.cache_size, skip_bad=config.skip_bad_images)
+    cache = open_image_cache(dataset, config)
     train_names = [n for n in dataset.split.index[dataset.split == "train"] if n in set(cache.names[cache.usable])]
     names = train_names[:count]
     pixels = torch.from_numpy(np.asarray(cache.pixels[cache.rows(names)]))[:, None]

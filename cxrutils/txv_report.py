@@ -13,7 +13,6 @@ report then says which file to fetch, from where, and where to put it.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import html
 import math
@@ -31,7 +30,7 @@ from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
 from cxrutils import run_folder
-from cxrutils.cache import ImageCache, build_cache
+from cxrutils.cache import ImageCache
 from cxrutils.comparison import (
     MEAN_ROW,
     OURS,
@@ -50,7 +49,15 @@ from cxrutils.labels import FINDINGS
 from cxrutils.paths import resolve
 from cxrutils.predict import predict_split
 from cxrutils.thresholds import METHODS, ThresholdMethod
-from cxrutils.train import Distributed, TrainConfig, default_cache_dir, load_training_dataset, select_device
+from cxrutils.train import (
+    Distributed,
+    TrainConfig,
+    image_cache_dir,
+    load_training_dataset,
+    open_image_cache,
+    read_run_config,
+    select_device,
+)
 from cxrutils.txv import (
     RANDOM_INIT_LABEL,
     TxvModel,
@@ -91,21 +98,8 @@ class RunContext:
     def image_cache(self) -> ImageCache:
         """The cache the run trained from (built again only if it was deleted)."""
         if self._cache is None:
-            if self.dataset.index is None:
-                raise ValueError(f"{self.config.data_root}: a metadata-only dataset has no images to compare on")
-            self._cache = build_cache(self.dataset.index.paths, self.cache_dir, size=self.config.cache_size,
-                                      skip_bad=self.config.skip_bad_images)
+            self._cache = open_image_cache(self.dataset, self.config)
         return self._cache
-
-
-def run_train_config(recorded: dict[str, Any]) -> TrainConfig:
-    """A run's ``config.json`` as a ``TrainConfig``.
-
-    ``config.json`` also records facts about the run that are not settings (e.g.
-    ``world_size``); those are dropped here.
-    """
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig.from_dict({k: v for k, v in recorded.items() if k in known})
 
 
 def open_run(runs_dir: str | os.PathLike[str], run_name: str) -> RunContext:
@@ -116,10 +110,9 @@ def open_run(runs_dir: str | os.PathLike[str], run_name: str) -> RunContext:
             f"{run_dir} has no {run_folder.CONFIG_NAME}: it is not a trained run. Train it first "
             f"(notebook 02, or python -m cxrutils.train --config ...), or set runs_dir/run_name to an existing run."
         )
-    recorded = run_folder.read_config(run_dir)
-    config = run_train_config(recorded)
-    cache_dir = resolve(recorded["cache_dir"]) if recorded.get("cache_dir") else default_cache_dir(config)
-    return RunContext(run_dir=run_dir, config=config, dataset=load_training_dataset(config), cache_dir=cache_dir)
+    config = read_run_config(run_dir)
+    return RunContext(run_dir=run_dir, config=config, dataset=load_training_dataset(config),
+                      cache_dir=image_cache_dir(config))
 
 
 def our_predictions(run_dir: Path, split: str) -> tuple[pd.DataFrame, str]:

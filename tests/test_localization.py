@@ -84,6 +84,13 @@ def test_gradcam_on_the_densenet_is_per_image_leaves_no_gradients_and_restores_t
 # --------------------------------------------------------------------------- scores
 
 
+def test_pointing_game_takes_the_centre_of_a_flat_maximum_not_its_first_pixel():
+    heatmap = np.zeros((16, 16))
+    heatmap[0:8, 0:8] = 1.0  # a coarse cell's plateau reaching the image corner
+    assert localization.pointing_game_hit(heatmap, (2, 2, 4, 4))  # around the plateau's centre (3.5, 3.5)
+    assert not localization.pointing_game_hit(heatmap, (0, 0, 2, 2))  # its first pixel's corner only
+
+
 def test_pointing_game_on_hand_made_heatmaps():
     heatmap = np.zeros((10, 10))
     heatmap[6, 3] = 1.0  # row 6, column 3: pixel centre (3.5, 6.5)
@@ -120,7 +127,7 @@ def test_localization_scores_per_finding_and_overall():
     assert list(table.index) == ["Mass", "Nodule", "all"]
     assert list(table["boxes"]) == [2, 1, 3]
     assert table.loc["Mass", "t_iobb_0.1"] == 1.0 and table.loc["Mass", "t_iobb_0.5"] == 1.0
-    assert table.loc["Mass", "pointing_game"] == 0.5  # the first maximum of b is at (2, 2), left of x=4
+    assert table.loc["Mass", "pointing_game"] == 0.5  # b's plateau (cols 2-5) points at col 3, left of x=4
     assert table.loc["Nodule", "t_iobb_0.1"] == 0.0
     assert table.loc["all", "t_iobb_0.25"] == pytest.approx(2 / 3)
 

@@ -1,0 +1,68 @@
+"""Notebook 03 through the reports runner, on the tiny trained run."""
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cxrutils import reports, run_folder
+from cxrutils.evaluation import METRICS_NAME
+
+pytestmark = pytest.mark.notebook
+
+
+def test_evaluation_reports_mean_auroc_with_its_interval_at_the_validation_thresholds(tiny_run, tmp_path, monkeypatch):
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "runs" / tiny_run.name))
+    thresholds_file = run_dir / run_folder.THRESHOLDS_NAME
+    thresholds_before = thresholds_file.read_bytes()
+    # The run folder names its own data root; the demo profile would otherwise build data/demo in the repository.
+    monkeypatch.setattr(reports, "prepare_data", lambda profile: None)
+    reports_dir = tmp_path / "reports"
+    code = reports.main(
+        [
+            "--profile",
+            "demo",
+            "--only",
+            "03",
+            "--set",
+            f"runs_dir={run_dir.parent}",
+            "--set",
+            f"run_name={run_dir.name}",
+            "--set",
+            "n_bootstrap=50",
+            "--reports-dir",
+            str(reports_dir),
+        ]
+    )
+    assert code == 0
+
+    metrics = json.loads((run_dir / METRICS_NAME).read_text())
+    mean = metrics["mean_auroc"]
+    assert math.isfinite(mean["auroc"])
+    assert mean["ci_low"] <= mean["auroc"] <= mean["ci_high"] and mean["ci_low"] < mean["ci_high"]
+    assert metrics["bootstrap"]["n_resamples"] == 50 and metrics["bootstrap"]["resampling"].startswith("patients")
+    assert (metrics["split"], metrics["synthetic"], metrics["images_match_training"]) == ("test", True, True)
+    assert metrics["n_images"] == len(run_folder.read_predictions(run_dir, "test")) > 0
+
+    # The thresholds are the run's validation thresholds, used as they are; the file is untouched.
+    assert thresholds_file.read_bytes() == thresholds_before
+    validation = json.loads(thresholds_before)["youden"]
+    assert metrics["thresholds"]["method"] == "youden"
+    assert metrics["thresholds"]["values"] == validation
+    assert {f: p["threshold"] for f, p in metrics["operating_points"].items()} == validation
+
+    # The tiny phantom test split has boxes: Grad-CAM is scored beside its random-heatmap chance level.
+    located = metrics["localization"]
+    assert located["available"] is True and located["boxes"] > 0
+    assert set(located["random_baseline"]) == set(located["scores"])
+
+    entry = json.loads((reports_dir / reports.INDEX_JSON_NAME).read_text())["03_evaluate"]
+    assert entry["status"] == "ok" and entry["synthetic"] is True
+    assert re.search(r"mean AUROC \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", entry["headline"]), entry["headline"]
+    page = (reports_dir / "03_evaluate.html").read_text()
+    assert "SYNTHETIC DATA" in page
+    assert "macro avg" in page and "samples avg" in page
+    assert "meaningless" in page  # the published-results table is not a comparison on phantoms
