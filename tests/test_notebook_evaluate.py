@@ -14,12 +14,10 @@ from cxrutils.evaluation import METRICS_NAME
 pytestmark = pytest.mark.notebook
 
 
-def test_evaluation_reports_mean_auroc_with_its_interval_at_the_validation_thresholds(tiny_run, tmp_path, monkeypatch):
+def test_evaluation_reports_mean_auroc_with_its_interval_at_the_validation_thresholds(tiny_run, tmp_path):
     run_dir = Path(shutil.copytree(tiny_run, tmp_path / "runs" / tiny_run.name))
     thresholds_file = run_dir / run_folder.THRESHOLDS_NAME
     thresholds_before = thresholds_file.read_bytes()
-    # The run folder names its own data root; the demo profile would otherwise build data/demo in the repository.
-    monkeypatch.setattr(reports, "prepare_data", lambda profile: None)
     reports_dir = tmp_path / "reports"
     code = reports.main(
         [
