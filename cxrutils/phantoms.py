@@ -916,7 +916,7 @@ def _draw_pleural_thickening(scene: _Scene, rng: np.random.Generator) -> _Patch:
     lung = scene.anatomy.lung(side)
     apical = rng.random() < 0.4
     start, stop = (0.9, 2.3) if apical else (rng.uniform(-0.7, -0.3), rng.uniform(0.5, 1.1))
-    band = rng.uniform(0.025, 0.05) * scene.shrink  # 1-2 cm: visible at the demo's 64 px
+    band = rng.uniform(0.035, 0.065) * scene.shrink  # 1.5-3 cm: still a few pixels at the demo's 64 px
     u_lo, u_hi = sorted((scene.u_of(side, lung.medial_a), scene.u_of(side, lung.lateral_extent() + 0.01)))
     rows, cols, uu, vv = scene.window(u_lo, u_hi, lung.apex_v - 0.01, lung.base_v())
     a = scene.lateral(side, uu)
