@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -50,10 +51,10 @@ from cxrutils.train import autocast_dtype, prepare_batch, select_device, Distrib
 PRESETS: dict[str, dict[str, Any]] = {
     # Small enough for a 2-core CPU in a few minutes.
     "cpu": {"patients": 24, "cache_size": 128, "input_size": 96, "batch_size": 16, "workers": 1, "steps": 6,
-            "amp": False, "channels_last": False},
+            "repeats": 3, "amp": False, "channels_last": False},
     # The real-data settings on one GPU.
     "gpu": {"patients": 150, "cache_size": 256, "input_size": 224, "batch_size": 128, "workers": 8, "steps": 30,
-            "amp": True, "channels_last": True},
+            "repeats": 3, "amp": True, "channels_last": True},
 }
 
 
@@ -180,9 +181,16 @@ def run_benchmark(settings: dict[str, Any]) -> dict[str, Any]:
             count += pixels.shape[0]
         return count
 
-    results["c_step_in_memory"] = _images_per_second(memory_steps, device)
+    loader_steps()  # warm the loader's worker and the augmentation kernels
+    # (c) and (d) alternate and each reports its median, so drift in the machine's speed
+    # (other load, frequency scaling) does not land on one of them only.
+    memory_rates, loader_rates = [], []
+    for _ in range(settings["repeats"]):
+        memory_rates.append(_images_per_second(memory_steps, device, min_seconds=2.0))
+        loader_rates.append(_images_per_second(loader_steps, device, min_seconds=2.0))
+    results["c_step_in_memory"] = float(np.median(memory_rates))
     print(f"(c) training step, in memory:  {results['c_step_in_memory']:9.1f} img/s", flush=True)
-    results["d_step_cache_augment"] = _images_per_second(loader_steps, device)
+    results["d_step_cache_augment"] = float(np.median(loader_rates))
     print(f"(d) step fed by cache + aug:   {results['d_step_cache_augment']:9.1f} img/s", flush=True)
 
     model.eval()
@@ -216,12 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    for key in ("patients", "cache_size", "input_size", "batch_size", "workers", "steps"):
+    for key in ("patients", "cache_size", "input_size", "batch_size", "workers", "steps", "repeats"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, help=f"override the preset's {key}")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     settings = dict(PRESETS[args.preset], device=args.device, compile=args.compile, preset=args.preset)
-    for key in ("patients", "cache_size", "input_size", "batch_size", "workers", "steps"):
+    for key in ("patients", "cache_size", "input_size", "batch_size", "workers", "steps", "repeats"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     results = run_benchmark(settings)
