@@ -28,7 +28,7 @@ from cxrutils import localization, metrics, run_folder
 from cxrutils.cache import ImageCache
 from cxrutils.dataset import NIHDataset
 from cxrutils.labels import FINDINGS
-from cxrutils.model import GRAY_MEAN, GRAY_STD, ChestXrayDenseNet
+from cxrutils.model import DENSE_BLOCK_STRIDES, GRAY_MEAN, GRAY_STD, ChestXrayDenseNet
 from cxrutils.paths import resolve
 from cxrutils.predict import SPLITS, TTA_SUFFIX, load_run_model, predict_split, prediction_arrays
 from cxrutils.thresholds import METHODS
@@ -48,7 +48,6 @@ CALIBRATION_BINS = 10
 RANDOM_BASELINE_REPEATS = 20
 # DenseNet121's last dense block sees the input downsampled 32 times (7 x 7 at 224 px):
 # the random baseline's blobs are made as coarse as Grad-CAM's.
-GRADCAM_STRIDE = 32
 GALLERY_KINDS: dict[str, str] = {"TP": "true positives", "FP": "false positives", "FN": "false negatives"}
 
 _BOX = "padding:.7em 1em;border-radius:6px;margin:.5em 0;"
@@ -87,8 +86,17 @@ class RunEvaluation:
     patient_ids: np.ndarray
     threshold_method: str
     thresholds_by_finding: dict[str, float | None]  # the run's thresholds.json entry, untouched
+    gradcam_layer: str = "denseblock4"  # the dense block Grad-CAM reads (the last one, unless the input is tiny)
     _cache: ImageCache | None = field(default=None, repr=False)
     _model: ChestXrayDenseNet | None = field(default=None, repr=False)
+
+    @property
+    def gradcam_grid(self) -> int:
+        """Cells per side of the Grad-CAM map: the input size over the chosen block's stride."""
+        return max(1, self.input_size // DENSE_BLOCK_STRIDES[self.gradcam_layer])
+
+    def gradcam_module(self) -> torch.nn.Module:
+        return self.model().dense_block(self.gradcam_layer)
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -150,8 +158,12 @@ def load_evaluation(
     split: str = "test",
     threshold_method: str = "youden",
     tta_hflip: bool = False,
+    gradcam_layer: str = "denseblock4",
 ) -> RunEvaluation:
     """Open ``<runs_dir>/<run_name>``, score ``split`` with its best checkpoint, read its validation thresholds.
+
+    ``gradcam_layer`` is the dense block Grad-CAM reads: the last one by default; a
+    tiny input (the CPU demo's 64 px makes denseblock4 a 2 x 2 grid) may need denseblock3.
 
     Scoring goes through ``predict.predict_split``, which writes
     ``predictions_<split>.csv`` into the run folder. The thresholds are the
@@ -160,6 +172,8 @@ def load_evaluation(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if gradcam_layer not in DENSE_BLOCK_STRIDES:
+        raise ValueError(f"gradcam_layer must be one of {sorted(DENSE_BLOCK_STRIDES)}, got {gradcam_layer!r}")
     if threshold_method not in METHODS:
         raise ValueError(f"threshold_method must be one of {METHODS}, got {threshold_method!r}")
     run_dir = resolve(runs_dir) / run_name
@@ -191,6 +205,7 @@ def load_evaluation(
         patient_ids=patient_ids,
         threshold_method=threshold_method,
         thresholds_by_finding=dict(all_thresholds[threshold_method]),
+        gradcam_layer=gradcam_layer,
     )
 
 
@@ -382,10 +397,10 @@ def localize(evaluation: RunEvaluation, seed: int = 0, repeats: int = RANDOM_BAS
     mapped = localization.boxes_to_heatmap(boxes, sizes, size)
     heatmaps = localization.box_heatmaps(
         evaluation.model(), evaluation.image_cache(), mapped, size, device=evaluation.device,
-        batch_size=evaluation.config.batch_size,
+        batch_size=evaluation.config.batch_size, layer=evaluation.gradcam_module(),
     )
     scored = localization.score_boxes(heatmaps, mapped)
-    grid = max(1, size // GRADCAM_STRIDE)
+    grid = evaluation.gradcam_grid
     return LocalizationResult(
         boxes=scored,
         heatmaps=heatmaps,
@@ -397,11 +412,18 @@ def localize(evaluation: RunEvaluation, seed: int = 0, repeats: int = RANDOM_BAS
 
 def gradcam_resolution_note(evaluation: RunEvaluation) -> HTML:
     """A warning when the last dense block is so coarse that Grad-CAM can hardly point anywhere; empty otherwise."""
-    grid = max(1, evaluation.input_size // GRADCAM_STRIDE)
-    if grid >= 4:
+    grid = evaluation.gradcam_grid
+    if grid >= 4 and evaluation.gradcam_layer == "denseblock4":
         return HTML("")
+    if grid >= 4:
+        return note(
+            f"Grad-CAM here reads {evaluation.gradcam_layer} ({grid} x {grid} at {evaluation.input_size} px), not "
+            "the last dense block, whose map would be too coarse to point anywhere at this input size. The random "
+            "baseline uses the same grid.",
+            tone="neutral",
+        )
     return note(
-        f"At {evaluation.input_size} px the last dense block is {grid} x {grid}, so every Grad-CAM map is a "
+        f"At {evaluation.input_size} px {evaluation.gradcam_layer} is {grid} x {grid}, so every Grad-CAM map is a "
         f"bilinearly upsampled {grid} x {grid} grid whose maximum is often a flat block at the image's edge, and "
         "the pointing game says little. The random baseline is equally coarse, so the comparison with it stays fair."
     )
@@ -494,7 +516,7 @@ def gallery_panels(
         return np.zeros((0, size, size)), np.zeros((0, size, size)), [], []
     heatmaps = localization.box_heatmaps(
         evaluation.model(), evaluation.image_cache(), examples[["image", "finding"]], size,
-        device=evaluation.device, batch_size=evaluation.config.batch_size,
+        device=evaluation.device, batch_size=evaluation.config.batch_size, layer=evaluation.gradcam_module(),
     )
     images = model_frame_images(evaluation, examples["image"].tolist())
     boxes: list[tuple[float, float, float, float] | None] = [None] * len(examples)
@@ -630,6 +652,8 @@ def metrics_document(
             "available": True,
             "boxes": len(localization_result.boxes),
             "heatmap_size": localization_result.heatmap_size,
+            "gradcam_layer": evaluation.gradcam_layer,
+            "gradcam_grid": evaluation.gradcam_grid,
             "scores": _by_row(localization_result.scores),
             "random_baseline": _by_row(localization_result.baseline),
             "random_baseline_repeats": localization_result.baseline.attrs.get("repeats"),

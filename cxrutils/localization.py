@@ -43,7 +43,9 @@ def _class_index(class_index: int | str) -> int:
     return int(class_index)
 
 
-def gradcam(model: nn.Module, images: torch.Tensor, class_index: int | str | Sequence[int]) -> torch.Tensor:
+def gradcam(
+    model: nn.Module, images: torch.Tensor, class_index: int | str | Sequence[int], layer: nn.Module | None = None
+) -> torch.Tensor:
     """Grad-CAM heatmaps (B, H, W) in [0, 1] at the input's size, on the input's device.
 
     ``images`` are normalized model inputs (B, 1, H, W); ``class_index`` is one class
@@ -53,7 +55,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, class_index: int | str | Seq
     [0, 1] by its own min and max; a flat map (no positive evidence, or a
     1 x 1 activation from a too-small input) is all zeros.
     """
-    layer = getattr(model, "gradcam_layer", None)
+    layer = layer if layer is not None else getattr(model, "gradcam_layer", None)
     if not isinstance(layer, nn.Module):
         raise TypeError(f"{type(model).__name__} has no gradcam_layer module to take Grad-CAM on")
     if images.ndim != 4:
@@ -276,6 +278,7 @@ def box_heatmaps(
     input_size: int,
     device: str | torch.device = "cpu",
     batch_size: int = 16,
+    layer: nn.Module | None = None,
 ) -> np.ndarray:
     """Grad-CAM (len(boxes), input_size, input_size) for each box's image and finding.
 
@@ -295,7 +298,7 @@ def box_heatmaps(
         chunk = rows[start : start + batch_size]
         batch = torch.from_numpy(np.asarray(pixels[chunk]))[:, None]
         images = prepare_batch(batch, device, input_size, channels_last=False)
-        maps.append(gradcam(model, images, classes[start : start + batch_size]).cpu().numpy())
+        maps.append(gradcam(model, images, classes[start : start + batch_size], layer=layer).cpu().numpy())
     return np.concatenate(maps) if maps else np.zeros((0, input_size, input_size))
 
 

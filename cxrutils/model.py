@@ -32,6 +32,8 @@ GRAY_MEAN, GRAY_STD = 0.449, 0.226
 Head = Literal["gap", "lse"]
 Strategy = Literal["full", "freeze_through_denseblock3", "head_only"]
 STRATEGIES: tuple[str, ...] = ("full", "freeze_through_denseblock3", "head_only")
+# Input pixels per feature-map pixel at each dense block's output.
+DENSE_BLOCK_STRIDES: dict[str, int] = {"denseblock1": 4, "denseblock2": 8, "denseblock3": 16, "denseblock4": 32}
 _FROZEN_PREFIXES: dict[str, tuple[str, ...]] = {
     "full": (),
     "freeze_through_denseblock3": (
@@ -94,6 +96,12 @@ class ChestXrayDenseNet(nn.Module):
     def gradcam_layer(self) -> nn.Module:
         """The last dense block, for Grad-CAM."""
         return self.features.denseblock4
+
+    def dense_block(self, name: str) -> nn.Module:
+        """A dense block by name (``denseblock1`` ... ``denseblock4``), e.g. for Grad-CAM on a finer grid."""
+        if name not in DENSE_BLOCK_STRIDES:
+            raise ValueError(f"unknown dense block {name!r}; choose one of {sorted(DENSE_BLOCK_STRIDES)}")
+        return getattr(self.features, name)
 
 
 def apply_strategy(model: ChestXrayDenseNet, strategy: Strategy) -> None:

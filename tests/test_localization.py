@@ -253,3 +253,24 @@ def test_box_heatmaps_and_box_mapping_agree_end_to_end_on_non_square_films(tmp_p
     assert table.loc["all", "t_iobb_0.5"] == 1.0
     unmapped = localization.localization_scores(heatmaps, boxes, threshold=0.5)  # forgetting the padding
     assert unmapped.loc["all", "pointing_game"] == 0.0
+
+
+def test_gradcam_can_read_a_finer_dense_block_and_unknown_blocks_are_named():
+    from cxrutils.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("none")
+    images = torch.randn(2, 1, 64, 64)
+    finer = localization.gradcam(model, images, "Nodule", layer=model.dense_block("denseblock3"))
+    assert finer.shape == (2, 64, 64) and float(finer.max()) <= 1.0
+    # At 64 px denseblock4 is a 2 x 2 grid: its upsampled maximum is a flat 16 x 16 corner block.
+    # denseblock3 is 4 x 4: its flat maximum is at most an 8 x 8 corner block.
+    coarse = localization.gradcam(model, images, "Nodule")
+
+    def plateau(heatmap: torch.Tensor) -> int:
+        return int((heatmap >= heatmap.max() - 1e-6).sum())
+
+    assert plateau(coarse[0]) == 256
+    assert plateau(finer[0]) <= 64
+    with pytest.raises(ValueError, match="denseblock9"):
+        model.dense_block("denseblock9")
