@@ -191,7 +191,7 @@ def load_evaluation(
             f"it holds {sorted(all_thresholds)}"
         )
     dataset = load_training_dataset(config)
-    predictions = predict_split(run_dir, split, tta_hflip=tta_hflip)
+    predictions = predict_split(run_dir, split, tta_hflip=tta_hflip, dataset=dataset)
     labels, probabilities, patient_ids = prediction_arrays(predictions)
     return RunEvaluation(
         run_dir=run_dir,

@@ -18,6 +18,7 @@ import torch
 
 from cxrutils import run_folder
 from cxrutils.cache import CachedImageDataset, make_loader
+from cxrutils.dataset import NIHDataset
 from cxrutils.labels import FINDINGS
 from cxrutils.model import ChestXrayDenseNet
 from cxrutils.progress import progress_bar
@@ -96,8 +97,12 @@ def predict_split(
     batch_size: int | None = None,
     device: str = "auto",
     num_workers: int | None = None,
+    dataset: NIHDataset | None = None,
 ) -> pd.DataFrame:
     """Score every cached image of ``split`` with the run's best checkpoint; write and return the table.
+
+    ``dataset`` is the run's ``load_training_dataset(config)`` when the caller has it
+    already, so a large root is not indexed twice.
 
     The table (image, patient_id, ``prob_<finding>`` x 14, the 14 labels) goes to
     ``predictions_<split>.csv`` in the run folder, or ``predictions_<split>_hflip_tta.csv``
@@ -112,7 +117,7 @@ def predict_split(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     run_dir = Path(run_dir)
     model, config, details = load_run_model(run_dir)
-    dataset = load_training_dataset(config)
+    dataset = dataset or load_training_dataset(config)
     cache = open_image_cache(dataset, config)
     metadata = dataset.metadata
     in_split = (dataset.split.reindex(metadata["image"]) == split).to_numpy()
