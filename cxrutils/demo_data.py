@@ -36,7 +36,7 @@ from cxrutils.progress import progress_bar
 from cxrutils.splits import write_split_list
 
 # Bump when the rendering or sampling changes, so cached demo data is rebuilt.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 KAGGLE_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
     "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"

@@ -916,7 +916,7 @@ def _draw_pleural_thickening(scene: _Scene, rng: np.random.Generator) -> _Patch:
     lung = scene.anatomy.lung(side)
     apical = rng.random() < 0.4
     start, stop = (0.9, 2.3) if apical else (rng.uniform(-0.7, -0.3), rng.uniform(0.5, 1.1))
-    band = rng.uniform(0.035, 0.065) * scene.shrink  # 1.5-3 cm: still a few pixels at the demo's 64 px
+    band = rng.uniform(0.04, 0.07) * scene.shrink  # 1.5-3 cm: still a few pixels at the demo's 64 px
     u_lo, u_hi = sorted((scene.u_of(side, lung.medial_a), scene.u_of(side, lung.lateral_extent() + 0.01)))
     rows, cols, uu, vv = scene.window(u_lo, u_hi, lung.apex_v - 0.01, lung.base_v())
     a = scene.lateral(side, uu)
@@ -928,7 +928,8 @@ def _draw_pleural_thickening(scene: _Scene, rng: np.random.Generator) -> _Patch:
     thickness = band * sector
     shape = np.clip((thickness - depth_in) / (0.003 + 0.3 * thickness), 0.0, 1.0) * (sector > 0)
     scene.add_fill(_Patch(rows, cols, rng.uniform(0.8, 0.95) * min(1.0, 1.1 * scene.contrast) * shape))
-    scene.additive[rows, cols] += 0.04 * scene.contrast * shape * scene.lung_masks[side][rows, cols]
+    # Denser than the chest wall beside it (fibrous, often calcified), so it is not merely a narrower lung.
+    scene.additive[rows, cols] += 0.12 * scene.contrast * shape * scene.lung_masks[side][rows, cols]
     return scene.lung_footprint(side, _Patch(rows, cols, shape.astype(np.float32)))
 
 
