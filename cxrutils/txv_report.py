@@ -115,7 +115,7 @@ def open_run(runs_dir: str | os.PathLike[str], run_name: str) -> RunContext:
                       cache_dir=image_cache_dir(config))
 
 
-def our_predictions(run_dir: Path, split: str) -> tuple[pd.DataFrame, str]:
+def our_predictions(run_dir: Path, split: str, dataset: NIHDataset | None = None) -> tuple[pd.DataFrame, str]:
     """Our predictions on ``split`` and where they came from.
 
     ``predictions_<split>.csv`` is read when it is newer than ``checkpoint_best.pt``;
@@ -127,7 +127,7 @@ def our_predictions(run_dir: Path, split: str) -> tuple[pd.DataFrame, str]:
     if path.is_file() and (not checkpoint.is_file() or path.stat().st_mtime >= checkpoint.stat().st_mtime):
         return run_folder.read_predictions(run_dir, split), f"read from {path.name}"
     reason = "older than checkpoint_best.pt" if path.is_file() else "not in the run folder"
-    predict_split(run_dir, split)
+    predict_split(run_dir, split, dataset=dataset)
     # Read back what was written, so this run and later ones (which read the file) score the same numbers.
     return run_folder.read_predictions(run_dir, split), f"{path.name} {reason}: scored now with checkpoint_best.pt"
 
@@ -284,7 +284,7 @@ def prepare_inputs(run: RunContext, split: str, loaded: LoadedModels) -> Compari
                          "compare on 'test' (or 'train')")
     if loaded.skipped:
         return None
-    test, source = our_predictions(run.run_dir, split)
+    test, source = our_predictions(run.run_dir, split, run.dataset)
     return ComparisonInputs(split=split, test=test, validation=validation_predictions(run.run_dir),
                             source={split: source, "val": "read from predictions_val.csv (written by training)"},
                             cache=run.image_cache())
