@@ -12,7 +12,7 @@ HEAVY_PINS := $(shell sed -n 's/^ *"\(torch[a-z]*==[^"]*\)".*/\1/p' pyproject.to
 PROFILE ?= demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reports metadata-report test bench lab clean-reports clean-demo
+.PHONY: help install demo reports metadata-report test bench rehearsal lab clean-reports clean-demo clean-rehearsal
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ metadata-report: $(INSTALLED)  ## the EDA on the metadata shipped in torchxrayvi
 test: $(INSTALLED)  ## run the test suite
 	$(VENV_PYTHON) -m pytest
 
+rehearsal: $(INSTALLED)  ## every notebook at the real dataset's size (112,120 phantom films), measured: reports/rehearsal.html
+	$(VENV_PYTHON) -m cxrutils.rehearsal $(REHEARSAL_ARGS)
+
 bench: $(INSTALLED)  ## data path and training-step throughput (benchmarks/; add BENCH_ARGS="--preset gpu" on a GPU)
 	$(VENV_PYTHON) benchmarks/bench_training.py --out reports/benchmark.json $(BENCH_ARGS)
 
@@ -53,3 +56,6 @@ clean-reports:  ## delete generated reports
 
 clean-demo:  ## delete the generated demo dataset, its image cache and the demo run
 	rm -rf data/demo data/cache/demo_* runs/demo
+
+clean-rehearsal:  ## delete the rehearsal roots, their image caches, runs and reports
+	rm -rf data/rehearsal_* data/cache/rehearsal_* runs/rehearsal_* reports/rehearsal reports/rehearsal.*

@@ -39,7 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from cxrutils.augment import AugmentConfig
-from cxrutils.cache import CachedImageDataset, build_cache, make_loader
+from cxrutils.cache import build_cache
+from cxrutils.loader import CachedImageDataset, make_loader
 from cxrutils.dataset import load_dataset
 from cxrutils.demo_data import DemoSpec, ensure_demo_dataset
 from cxrutils.images import read_image

@@ -22,6 +22,7 @@ from cxrutils.images import full_integrity_problem, quick_integrity_problem
 from cxrutils.layout import DatasetFiles, ImageIndex, index_images, locate_files
 from cxrutils.metadata import SHIPPED_BBOX_NAME, read_metadata, shipped_data_file
 from cxrutils.paths import resolve
+from cxrutils.profiling import stage
 from cxrutils.progress import progress_bar
 
 METADATA_ONLY = "metadata-only"
@@ -80,6 +81,19 @@ def load_dataset(
     Validation is carved from official train_val by patient (``val_fraction`` of its
     patients); without split lists, all three splits are drawn by patient.
     """
+    with stage("load dataset") as facts:
+        dataset = _load(data_root, images_dir, val_fraction, test_fraction, seed)
+        facts["images"] = len(dataset.metadata)
+    return dataset
+
+
+def _load(
+    data_root: str | os.PathLike[str] | None,
+    images_dir: str | os.PathLike[str] | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> NIHDataset:
     if data_root is None or str(data_root) == METADATA_ONLY:
         return _load_metadata_only(val_fraction, test_fraction, seed)
     root = resolve(data_root)
@@ -145,7 +159,7 @@ def find_unreadable_images(paths: pd.Series, mode: IntegrityMode = "quick", work
     if mode == "off" or paths.empty:
         return pd.DataFrame(columns=["image", "path", "problem"])
     check = {"quick": quick_integrity_problem, "full": full_integrity_problem}[mode]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with stage(f"integrity check ({mode})", images=int(paths.size)), ThreadPoolExecutor(max_workers=workers) as pool:
         problems = list(
             progress_bar(
                 pool.map(check, paths.to_numpy()), total=paths.size, desc=f"{mode} integrity check", unit="img"

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from cxrutils.dataset import IntegrityMode, NIHDataset, find_unreadable_images
 from cxrutils.labels import FINDINGS, NO_FINDING
+from cxrutils.paths import resolve
 
 AGE_BANDS = (0, 20, 40, 60, 80, 200)
+PROBLEMS_CSV_NAME = "file_problems.csv"
+# File problems kept in the report summary (and so in the index): the CSV beside it has all of them.
+PROBLEMS_IN_SUMMARY = 100
+MISSING_PROBLEM = "listed in the metadata, no file found"
 
 
 def dataset_summary(metadata: pd.DataFrame) -> pd.Series:
@@ -127,7 +135,7 @@ def integrity_problems(dataset: NIHDataset, mode: IntegrityMode = "quick") -> pd
     if dataset.index is None:
         return pd.DataFrame(columns=columns)
     index = dataset.index
-    rows = [(name, "listed in the metadata, no file found", "") for name in index.missing]
+    rows = [(name, MISSING_PROBLEM, "") for name in index.missing]
     unreadable = find_unreadable_images(index.paths, mode)
     rows += [(r.image, f"unreadable: {r.problem}", r.path) for r in unreadable.itertuples()]
     rows += [(name, "file present, not in the metadata", "") for name in index.unlisted]
@@ -142,3 +150,29 @@ def usable_images(dataset: NIHDataset, problems: pd.DataFrame) -> pd.Index:
     if dataset.index is None:
         return pd.Index([])
     return dataset.index.paths.index.difference(pd.Index(problems["image"]))
+
+
+def problem_counts(problems: pd.DataFrame) -> dict[str, int]:
+    """Images per kind of problem (unreadable files grouped under one kind, whatever the reason)."""
+    kinds = problems["problem"].str.split(":", n=1).str[0]
+    return {str(kind): int(count) for kind, count in kinds.value_counts().items()}
+
+
+def problems_headline(problems: pd.DataFrame) -> str:
+    """``no file problems`` or, e.g., ``112,120 listed images not on disk, 2 unreadable``."""
+    if problems.empty:
+        return "no file problems"
+    missing = int((problems["problem"] == MISSING_PROBLEM).sum())
+    others = len(problems) - missing
+    parts = [f"{missing:,} listed images not on disk"] if missing else []
+    parts += [f"{others:,} other file problem(s)"] if others else []
+    return ", ".join(parts)
+
+
+def write_problems(problems: pd.DataFrame, output_dir: str | os.PathLike[str]) -> Path:
+    """Every file problem as ``file_problems.csv`` in ``output_dir`` (the report shows the first ones)."""
+    folder = resolve(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PROBLEMS_CSV_NAME
+    problems.to_csv(path, index=False)
+    return path

@@ -30,6 +30,7 @@ from cxrutils.dataset import NIHDataset
 from cxrutils.labels import FINDINGS
 from cxrutils.model import DENSE_BLOCK_STRIDES, GRAY_MEAN, GRAY_STD, ChestXrayDenseNet
 from cxrutils.paths import resolve
+from cxrutils.profiling import stage
 from cxrutils.predict import SPLITS, TTA_SUFFIX, load_run_model, predict_split, prediction_arrays
 from cxrutils.thresholds import METHODS
 from cxrutils.train import (
@@ -257,6 +258,13 @@ def threshold_caveat(evaluation: RunEvaluation) -> HTML:
 # --------------------------------------------------------------------------- per-class summary
 
 
+def auroc_table(evaluation: RunEvaluation, n_resamples: int, seed: int) -> pd.DataFrame:
+    """``metrics.bootstrap_auroc`` of the scored split: per-finding and mean AUROC with patient-bootstrap CIs."""
+    with stage("bootstrap AUROC", images=evaluation.n_images, resamples=n_resamples):
+        return metrics.bootstrap_auroc(evaluation.labels, evaluation.probabilities, evaluation.patient_ids,
+                                       n_resamples=n_resamples, seed=seed, confidence=CONFIDENCE)
+
+
 def summary_table(
     auroc: pd.DataFrame, average_precision: np.ndarray, operating: pd.DataFrame
 ) -> pd.DataFrame:
@@ -321,13 +329,14 @@ def subgroup_columns(evaluation: RunEvaluation) -> dict[str, pd.Series]:
 
 def subgroup_table(evaluation: RunEvaluation, n_resamples: int, seed: int) -> pd.DataFrame:
     """``metrics.subgroup_auroc`` for sex, age band and view, concatenated (long format)."""
-    tables = [
-        metrics.subgroup_auroc(
-            evaluation.labels, evaluation.probabilities, evaluation.patient_ids, groups,
-            n_resamples=n_resamples, seed=seed, confidence=CONFIDENCE,
-        )
-        for groups in subgroup_columns(evaluation).values()
-    ]
+    with stage("subgroups", images=evaluation.n_images, resamples=n_resamples):
+        tables = [
+            metrics.subgroup_auroc(
+                evaluation.labels, evaluation.probabilities, evaluation.patient_ids, groups,
+                n_resamples=n_resamples, seed=seed, confidence=CONFIDENCE,
+            )
+            for groups in subgroup_columns(evaluation).values()
+        ]
     table = pd.concat(tables, ignore_index=True)
     table.attrs["mean_over"] = {t["subgroup"].iloc[0]: t.attrs["mean_over"] for t in tables if len(t)}
     table.attrs["images_without_group"] = {
@@ -361,6 +370,7 @@ class LocalizationResult:
     scores: pd.DataFrame  # localization.localization_scores
     baseline: pd.DataFrame  # localization.random_baseline_scores
     heatmap_size: int
+    outside: pd.DataFrame  # boxes that fall outside their film as stored: reported, not scored
 
 
 def boxes_in_split(evaluation: RunEvaluation) -> pd.DataFrame:
@@ -384,17 +394,28 @@ def localization_unavailable(evaluation: RunEvaluation) -> str | None:
 def localize(evaluation: RunEvaluation, seed: int = 0, repeats: int = RANDOM_BASELINE_REPEATS) -> LocalizationResult:
     """Grad-CAM for each box's image and finding, scored; and the random-heatmap chance level for the same boxes.
 
-    Boxes are in stored-image pixels (``localization.stored_image_sizes`` reads each
-    boxed file's size) and are mapped into the square model frame the heatmaps live in.
+    Boxes are in the 1024-px NIH frame; ``localization.place_boxes`` maps them onto each
+    film as stored (its size read from the file) and into the square model frame the
+    heatmaps live in. Boxes that fall outside their film are set apart
+    (``LocalizationResult.outside``), never scored as misses.
     """
     reason = localization_unavailable(evaluation)
     if reason:
         raise ValueError(reason)
+    with stage("Grad-CAM localization") as facts:
+        result = _localize(evaluation, seed, repeats)
+        facts["boxes"] = len(result.boxes)
+    return result
+
+
+def _localize(evaluation: RunEvaluation, seed: int, repeats: int) -> LocalizationResult:
     boxes = boxes_in_split(evaluation)
     assert evaluation.dataset.index is not None  # localization_unavailable: there are scored images
-    sizes = localization.boxed_image_sizes(evaluation.dataset.index.paths, boxes["image"])
     size = evaluation.input_size
-    mapped = localization.boxes_to_heatmap(boxes, sizes, size)
+    mapped, outside = localization.place_boxes(boxes, evaluation.dataset.index.paths, size)
+    if mapped.empty:
+        raise ValueError(f"all {len(boxes)} boxes of the {evaluation.split} split fall outside their films: the "
+                         "films are not the NIH films the boxes were drawn on (or were cropped); nothing to score")
     heatmaps = localization.box_heatmaps(
         evaluation.model(), evaluation.image_cache(), mapped, size, device=evaluation.device,
         batch_size=evaluation.config.batch_size, layer=evaluation.gradcam_module(),
@@ -407,6 +428,21 @@ def localize(evaluation: RunEvaluation, seed: int = 0, repeats: int = RANDOM_BAS
         scores=localization.localization_scores(heatmaps, mapped),
         baseline=localization.random_baseline_scores(mapped, size, seed=seed, repeats=repeats, grid=grid),
         heatmap_size=size,
+        outside=outside,
+    )
+
+
+def outside_boxes_note(result: LocalizationResult) -> HTML:
+    """Which boxes fall outside their film as stored (and so were not scored); empty when none does."""
+    if result.outside.empty:
+        return HTML("")
+    films = result.outside["image"].nunique()
+    examples = ", ".join(f"{row.image} ({row.finding})" for row in result.outside.head(5).itertuples())
+    return note(
+        f"{len(result.outside)} box(es) on {films} film(s) fall outside the film as stored, even after scaling "
+        f"from the 1024-px frame of BBox_List_2017.csv to the stored size (e.g. {examples}). The film was cropped, "
+        "or is not the NIH film the box was drawn on. These boxes are not scored (a miss would be wrong): they "
+        "are listed under localization.outside_film in metrics.json."
     )
 
 
@@ -514,18 +550,18 @@ def gallery_panels(
     size = evaluation.input_size
     if examples.empty:
         return np.zeros((0, size, size)), np.zeros((0, size, size)), [], []
-    heatmaps = localization.box_heatmaps(
-        evaluation.model(), evaluation.image_cache(), examples[["image", "finding"]], size,
-        device=evaluation.device, batch_size=evaluation.config.batch_size, layer=evaluation.gradcam_module(),
-    )
+    with stage("gallery Grad-CAM", images=len(examples)):
+        heatmaps = localization.box_heatmaps(
+            evaluation.model(), evaluation.image_cache(), examples[["image", "finding"]], size,
+            device=evaluation.device, batch_size=evaluation.config.batch_size, layer=evaluation.gradcam_module(),
+        )
     images = model_frame_images(evaluation, examples["image"].tolist())
     boxes: list[tuple[float, float, float, float] | None] = [None] * len(examples)
     with_box = examples.dropna(subset=["x"])
     if len(with_box):
         assert evaluation.dataset.index is not None
-        sizes = localization.boxed_image_sizes(evaluation.dataset.index.paths, with_box["image"])
-        mapped = localization.boxes_to_heatmap(with_box, sizes, size)
-        for position, row in zip(with_box.index, mapped[["x", "y", "w", "h"]].itertuples(index=False)):
+        mapped, _ = localization.place_boxes(with_box, evaluation.dataset.index.paths, size)  # outside: not drawn
+        for position, row in zip(mapped.index, mapped[["x", "y", "w", "h"]].itertuples(index=False)):
             boxes[examples.index.get_loc(position)] = tuple(float(v) for v in row)  # type: ignore[assignment]
     titles = [
         f"{row.kind}: {row.finding}\np={row.probability:.2f} (thr {row.threshold:.2f})\n{row.image}"
@@ -651,6 +687,8 @@ def metrics_document(
         located: dict[str, Any] = {
             "available": True,
             "boxes": len(localization_result.boxes),
+            "boxes_outside_film": len(localization_result.outside),
+            "outside_film": localization_result.outside.to_dict(orient="records"),
             "heatmap_size": localization_result.heatmap_size,
             "gradcam_layer": evaluation.gradcam_layer,
             "gradcam_grid": evaluation.gradcam_grid,

@@ -3,10 +3,12 @@
 - ``gradcam``: Selvaraju et al. 2017 on the model's ``gradcam_layer`` (the last
   dense block of ``ChestXrayDenseNet``), from a forward hook and ``autograd.grad``,
   so no parameter's ``.grad`` is touched.
-- Boxes in ``BBox_List_2017.csv`` are pixels of the stored image file (1024 px for
-  NIH). The model sees that image padded to a centred square and resized
-  (``cxrutils.cache.to_square``), so ``box_to_heatmap`` maps a box through the
-  same padding and scale.
+- Boxes in ``BBox_List_2017.csv`` are in the 1024-px frame of the original NIH
+  PNGs; users often train from resized copies (512, 256, 224 px). ``place_boxes``
+  maps each box onto its film as stored (``bboxes.boxes_in_stored_frame``), sets
+  apart boxes that fall outside their film, and maps the rest into the model frame:
+  the film padded to a centred square and resized (``cxrutils.cache.to_square``),
+  which ``box_to_heatmap`` follows.
 - Scores: the pointing game (is the heatmap's maximum inside the box?) and
   Wang et al. 2017's T(IoBB) accuracy (share of boxes whose intersection over the
   detected region is at least T). A seeded random-heatmap baseline gives the
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from cxrutils.bboxes import boxes_in_stored_frame
 from cxrutils.labels import FINDINGS
 
 Box = tuple[float, float, float, float]  # x, y, w, h
@@ -118,10 +121,12 @@ def stored_image_sizes(paths: pd.Series) -> pd.DataFrame:
 
 
 def boxes_to_heatmap(boxes: pd.DataFrame, image_sizes: pd.DataFrame, heatmap_size: int) -> pd.DataFrame:
-    """``boxes`` (image, finding, x, y, w, h) with x, y, w, h mapped to heatmap pixels.
+    """``boxes`` (image, finding, x, y, w, h) with x, y, w, h mapped from stored-film to heatmap pixels.
 
-    ``image_sizes`` is indexed by image with width and height of the stored files
-    (``stored_image_sizes``). A box on an image without a size is an error naming it.
+    The boxes must already be on the films as stored (``bboxes.boxes_in_stored_frame``;
+    ``place_boxes`` does both steps). ``image_sizes`` is indexed by image with width and
+    height of the stored files (``stored_image_sizes``). A box on an image without a
+    size is an error naming it.
     """
     missing = sorted(set(boxes["image"]) - set(image_sizes.index))
     if missing:
@@ -300,6 +305,24 @@ def box_heatmaps(
         images = prepare_batch(batch, device, input_size, channels_last=False)
         maps.append(gradcam(model, images, classes[start : start + batch_size], layer=layer).cpu().numpy())
     return np.concatenate(maps) if maps else np.zeros((0, input_size, input_size))
+
+
+def place_boxes(boxes: pd.DataFrame, paths: pd.Series, heatmap_size: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Boxes from ``BBox_List_2017.csv`` (1024-px NIH frame) -> (boxes in heatmap pixels, boxes outside their film).
+
+    Each boxed film's stored size is read from its file (``paths``: image name -> path),
+    the boxes are scaled onto it and then padded and resized with it into the
+    ``heatmap_size``² model frame. A box that falls outside its film even after the
+    scaling (a cropped film, or another film under the same name) is returned in the
+    second frame, in stored-film pixels, with the film's size: report it, never score
+    it as a miss. The first frame keeps ``boxes``' row order, without those.
+    """
+    sizes = boxed_image_sizes(paths, boxes["image"])
+    stored = boxes_in_stored_frame(boxes, sizes)
+    outside = stored[stored["outside"]].drop(columns="outside")
+    outside = outside.join(sizes.rename(columns={"width": "film_width", "height": "film_height"}), on="image")
+    inside = stored[~stored["outside"]].drop(columns="outside")
+    return boxes_to_heatmap(inside, sizes, heatmap_size), outside.reset_index(drop=True)
 
 
 def boxed_image_sizes(paths: pd.Series, images: Sequence[str]) -> pd.DataFrame:

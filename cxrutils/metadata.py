@@ -72,6 +72,8 @@ _AGE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([YMD]?)\s*$", re.IGNORECASE)
 
 SHIPPED_METADATA_NAME = "Data_Entry_2017_v2020.csv.gz"
 SHIPPED_BBOX_NAME = "BBox_List_2017.csv.gz"
+# Majkowska et al., Radiology 2019: radiologist-adjudicated labels for 4,376 NIH films.
+SHIPPED_GOOGLE_LABELS_NAME = "google2019_nih-chest-xray-labels.csv.gz"
 
 
 class MetadataError(ValueError):
@@ -110,8 +112,14 @@ def parse_age_years(raw: pd.Series, source: str) -> pd.Series:
 
 
 def encode_findings(finding_labels: pd.Series, source: str) -> pd.DataFrame:
-    """One 0/1 column per finding (``FINDINGS`` order) plus ``no_finding``."""
+    """One 0/1 column per finding (``FINDINGS`` order) plus ``no_finding``.
+
+    Vectorised: a one-hot scatter over the exploded labels (pandas' crosstab aggregated
+    141k groups in Python, three seconds of every notebook's start on the full dataset).
+    """
     label_lists = finding_labels.astype(str).str.split("|")
+    labels_per_row = label_lists.str.len().to_numpy()
+    row_of_label = np.repeat(np.arange(len(finding_labels)), labels_per_row)
     exploded = label_lists.explode().str.strip()
     unknown = sorted(set(exploded) - set(FINDINGS) - {NO_FINDING})
     if unknown:
@@ -121,17 +129,18 @@ def encode_findings(finding_labels: pd.Series, source: str) -> pd.DataFrame:
             canonical_finding(unknown[0])
         except ValueError as err:
             raise MetadataError(f"{source}: row {first_row + 2} has {err}; all unknown labels: {unknown}") from None
-    mixed = label_lists.map(lambda labels: NO_FINDING in labels and len(labels) > 1)
+    is_no_finding = exploded.to_numpy() == NO_FINDING
+    has_no_finding = np.bincount(row_of_label[is_no_finding], minlength=len(finding_labels)) > 0
+    mixed = has_no_finding & (labels_per_row > 1)
     if mixed.any():
-        row = int(np.flatnonzero(mixed.to_numpy())[0]) + 2
+        row = int(np.flatnonzero(mixed)[0]) + 2
         raise MetadataError(f"{source}: row {row} combines '{NO_FINDING}' with findings")
-    onehot = pd.crosstab(exploded.index, exploded).reindex(
-        index=finding_labels.index, columns=list(FINDINGS), fill_value=0
-    )
-    onehot = onehot.clip(upper=1).astype(np.uint8)
-    onehot.columns.name = None
-    onehot["no_finding"] = (onehot.sum(axis=1) == 0).astype(np.uint8)
-    return onehot
+    codes = pd.Index(FINDINGS).get_indexer(exploded.to_numpy())  # No Finding: -1
+    onehot = np.zeros((len(finding_labels), len(FINDINGS)), dtype=np.uint8)
+    onehot[row_of_label[codes >= 0], codes[codes >= 0]] = 1
+    table = pd.DataFrame(onehot, index=finding_labels.index, columns=list(FINDINGS))
+    table["no_finding"] = (onehot.sum(axis=1) == 0).astype(np.uint8)
+    return table
 
 
 def read_metadata(csv_path: str | os.PathLike[str] | None = None) -> pd.DataFrame:

@@ -15,6 +15,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from cxrutils.bboxes import BBOX_FRAME_PX
 from cxrutils.labels import NO_FINDING
 
 sns.set_theme(context="notebook", style="whitegrid")
@@ -130,8 +131,8 @@ def bbox_sizes(boxes: pd.DataFrame) -> Figure:
     sns.scatterplot(data=boxes, x="w", y="h", hue="finding", s=15, alpha=0.7, ax=ax)
     ax.set(
         title=f"Bounding boxes ({len(boxes)} on {boxes['image'].nunique()} images)",
-        xlabel="width (px)",
-        ylabel="height (px)",
+        xlabel="width (px of the 1024-px NIH frame)",
+        ylabel="height (px of the 1024-px NIH frame)",
     )
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
     return fig
@@ -143,8 +144,13 @@ def gallery(
     boxes: pd.DataFrame,
     synthetic: bool,
 ) -> Figure:
-    """One row per finding; the finding's box drawn where the box file has one."""
+    """One row per finding; the finding's box drawn where the box file has one.
+
+    Boxes are in the 1024-px NIH frame and are scaled onto each film as loaded.
+    """
     rows = [finding for finding, images in samples.items() if images]
+    if not rows:
+        raise ValueError("no images to draw in the gallery: every sample list is empty")
     columns = max((len(samples[f]) for f in rows), default=1)
     fig, axes = plt.subplots(len(rows), columns, figsize=(2.2 * columns, 2.3 * len(rows)), squeeze=False)
     for ax in axes.flat:
@@ -156,8 +162,10 @@ def gallery(
             ax.imshow(pixels, cmap="gray", vmin=0, vmax=255)
             ax.set_title(image_name, fontsize=7)
             image_boxes = boxes[(boxes["image"] == image_name) & (boxes["finding"] == finding)]
+            scale_y, scale_x = pixels.shape[0] / BBOX_FRAME_PX, pixels.shape[1] / BBOX_FRAME_PX
             for box in image_boxes.itertuples():
-                ax.add_patch(Rectangle((box.x, box.y), box.w, box.h, fill=False, edgecolor="#ff3b30", lw=1.2))
+                ax.add_patch(Rectangle((box.x * scale_x, box.y * scale_y), box.w * scale_x, box.h * scale_y,
+                                       fill=False, edgecolor="#ff3b30", lw=1.2))
         axes[r, 0].text(-0.08, 0.5, finding, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=9)
     suffix = " (SYNTHETIC phantoms)" if synthetic else ""
     fig.suptitle(f"Sample images per label{suffix}; red: bounding box", y=1.0)

@@ -17,10 +17,11 @@ import pandas as pd
 import torch
 
 from cxrutils import run_folder
-from cxrutils.cache import CachedImageDataset, make_loader
+from cxrutils.loader import CachedImageDataset, make_loader
 from cxrutils.dataset import NIHDataset
 from cxrutils.labels import FINDINGS
 from cxrutils.model import ChestXrayDenseNet
+from cxrutils.profiling import stage
 from cxrutils.progress import progress_bar
 from cxrutils.train import (
     Distributed,
@@ -121,8 +122,7 @@ def predict_split(
     cache = open_image_cache(dataset, config)
     metadata = dataset.metadata
     in_split = (dataset.split.reindex(metadata["image"]) == split).to_numpy()
-    usable = set(cache.names[cache.usable])
-    in_cache = metadata["image"].isin(usable).to_numpy()
+    in_cache = metadata["image"].isin(cache.usable_names).to_numpy()
     rows = metadata[in_split & in_cache]
     not_scored = metadata.loc[in_split & ~in_cache, "image"].tolist()
     if not_scored:
@@ -146,16 +146,17 @@ def predict_split(
     model = model.to(torch_device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    probabilities = predict_probabilities(
-        model,
-        loader,
-        torch_device,
-        config.input_size,
-        config.amp,
-        config.channels_last,
-        tta_hflip=tta_hflip,
-        desc=f"predict {split}",
-    )
+    with stage(f"predict {split}", images=len(rows)):
+        probabilities = predict_probabilities(
+            model,
+            loader,
+            torch_device,
+            config.input_size,
+            config.amp,
+            config.channels_last,
+            tta_hflip=tta_hflip,
+            desc=f"predict {split}",
+        )
 
     name = split + (TTA_SUFFIX if tta_hflip else "")
     run_folder.write_predictions(

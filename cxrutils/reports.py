@@ -23,11 +23,14 @@ from typing import Any
 
 from cxrutils.config import ProfileError, apply_overrides, available_profiles, load_profile
 from cxrutils.paths import NOTEBOOKS_DIR, PROJ_ROOT, REPORTS_DIR, resolve
+from cxrutils.profiling import PeakSampler, stage, stage_context
 
 KERNEL_NAME = "cxrutils"
 SUMMARY_NAME = "report_summary.json"
 INDEX_JSON_NAME = "index.json"
 STATUSES = ("ok", "skipped", "failed", "not run")
+# Pages other commands write into the reports folder, linked from the index when present.
+EXTRA_PAGES = {"rehearsal.html": "Full-size rehearsal: every stage's time and memory at 112,120 films (make rehearsal)"}
 
 
 def write_summary(output_dir: str | os.PathLike[str], *, status: str = "ok", **facts: Any) -> Path:
@@ -97,19 +100,24 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, 
     executed = reports_dir / notebook.name
     started = time.perf_counter()
     error: str | None = None
-    try:
-        pm.execute_notebook(
-            str(notebook),
-            str(executed),
-            parameters=passed,
-            kernel_name=ensure_kernel(),
-            cwd=str(PROJ_ROOT),
-            progress_bar=True,
-        )
-    except pm.PapermillExecutionError as err:
-        error = f"{err.ename}: {err.evalue}"
-    elapsed = time.perf_counter() - started
-    export_html(executed, reports_dir / f"{notebook.stem}.html", show_code=show_code)
+    # The kernel inherits the environment, so the stages it records (cxrutils.profiling) name this notebook.
+    # The kernel and its workers are this process's descendants: their summed RSS is the notebook's memory.
+    with stage_context(notebook.stem):
+        with PeakSampler(descendants_only=True) as memory:
+            try:
+                pm.execute_notebook(
+                    str(notebook),
+                    str(executed),
+                    parameters=passed,
+                    kernel_name=ensure_kernel(),
+                    cwd=str(PROJ_ROOT),
+                    progress_bar=True,
+                )
+            except pm.PapermillExecutionError as err:
+                error = f"{err.ename}: {err.evalue}"
+        elapsed = time.perf_counter() - started
+        with stage("render HTML"):
+            export_html(executed, reports_dir / f"{notebook.stem}.html", show_code=show_code)
     summary_path = output_dir / SUMMARY_NAME
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() and error is None else {}
     status = "failed" if error else summary.pop("status", "ok")
@@ -118,6 +126,7 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, 
         "status": status,
         "status_reason": error or summary.pop("status_reason", ""),
         "run_seconds": round(elapsed, 1),
+        "peak_rss_bytes": memory.peak,
         "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
         "parameters": passed,
         **summary,
@@ -169,7 +178,11 @@ def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) 
             f"<td>{source}</td><td>{html.escape(str(entry.get('headline', '')))}</td>"
             f"<td>{html.escape(str(entry.get('finished_at', '')))}</td></tr>"
         )
-    page = _INDEX_TEMPLATE.format(rows="\n".join(rows), generated=dt.datetime.now().isoformat(timespec="seconds"))
+    extras = [f"<li><a href='{name}'>{html.escape(title)}</a></li>" for name, title in EXTRA_PAGES.items()
+              if (reports_dir / name).is_file()]
+    others = f"<h2>Other pages</h2><ul>{''.join(extras)}</ul>" if extras else ""
+    page = _INDEX_TEMPLATE.format(rows="\n".join(rows), generated=dt.datetime.now().isoformat(timespec="seconds"),
+                                  others=others)
     index_html = reports_dir / "index.html"
     index_html.write_text(page, encoding="utf-8")
     return index_html
@@ -196,24 +209,28 @@ nothing about real chest X-rays.</p>
 <th>Data source</th><th>Summary</th><th>Finished</th></tr></thead>
 <tbody>
 {rows}
-</tbody></table></body></html>
+</tbody></table>
+{others}
+</body></html>
 """
 
 
 def prepare_data(profile: dict[str, Any]) -> None:
-    """Build the phantom dataset for profiles that declare ``demo_data``."""
-    demo = profile.get("demo_data")
-    if not demo:
-        return
-    from cxrutils.demo_data import DemoSpec, ensure_demo_dataset
+    """Build the phantom dataset of profiles that declare ``demo_data`` (or ``rehearsal_data``) if it is missing."""
+    from cxrutils.demo_data import DemoSpec, RehearsalSpec, ensure_demo_dataset, ensure_rehearsal_dataset
 
-    settings = dict(demo)
-    root = resolve(settings.pop("root"))
-    data_root = profile["parameters"].get("data_root")
-    if data_root and resolve(data_root) != root:
-        return  # --set data_root points elsewhere: the demo data is not needed
-    print(f"demo data: {root}", flush=True)
-    ensure_demo_dataset(root, DemoSpec(**settings))
+    for key, spec_type, ensure in (("demo_data", DemoSpec, ensure_demo_dataset),
+                                   ("rehearsal_data", RehearsalSpec, ensure_rehearsal_dataset)):
+        if not profile.get(key):
+            continue
+        settings = dict(profile[key])
+        root = resolve(settings.pop("root"))
+        data_root = profile["parameters"].get("data_root")
+        if data_root and resolve(data_root) != root:
+            continue  # --set data_root points elsewhere: this phantom root is not needed
+        print(f"{key.replace('_', ' ')}: {root}", flush=True)
+        with stage("build root"):
+            ensure(root, spec_type(**settings))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,9 @@ from cxrutils.labels import FINDINGS
 
 TRAIN, VAL, TEST = "train", "val", "test"
 SPLIT_ORDER = (TRAIN, VAL, TEST)
+# The official lists' sizes (NIH_FORMATS.md): what a full download's split table must show.
+OFFICIAL_TRAIN_VAL_IMAGES, OFFICIAL_TRAIN_VAL_PATIENTS = 86_524, 28_008
+OFFICIAL_TEST_IMAGES, OFFICIAL_TEST_PATIENTS = 25_596, 2_797
 
 
 class PatientOverlapError(ValueError):
@@ -132,8 +135,17 @@ def patient_overlap(metadata: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
     )
 
 
+OFFICIAL_TRAIN_VAL_ROW = "train_val (official list)"
+OFFICIAL_TEST_ROW = "test (official list)"
+
+
 def split_summary(metadata: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
-    """Images and patients per split, and the patients each shares with the others."""
+    """Images and patients per split, and the patients each shares with the others.
+
+    For an official split, two more rows give the lists' own totals (train_val is
+    train + val; with the real lists 86,524 images of 28,008 patients, and test
+    25,596 of 2,797), so they can be checked against the published sizes.
+    """
     side = split.reindex(metadata["image"]).to_numpy()
     overlap = patient_overlap(metadata, split)
     rows = []
@@ -148,6 +160,16 @@ def split_summary(metadata: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
                 "patients_shared_with_other_splits": shared,
             }
         )
+    if split.attrs.get("kind") == "official":
+        train_val_patients = set(metadata.loc[np.isin(side, [TRAIN, VAL]), "patient_id"])
+        test_patients = set(metadata.loc[side == TEST, "patient_id"])
+        shared = len(train_val_patients & test_patients)
+        for name, members, patients in (
+            (OFFICIAL_TRAIN_VAL_ROW, np.isin(side, [TRAIN, VAL]), train_val_patients),
+            (OFFICIAL_TEST_ROW, side == TEST, test_patients),
+        ):
+            rows.append({"split": name, "images": int(members.sum()), "patients": len(patients),
+                         "patients_shared_with_other_splits": shared})
     return pd.DataFrame(rows).set_index("split")
 
 

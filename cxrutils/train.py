@@ -32,7 +32,8 @@ from torch import nn
 
 from cxrutils import run_folder
 from cxrutils.augment import AugmentConfig, random_affine
-from cxrutils.cache import CachedImageDataset, ImageCache, build_cache, make_loader
+from cxrutils.cache import ImageCache, build_cache
+from cxrutils.loader import CachedImageDataset, make_loader
 from cxrutils.config import parse_override
 from cxrutils.dataset import NIHDataset, load_dataset
 from cxrutils.labels import FINDINGS
@@ -41,6 +42,7 @@ from cxrutils.model import GRAY_MEAN as GRAY_MEAN_FOR_DISPLAY
 from cxrutils.model import GRAY_STD as GRAY_STD_FOR_DISPLAY
 from cxrutils.model import build_model, normalize
 from cxrutils.paths import CONFIGS_DIR, DATA_DIR, RUNS_DIR, resolve
+from cxrutils.profiling import mark_once, stage
 from cxrutils.progress import progress_bar
 from cxrutils.thresholds import METHODS, choose_thresholds
 
@@ -248,6 +250,7 @@ def train_one_epoch(
         images = prepare_batch(pixels, device, config.input_size, config.channels_last, config.augment, generator)
         targets = targets.to(device, non_blocking=True)
         loss = training_step(model, images, targets, criterion, optimizer, scaler, amp_dtype)
+        mark_once("first training batch")
         total_loss += loss.item() * targets.shape[0]
         seen += targets.shape[0]
         bar.update()
@@ -412,11 +415,10 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
     if not ddp.is_main:
         cache = ImageCache.open(cache_dir)
 
-    usable = set(cache.names[cache.usable])
     metadata = dataset.metadata
     split = dataset.split.reindex(metadata["image"]).to_numpy()
     labels_all = metadata[list(FINDINGS)].to_numpy(dtype=np.float32)
-    in_cache = metadata["image"].isin(usable).to_numpy()
+    in_cache = metadata["image"].isin(cache.usable_names).to_numpy()
     train_mask, val_mask = (split == "train") & in_cache, (split == "val") & in_cache
     train_names, val_names = metadata["image"][train_mask].tolist(), metadata["image"][val_mask].tolist()
     train_labels, val_labels = labels_all[train_mask], labels_all[val_mask]
@@ -505,14 +507,16 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
         generator.manual_seed(config.seed * 1000003 + epoch * 1009 + ddp.rank)
         _reshuffle(train_loader, config.seed, epoch)
         started = time.perf_counter()
-        train_stats = train_one_epoch(network, train_loader, criterion, optimizer, scaler, config, device,
-                                      generator, epoch, show_progress=ddp.is_main)
+        with stage("train epoch", images=len(train_names)):
+            train_stats = train_one_epoch(network, train_loader, criterion, optimizer, scaler, config, device,
+                                          generator, epoch, show_progress=ddp.is_main)
         if ddp.enabled:  # mean training loss over ranks
             loss_tensor = torch.tensor([train_stats["train_loss"]], device=device)
             dist.all_reduce(loss_tensor)
             train_stats["train_loss"] = loss_tensor.item() / ddp.world_size
             train_stats["train_images_per_second"] *= ddp.world_size
-        val = evaluate(model, val_loader, val_criterion, config, device) if ddp.is_main else None
+        with stage("validate", images=len(val_names)):
+            val = evaluate(model, val_loader, val_criterion, config, device) if ddp.is_main else None
         val_loss, val_mean = _broadcast((val["val_loss"], float(np.nanmean(val["auroc"]))) if val else None, ddp)
         lr = optimizer.param_groups[0]["lr"]
         if config.scheduler == "plateau":
@@ -531,21 +535,22 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
         history.append(row)
         rng_states = _gather_rng_states(ddp)
         if ddp.is_main:
-            state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                "rng": rng_states, "best_val_auroc_mean": best_auroc, "best_epoch": best_epoch,
-                "stale_epochs": stale_epochs, "history": history, "config": config.to_dict(),
-                "label_order": list(FINDINGS), "cache_fingerprint": cache.fingerprint,
-            }
-            if improved:
-                run_folder.save_checkpoint(run_dir / run_folder.BEST_CHECKPOINT, state)
-                _write_validation_outputs(run_dir, metadata, val_mask, val)
-            run_folder.save_checkpoint(last_path, state)  # written last: it marks the epoch as done
-            run_folder.write_history(run_dir, history)
-            print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
-                  f"val AUROC {val_mean:.4f}{' (best)' if improved else ''}, {row['train_images_per_second']:.0f} img/s",
-                  flush=True)
+            with stage("checkpoint"):
+                state = {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                    "rng": rng_states, "best_val_auroc_mean": best_auroc, "best_epoch": best_epoch,
+                    "stale_epochs": stale_epochs, "history": history, "config": config.to_dict(),
+                    "label_order": list(FINDINGS), "cache_fingerprint": cache.fingerprint,
+                }
+                if improved:
+                    run_folder.save_checkpoint(run_dir / run_folder.BEST_CHECKPOINT, state)
+                    _write_validation_outputs(run_dir, metadata, val_mask, val)
+                run_folder.save_checkpoint(last_path, state)  # written last: it marks the epoch as done
+                run_folder.write_history(run_dir, history)
+                print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
+                      f"val AUROC {val_mean:.4f}{' (best)' if improved else ''}, {row['train_images_per_second']:.0f} img/s",
+                      flush=True)
         if ddp.enabled:
             dist.barrier()
     if ddp.enabled:
@@ -587,8 +592,8 @@ def augmented_sample(
     """The first training images of the cache as the model sees them after augmentation."""
     dataset = dataset or load_training_dataset(config)
     cache = open_image_cache(dataset, config)
-    train_names = [n for n in dataset.split.index[dataset.split == "train"] if n in set(cache.names[cache.usable])]
-    names = train_names[:count]
+    train_names = dataset.split.index[dataset.split == "train"]
+    names = train_names[train_names.isin(cache.usable_names)][:count].tolist()
     pixels = torch.from_numpy(np.asarray(cache.pixels[cache.rows(names)]))[:, None]
     generator = torch.Generator().manual_seed(config.seed)
     images = prepare_batch(pixels, torch.device("cpu"), config.input_size, False, config.augment, generator)

@@ -48,6 +48,7 @@ from cxrutils.dataset import NIHDataset
 from cxrutils.labels import FINDINGS
 from cxrutils.paths import resolve
 from cxrutils.predict import predict_split
+from cxrutils.profiling import stage
 from cxrutils.thresholds import METHODS, ThresholdMethod
 from cxrutils.train import (
     Distributed,
@@ -245,6 +246,20 @@ def skipped_section(loaded: LoadedModels) -> HTML:
     )
 
 
+def cap_note(inputs: ComparisonInputs | None) -> HTML:
+    """Says that (and how) the compared films were capped; empty when every film is compared."""
+    if inputs is None or not inputs.capped:
+        return HTML("")
+    parts = [f"{len(frame):,} of {inputs.full_sizes[split][0]:,} {split} films"
+             for split, frame in ((inputs.split, inputs.test), ("val", inputs.validation))]
+    return HTML(
+        f"<div style='{_AMBER}'><b>Capped comparison.</b> txv_max_images = {inputs.max_images:,}: both models are "
+        f"compared on {' and '.join(parts)}, whole patients drawn at random (seeded). TorchXRayVision's 224 px pass "
+        "over every film is GPU work; this CPU run compares a sample, so its intervals are wider than a full "
+        "comparison's. Set txv_max_images: null to compare every film.</div>"
+    )
+
+
 def caveats_banner(names: Sequence[str], random_init: bool) -> HTML:
     """What a reader must know first: the leakage of NIH-trained models into the official test set, and more.
 
@@ -275,27 +290,59 @@ class ComparisonInputs:
     validation: pd.DataFrame
     source: dict[str, str]  # split -> where our predictions came from
     cache: ImageCache
+    full_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # split -> (images, patients) before a cap
+    max_images: int | None = None
+
+    @property
+    def capped(self) -> bool:
+        return any(self.full_sizes[split][0] > len(frame)
+                   for split, frame in ((self.split, self.test), ("val", self.validation)))
 
 
-def prepare_inputs(run: RunContext, split: str, loaded: LoadedModels) -> ComparisonInputs | None:
-    """Our predictions and the image cache; None (nothing read, nothing predicted) when no model loaded."""
+def prepare_inputs(
+    run: RunContext, split: str, loaded: LoadedModels, max_images: int | None = None, seed: int = 0
+) -> ComparisonInputs | None:
+    """Our predictions and the image cache; None (nothing read, nothing predicted) when no model loaded.
+
+    ``max_images`` caps the films each split is compared on (a seeded draw of whole
+    patients): TorchXRayVision's 224 px pass over 25k films is GPU work, and a CPU
+    rehearsal compares a labelled sample instead. None compares every film.
+    """
     if split == "val":
         raise ValueError("split='val' would score the models on the images their thresholds are chosen on; "
                          "compare on 'test' (or 'train')")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be at least 1 (or None for every film), got {max_images}")
     if loaded.skipped:
         return None
     test, source = our_predictions(run.run_dir, split, run.dataset)
-    return ComparisonInputs(split=split, test=test, validation=validation_predictions(run.run_dir),
+    validation = validation_predictions(run.run_dir)
+    full_sizes = {name: (len(frame), int(frame["patient_id"].nunique()))
+                  for name, frame in ((split, test), ("val", validation))}
+    if max_images is not None:
+        test, validation = (_patient_sample(frame, max_images, seed) for frame in (test, validation))
+    return ComparisonInputs(split=split, test=test, validation=validation,
                             source={split: source, "val": "read from predictions_val.csv (written by training)"},
-                            cache=run.image_cache())
+                            cache=run.image_cache(), full_sizes=full_sizes, max_images=max_images)
+
+
+def _patient_sample(predictions: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
+    """At most ``max_images`` rows, whole patients drawn at random (seeded), in the table's own order."""
+    if len(predictions) <= max_images:
+        return predictions
+    films = predictions.groupby("patient_id", sort=True).size()
+    order = films.index[np.random.default_rng(seed).permutation(films.size)]
+    kept = order[np.cumsum(films.reindex(order).to_numpy()) <= max_images]
+    return predictions[predictions["patient_id"].isin(kept)].reset_index(drop=True)
 
 
 def inputs_table(inputs: ComparisonInputs, loaded: LoadedModels) -> pd.DataFrame:
     """Images and patients per split, where our scores came from, and the resize each TXV model needs."""
     rows = {}
     for split, frame in ((inputs.split, inputs.test), ("val", inputs.validation)):
+        images, patients = inputs.full_sizes.get(split, (len(frame), frame["patient_id"].nunique()))
         rows[split] = {"images": len(frame), "patients": frame["patient_id"].nunique(),
-                       "our predictions": inputs.source[split]}
+                       "of images": images, "of patients": patients, "our predictions": inputs.source[split]}
     table = pd.DataFrame(rows).T
     resize = {m.name: (f"{inputs.cache.size} px cache -> {m.resolution} px"
                        + (" (upsampled: less detail than the model was trained with)"
@@ -361,19 +408,25 @@ def compare_models(
     for model in models:
         model.to(torch_device)
         paired = {}
-        for key, ours in (("test", inputs.test), ("val", inputs.validation)):
-            paired[key] = pair_predictions(ours, _txv_frame(model, inputs, ours, metadata), txv_name=model.name,
-                                           random_init=model.random_init, ours_name=ours_name)
+        with stage("TXV predict", images=len(inputs.test) + len(inputs.validation)):
+            for key, ours in (("test", inputs.test), ("val", inputs.validation)):
+                paired[key] = pair_predictions(ours, _txv_frame(model, inputs, ours, metadata),
+                                               txv_name=model.name, random_init=model.random_init,
+                                               ours_name=ours_name)
         test = paired["test"]
         method: ThresholdMethod = threshold_method  # type: ignore[assignment]
+        with stage("comparison statistics", images=len(test), resamples=n_bootstrap):
+            auroc = compare_auroc(test, n_resamples=n_bootstrap, seed=seed)
+            classification = classification_comparison(test, paired["val"], method=method,
+                                                       txv_op_thresholds=model.op_thresholds)
+            subgroups = subgroup_comparison(test, metadata, by=SUBGROUPS, n_resamples=n_bootstrap, seed=seed)
         results.append(ModelComparison(
             model=model,
             test=test,
             validation=paired["val"],
-            auroc=compare_auroc(test, n_resamples=n_bootstrap, seed=seed),
-            classification=classification_comparison(test, paired["val"], method=method,
-                                                      txv_op_thresholds=model.op_thresholds),
-            subgroups=subgroup_comparison(test, metadata, by=SUBGROUPS, n_resamples=n_bootstrap, seed=seed),
+            auroc=auroc,
+            classification=classification,
+            subgroups=subgroups,
             split=inputs.split,
             threshold_method=threshold_method,
         ))

@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 
 from cxrutils.bboxes import BBoxFormatError, read_bbox_list, write_bbox_list
@@ -38,3 +39,32 @@ def test_wrong_header_and_unknown_label_are_errors(tmp_path):
     (tmp_path / "b.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Tumour,1,2,3,4\n")
     with pytest.raises(BBoxFormatError, match="Tumour"):
         read_bbox_list(tmp_path / "b.csv")
+
+
+def test_boxes_are_scaled_from_the_1024_px_frame_onto_each_film_as_stored():
+    from cxrutils.bboxes import boxes_in_stored_frame
+
+    boxes = pd.DataFrame({"image": ["small.png", "wide.png", "cropped.png"], "finding": ["Nodule"] * 3,
+                          "x": [512.0, 512.0, 1000.0], "y": [256.0, 256.0, 100.0], "w": [64.0, 64.0, 100.0],
+                          "h": [128.0, 128.0, 50.0]})
+    sizes = pd.DataFrame({"width": [256, 2048, 512], "height": [256, 1024, 512]},
+                         index=["small.png", "wide.png", "cropped.png"])
+    stored = boxes_in_stored_frame(boxes, sizes)
+    assert stored.loc[0, ["x", "y", "w", "h"]].tolist() == [128.0, 64.0, 16.0, 32.0]  # a 256 px release: / 4
+    assert stored.loc[1, ["x", "y", "w", "h"]].tolist() == [1024.0, 256.0, 128.0, 128.0]  # each axis its own scale
+    # 1000 + 100 > 1024 by more than 1% of the side: this film is not the one the box was drawn on.
+    assert stored["outside"].tolist() == [False, False, True]
+    with pytest.raises(KeyError, match="gone.png"):
+        boxes_in_stored_frame(boxes.assign(image="gone.png"), sizes)
+
+
+def test_demo_boxes_are_written_in_the_1024_px_frame(tiny_phantom_root):
+    import json
+
+    from cxrutils.bboxes import BBOX_FRAME_PX
+
+    boxes = read_bbox_list(tiny_phantom_root / "BBox_List_2017.csv")
+    image_size = json.loads((tiny_phantom_root / "PHANTOM_DATASET.json").read_text())["spec"]["image_size"]
+    assert image_size < BBOX_FRAME_PX
+    assert (boxes["x"] + boxes["w"]).max() > image_size  # not in the stored films' own pixels
+    assert ((boxes["x"] + boxes["w"]) <= BBOX_FRAME_PX).all() and ((boxes["y"] + boxes["h"]) <= BBOX_FRAME_PX).all()

@@ -13,16 +13,9 @@ import torch
 from PIL import Image
 
 import cxrutils.cache as cache_lib
-from cxrutils.cache import (
-    CacheNotReadyError,
-    CachedImageDataset,
-    ImageCache,
-    build_cache,
-    collate_batched,
-    make_loader,
-    to_square,
-)
+from cxrutils.cache import CacheNotReadyError, ImageCache, build_cache, to_square
 from cxrutils.dataset import load_dataset
+from cxrutils.loader import CachedImageDataset, collate_batched, make_loader
 from cxrutils.images import ImageReadError, read_image
 
 from conftest import write_png
@@ -310,3 +303,32 @@ def test_parallel_build_is_byte_identical_to_serial(phantom_paths, tmp_path):
     parallel = build_cache(phantom_paths, tmp_path / "parallel", size=24, workers=2)
     assert (tmp_path / "serial" / "pixels.u8").read_bytes() == (tmp_path / "parallel" / "pixels.u8").read_bytes()
     assert list(parallel.names) == list(serial.names) and parallel.fingerprint == serial.fingerprint
+
+
+def test_the_cache_module_and_its_decoder_processes_do_not_import_torch():
+    """Each spawned decoder imports cxrutils.cache; with torch that was ~1 GB and seconds per process."""
+    import subprocess
+    import sys
+
+    code = "import sys, cxrutils.cache; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_file_sizes_stats_in_chunks_not_one_task_per_file(tmp_path, monkeypatch):
+    """112,120 futures cost seconds before a cache could even be opened; chunks cost a handful."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [str(tmp_path / f"{i}.png") for i in range(5_000)]
+    for path in paths[:3]:
+        open(path, "wb").write(b"abc")
+    submitted = []
+    real_submit = ThreadPoolExecutor.submit
+
+    def counting_submit(self, *args, **kwargs):
+        submitted.append(1)
+        return real_submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", counting_submit)
+    sizes = cache_lib.file_sizes(paths)
+    assert sizes[:3].tolist() == [3, 3, 3] and (sizes[3:] == -1).all() and len(sizes) == 5_000
+    assert len(submitted) <= 5

@@ -283,3 +283,15 @@ def test_comparison_figures_show_both_models_and_the_random_label(frames) -> Non
     notes = [t.get_text() for t in ax.texts]
     assert f"p(Holm) {result.table.loc['Effusion', 'p_holm']:.2g}" in notes
     plt.close("all")
+
+
+def test_a_capped_comparison_keeps_whole_patients_and_is_seeded() -> None:
+    from cxrutils.txv_report import _patient_sample
+
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in range(300)], "patient_id": np.repeat(np.arange(60), 5)})
+    capped = _patient_sample(frame, 42, seed=3)
+    assert len(capped) == 40  # whole patients of 5 films: 8 of them fit under 42
+    assert frame.groupby("patient_id").size().reindex(capped["patient_id"].unique()).eq(5).all()
+    assert capped.groupby("patient_id").size().eq(5).all()
+    assert capped.equals(_patient_sample(frame, 42, seed=3)) and not capped.equals(_patient_sample(frame, 42, seed=4))
+    assert _patient_sample(frame, 1_000, seed=3) is frame

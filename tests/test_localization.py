@@ -274,3 +274,27 @@ def test_gradcam_can_read_a_finer_dense_block_and_unknown_blocks_are_named():
     assert plateau(finer[0]) <= 64
     with pytest.raises(ValueError, match="denseblock9"):
         model.dense_block("denseblock9")
+
+
+def test_boxes_from_the_1024_px_frame_find_their_blob_on_films_stored_smaller(tmp_path):
+    """A 256 px release of a 1024 px film: the box is scaled onto it before Grad-CAM is scored against it."""
+    from PIL import Image
+
+    from cxrutils.cache import build_cache
+
+    pixels = np.full((256, 256), 20, dtype=np.uint8)
+    pixels[40:72, 16:48] = 250  # the blob, in the left half, in the stored film's pixels
+    Image.fromarray(pixels).save(tmp_path / "film.png")
+    Image.fromarray(np.zeros((128, 256), dtype=np.uint8)).save(tmp_path / "other.png")
+    paths = pd.Series({"film.png": str(tmp_path / "film.png"), "other.png": str(tmp_path / "other.png")})
+    cache = build_cache(paths, tmp_path / "cache", size=64, workers=1)
+    # BBox_List_2017.csv coordinates: the same blob in the 1024-px frame (x4). The second box reaches
+    # y = 1128, beyond any 1024-px film: drawn in another frame, it cannot be placed on its film.
+    boxes = pd.DataFrame({"image": ["film.png", "other.png"], "finding": ["Atelectasis", "Atelectasis"],
+                          "x": [64.0, 64.0], "y": [160.0, 1000.0], "w": [128.0, 128.0], "h": [128.0, 128.0]})
+    mapped, outside = localization.place_boxes(boxes, paths, 64)
+    # Read as pixels of the 256 px film, the box would sit 4 times too far right and down, off the blob.
+    assert mapped[["x", "y", "w", "h"]].to_numpy().tolist() == [[4.0, 10.0, 8.0, 8.0]]
+    assert outside[["image", "film_width", "film_height"]].to_numpy().tolist() == [["other.png", 256, 128]]
+    heatmaps = localization.box_heatmaps(HalvesNet(), cache, mapped, input_size=64)
+    assert localization.localization_scores(heatmaps, mapped).loc["all", "pointing_game"] == 1.0

@@ -56,6 +56,9 @@ def test_evaluation_reports_mean_auroc_with_its_interval_at_the_validation_thres
     located = metrics["localization"]
     assert located["available"] is True and located["boxes"] > 0
     assert set(located["random_baseline"]) == set(located["scores"])
+    # The phantom films are 64 px and their boxes are in the 1024-px NIH frame: mapped onto the films, every box
+    # is on its film.
+    assert located["boxes_outside_film"] == 0 and located["outside_film"] == []
 
     entry = json.loads((reports_dir / reports.INDEX_JSON_NAME).read_text())["03_evaluate"]
     assert entry["status"] == "ok" and entry["synthetic"] is True

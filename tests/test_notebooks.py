@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 
 from cxrutils import reports
@@ -58,3 +59,24 @@ def test_metadata_only_eda_reproduces_the_published_v2020_facts(tmp_path):
     counts = summary["label_counts"]
     assert (counts["No Finding"], counts["Infiltration"], counts["Hernia"]) == (60_361, 19_894, 227)
     assert summary["synthetic"] is False and summary["problems"] == []
+
+
+def test_eda_on_a_full_size_root_without_images_reports_every_film_missing(tmp_path):
+    """What many users do first: the small files of a download, before the 42 GB of images."""
+    from cxrutils.demo_data import RehearsalSpec, build_rehearsal_dataset
+
+    root = build_rehearsal_dataset(tmp_path / "lists_only", RehearsalSpec(with_images=False))
+    reports_dir = tmp_path / "reports"
+    assert reports.main(["--profile", "demo", "--only", "01", "--set", f"data_root={root}",
+                         "--reports-dir", str(reports_dir)]) == 0
+    summary = _summary(reports_dir)
+    assert summary["summary"]["images"] == 112_120 and summary["summary"]["patients"] == 30_805
+    assert summary["problem_counts"] == {"listed in the metadata, no file found": 112_120}
+    assert len(summary["problems"]) <= 100  # the summary (and so the index) stays small
+    problems = pd.read_csv(summary["problems_csv"])
+    assert len(problems) == 112_120 and set(problems["problem"]) == {"listed in the metadata, no file found"}
+    assert summary["split"]["train_val (official list)"]["images"] == 86_524
+    assert summary["split"]["test (official list)"]["images"] == 25_596
+    assert "112,120 listed images not on disk" in summary["headline"]
+    page = (reports_dir / "01_eda.html").read_text()
+    assert "nothing to show" in page and "Bounding boxes" in page and "Geometry" in page

@@ -45,7 +45,7 @@ def test_official_lists_with_validation_carved_by_patient(nih_metadata):
     assert len(sides["val"]) == round(0.1 * len(train_val_patients))
     assert (patient_overlap(nih_metadata, split).to_numpy() == 0).all()
     summary = split_summary(nih_metadata, split)
-    assert summary["images"].sum() == len(nih_metadata)
+    assert summary.loc[["train", "val", "test"], "images"].sum() == len(nih_metadata)
     assert summary.loc["test", "patients"] == len(test_patients)
     again = assign_official(nih_metadata, train_val, test, val_fraction=0.1, seed=7)
     other = assign_official(nih_metadata, train_val, test, val_fraction=0.1, seed=8)
@@ -84,3 +84,18 @@ def test_overlap_check_catches_an_image_level_split(nih_metadata):
     by_image = pd.Series(rng.choice(["train", "val", "test"], len(nih_metadata)), index=nih_metadata["image"])
     with pytest.raises(PatientOverlapError):
         assert_patient_disjoint(nih_metadata, by_image)
+
+
+def test_the_split_table_shows_the_official_lists_own_totals_beside_the_carve_out(nih_metadata):
+    test_patients = set(nih_metadata["patient_id"].drop_duplicates().sample(frac=0.1, random_state=1))
+    is_test = nih_metadata["patient_id"].isin(test_patients)
+    split = assign_official(nih_metadata, nih_metadata.loc[~is_test, "image"].tolist(),
+                            nih_metadata.loc[is_test, "image"].tolist(), val_fraction=0.1, seed=0)
+    table = split_summary(nih_metadata, split)
+    train_val = table.loc["train_val (official list)"]
+    assert train_val["images"] == (~is_test).sum() == table.loc["train", "images"] + table.loc["val", "images"]
+    assert train_val["patients"] == nih_metadata.loc[~is_test, "patient_id"].nunique()
+    assert table.loc["test (official list)", "images"] == is_test.sum()
+    assert (table["patients_shared_with_other_splits"] == 0).all()
+    random_split = assign_random(nih_metadata, seed=0)
+    assert "train_val (official list)" not in split_summary(nih_metadata, random_split).index

@@ -212,3 +212,26 @@ def test_unreadable_images_stop_training_unless_skipped_and_then_are_listed(phan
     bad_files = run_folder.read_bad_files(result.run_dir)
     assert bad_files["image"].tolist() == [damaged.name]
     assert "truncated" in bad_files["reason"].iloc[0] or "corrupt" in bad_files["reason"].iloc[0]
+
+
+def test_the_augmented_sample_looks_up_the_usable_films_once_not_once_per_film(tiny_phantom_root, tmp_path,
+                                                                                  monkeypatch):
+    """At 112,120 films, rebuilding the set of usable films for each training film kept notebook 02 from
+    reaching training for over ten minutes: the lookups must not grow with the number of films."""
+    from cxrutils.cache import ImageCache
+    from cxrutils.train import augmented_sample, load_training_dataset
+
+    config = _config(tiny_phantom_root, tmp_path)
+    dataset = load_training_dataset(config)
+    lookups = {"n": 0}
+    real_usable = ImageCache.usable
+
+    def counted(self):
+        lookups["n"] += 1
+        return real_usable.fget(self)
+
+    monkeypatch.setattr(ImageCache, "usable", property(counted))
+    images, names = augmented_sample(config, count=4, dataset=dataset)
+    assert images.shape[0] == 4 and len(names) == 4
+    assert (dataset.split[names] == "train").all()
+    assert lookups["n"] <= 2, f"{lookups['n']} lookups for {int((dataset.split == 'train').sum())} training films"
