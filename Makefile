@@ -25,7 +25,7 @@ $(INSTALLED): pyproject.toml
 	  $(VENV_PYTHON) -m pip download --quiet --progress-bar off --dest $(WHEELHOUSE) $(HEAVY_PINS) && \
 	  $(VENV_PYTHON) -m pip install --quiet --no-index --find-links $(WHEELHOUSE) $(HEAVY_PINS); }
 	$(VENV_PYTHON) -m pip install --progress-bar off -e '.[dev]'
-	$(VENV_PYTHON) -c "from cxrutils.reports import ensure_kernel; ensure_kernel()"
+	$(VENV_PYTHON) -c "from cxrutils.report.runner import ensure_kernel; ensure_kernel()"
 	@touch $@
 
 install: $(INSTALLED)  ## create .venv and install cxrutils with its pinned dependencies

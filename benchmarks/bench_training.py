@@ -8,7 +8,7 @@ Measured in one run, on one machine, over 1024 px phantom PNGs in the NIH layout
 
   (a) img/s of a decode-every-epoch loader: PIL decode, resize, normalise, the way the
       recipe notebooks do it (torchvision transforms in a Dataset);
-  (b) img/s of the cache loader (cxrutils.cache) with the same worker count, up to
+  (b) img/s of the cache loader (cxrutils.data.cache) with the same worker count, up to
       the same normalised float batch;
   (c) img/s of the training step on a batch already in memory (the compute bound);
   (d) img/s of the same step fed by the cache loader, with batched augmentation;
@@ -38,16 +38,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cxrutils.augment import AugmentConfig
-from cxrutils.cache import build_cache
-from cxrutils.loader import CachedImageDataset, make_loader
-from cxrutils.dataset import load_dataset
-from cxrutils.demo_data import DemoSpec, ensure_demo_dataset
-from cxrutils.images import read_image
+from cxrutils.data.cache import build_cache
+from cxrutils.data.dataset import load_dataset
+from cxrutils.data.images import read_image
+from cxrutils.demo.roots import DemoSpec, ensure_demo_dataset
+from cxrutils.engine.loader import CachedImageDataset, make_loader
+from cxrutils.engine.model import GRAY_MEAN, GRAY_STD, build_model
+from cxrutils.engine.runtime import autocast_dtype, prepare_batch, select_device
+from cxrutils.engine.train import training_step
 from cxrutils.labels import FINDINGS
-from cxrutils.model import GRAY_MEAN, GRAY_STD, build_model
 from cxrutils.paths import DATA_DIR
-from cxrutils.train import autocast_dtype, prepare_batch, select_device, Distributed, training_step
+from cxrutils.settings import AugmentConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Small enough for a 2-core CPU in a few minutes.
@@ -101,7 +102,7 @@ def _cycle(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def run_benchmark(settings: dict[str, Any]) -> dict[str, Any]:
-    device = select_device(settings["device"], Distributed())
+    device = select_device(settings["device"])
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)

@@ -11,7 +11,6 @@ NOTEBOOKS_DIR = PROJ_ROOT / "notebooks"
 REPORTS_DIR = PROJ_ROOT / "reports"
 DATA_DIR = PROJ_ROOT / "data"
 RUNS_DIR = PROJ_ROOT / "runs"
-DEMO_DATA_DIR = DATA_DIR / "demo"
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:

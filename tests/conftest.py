@@ -30,7 +30,7 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small phantom dataset, built once per test session (read-only: copy before changing)."""
-    from cxrutils.demo_data import DemoSpec, build_demo_dataset
+    from cxrutils.demo.roots import DemoSpec, build_demo_dataset
 
     spec = DemoSpec(n_patients=30, image_size=64, seed=3, min_images_per_finding=2, max_images_per_patient=3)
     return build_demo_dataset(tmp_path_factory.mktemp("phantoms") / "demo", spec, workers=1)
@@ -45,7 +45,8 @@ def phantom_copy(tiny_phantom_root: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seconds-long training run (tiny profile) on the tiny phantom root; returns its run folder (read-only)."""
-    from cxrutils.train import load_train_config, train
+    from cxrutils.engine.train import train
+    from cxrutils.settings import load_train_config
 
     folder = tmp_path_factory.mktemp("tiny_run")
     config = load_train_config(

@@ -1,6 +1,6 @@
 """torchrun entry point for tests/test_train.py: records which rank writes run-folder files.
 
-Every run-folder write goes through ``run_folder.atomic_write_bytes``; this wraps it
+Every run-folder write goes through ``cxrutils.files.atomic_write``; this wraps it
 to append ``<rank> <path>`` to $CXRUTILS_WRITE_LOG, then runs the real command line.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import sys
 
-from cxrutils import run_folder
-from cxrutils.train import main
+from cxrutils import files
+from cxrutils.engine.train import main
 
 LOG = os.environ["CXRUTILS_WRITE_LOG"]
 RANK = os.environ.get("RANK", "?")
-_real_atomic_write = run_folder.atomic_write_bytes
+_real_atomic_write = files.atomic_write
 
 
 def _record(line: str) -> None:
@@ -22,12 +22,12 @@ def _record(line: str) -> None:
         handle.write(f"{RANK} {line}\n")
 
 
-def _recording_atomic_write(path, write):
+def _recording_atomic_write(path, write, durable=False):
     _record(str(path))
-    return _real_atomic_write(path, write)
+    return _real_atomic_write(path, write, durable)
 
 
 if __name__ == "__main__":
-    run_folder.atomic_write_bytes = _recording_atomic_write
+    files.atomic_write = _recording_atomic_write
     _record("start")
     sys.exit(main(sys.argv[1:]))

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxrutils.augment import AugmentConfig, random_affine
-from cxrutils.thresholds import choose_thresholds
+from cxrutils.engine.augment import AugmentConfig, random_affine
+from cxrutils.stats.thresholds import choose_thresholds
 
 
 def test_identity_augmentation_returns_the_batch_unchanged():

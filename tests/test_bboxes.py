@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from cxrutils.bboxes import BBoxFormatError, read_bbox_list, write_bbox_list
+from cxrutils.data.bboxes import BBoxFormatError, read_bbox_list, write_bbox_list
+from cxrutils.data.metadata import shipped_data_file
 from cxrutils.labels import BOX_FINDINGS
-from cxrutils.metadata import shipped_data_file
 
 
 def test_real_header_quirk_and_infiltrate_alias(fixtures_dir):
@@ -42,7 +42,7 @@ def test_wrong_header_and_unknown_label_are_errors(tmp_path):
 
 
 def test_boxes_are_scaled_from_the_1024_px_frame_onto_each_film_as_stored():
-    from cxrutils.bboxes import boxes_in_stored_frame
+    from cxrutils.data.bboxes import boxes_in_stored_frame
 
     boxes = pd.DataFrame({"image": ["small.png", "wide.png", "cropped.png"], "finding": ["Nodule"] * 3,
                           "x": [512.0, 512.0, 1000.0], "y": [256.0, 256.0, 100.0], "w": [64.0, 64.0, 100.0],
@@ -61,7 +61,7 @@ def test_boxes_are_scaled_from_the_1024_px_frame_onto_each_film_as_stored():
 def test_demo_boxes_are_written_in_the_1024_px_frame(tiny_phantom_root):
     import json
 
-    from cxrutils.bboxes import BBOX_FRAME_PX
+    from cxrutils.data.bboxes import BBOX_FRAME_PX
 
     boxes = read_bbox_list(tiny_phantom_root / "BBox_List_2017.csv")
     image_size = json.loads((tiny_phantom_root / "PHANTOM_DATASET.json").read_text())["spec"]["image_size"]

@@ -10,15 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_png
 from PIL import Image
 
-import cxrutils.cache as cache_lib
-from cxrutils.cache import CacheNotReadyError, ImageCache, build_cache, to_square
-from cxrutils.dataset import load_dataset
-from cxrutils.loader import CachedImageDataset, collate_batched, make_loader
-from cxrutils.images import ImageReadError, read_image
-
-from conftest import write_png
+import cxrutils.data.cache as cache_lib
+from cxrutils.data.cache import CacheNotReadyError, ImageCache, build_cache, to_square
+from cxrutils.data.dataset import load_dataset
+from cxrutils.data.images import ImageReadError, read_image
+from cxrutils.engine.loader import CachedImageDataset, collate_batched, make_loader
 
 
 def _noise_images(folder: Path, n: int, side: int = 24, seed: int = 0) -> pd.Series:
@@ -310,7 +309,7 @@ def test_the_cache_module_and_its_decoder_processes_do_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, cxrutils.cache; print('torch' in sys.modules)"
+    code = "import sys, cxrutils.data.cache; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 

@@ -7,20 +7,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrutils import comparison
-from cxrutils.comparison import (
-    LEAKAGE_CAVEAT,
-    MEAN_ROW,
-    classification_comparison,
-    compare_auroc,
-    pair_predictions,
-    side_by_side,
-    subgroup_comparison,
-)
-from cxrutils.delong import adjust_p_values
+from cxrutils.compare import comparison
+from cxrutils.compare.comparison import LEAKAGE_CAVEAT, pair_with_txv
+from cxrutils.compare.txv import RANDOM_INIT_LABEL
 from cxrutils.labels import FINDINGS
-from cxrutils.thresholds import choose_thresholds
-from cxrutils.txv import RANDOM_INIT_LABEL
+from cxrutils.stats import paired as paired_stats
+from cxrutils.stats.delong import adjust_p_values
+from cxrutils.stats.metrics import MEAN_ROW
+from cxrutils.stats.paired import classification_comparison, compare_auroc, side_by_side, subgroup_comparison
+from cxrutils.stats.thresholds import choose_thresholds
 
 # The findings a CheXpert-trained model scores.
 SHARED = ["Atelectasis", "Cardiomegaly", "Effusion", "Pneumonia", "Pneumothorax", "Consolidation", "Edema"]
@@ -72,13 +67,13 @@ def frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def paired(frames: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> comparison.PairedPredictions:
+def paired(frames: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> paired_stats.PairedPredictions:
     ours, txv, _ = frames
-    return pair_predictions(ours, txv, txv_name="densenet121-res224-chex")
+    return pair_with_txv(ours, txv, txv_name="densenet121-res224-chex")
 
 
 @pytest.fixture(scope="module")
-def result(paired: comparison.PairedPredictions) -> comparison.AurocComparison:
+def result(paired: paired_stats.PairedPredictions) -> paired_stats.AurocComparison:
     return compare_auroc(paired, n_resamples=300, seed=1)
 
 
@@ -98,27 +93,30 @@ def test_pairing_aligns_rows_and_keeps_only_shared_findings(frames, paired) -> N
 def test_pairing_refuses_different_images_labels_or_patients(frames) -> None:
     ours, txv, _ = frames
     with pytest.raises(ValueError, match=r"1 only in ours .*" + ours["image"].iloc[0]):
-        pair_predictions(ours, txv[txv["image"] != ours["image"].iloc[0]], txv_name="densenet121-res224-chex")
+        pair_with_txv(ours, txv[txv["image"] != ours["image"].iloc[0]], txv_name="densenet121-res224-chex")
     flipped = txv.copy()
     flipped.loc[:2, "Effusion"] = 1 - flipped.loc[:2, "Effusion"]
     with pytest.raises(ValueError, match="Effusion differs .* on 3 images"):
-        pair_predictions(ours, flipped, txv_name="densenet121-res224-chex")
+        pair_with_txv(ours, flipped, txv_name="densenet121-res224-chex")
     moved = txv.copy()
     moved.loc[0, "patient_id"] = -1
     with pytest.raises(ValueError, match="different patient ids"):
-        pair_predictions(ours, moved, txv_name="densenet121-res224-chex")
+        pair_with_txv(ours, moved, txv_name="densenet121-res224-chex")
+    with pytest.raises(ValueError, match="no .*prob_<finding>.* column"):
+        pair_with_txv(ours, txv[["image", "patient_id", "Effusion"]], txv_name="densenet121-res224-chex")
+    only_hernia = txv[["image", "patient_id", "Effusion"]].assign(prob_Hernia=0.5)
     with pytest.raises(ValueError, match="no finding is scored by both"):
-        pair_predictions(ours, txv[["image", "patient_id", "Effusion"]], txv_name="densenet121-res224-chex")
+        pair_with_txv(ours.drop(columns="prob_Hernia"), only_hernia, txv_name="densenet121-res224-chex")
 
 
 def test_caveats_follow_the_model_and_random_weights(frames) -> None:
     ours, txv, _ = frames
-    nih = pair_predictions(ours, txv, txv_name="densenet121-res224-nih")
+    nih = pair_with_txv(ours, txv, txv_name="densenet121-res224-nih")
     assert any(LEAKAGE_CAVEAT in c for c in nih.caveats)
     assert any(LEAKAGE_CAVEAT in c for c in comparison.comparison_caveats("densenet121-res224-rsna"))
-    chex = pair_predictions(ours, txv, txv_name="densenet121-res224-chex")
+    chex = pair_with_txv(ours, txv, txv_name="densenet121-res224-chex")
     assert not any(LEAKAGE_CAVEAT in c for c in chex.caveats) and any("CheXpert" in c for c in chex.caveats)
-    fake = pair_predictions(ours, txv, txv_name="densenet121-res224-all", random_init=True)
+    fake = pair_with_txv(ours, txv, txv_name="densenet121-res224-all", random_init=True)
     assert RANDOM_INIT_LABEL in fake.names["txv"] and any(RANDOM_INIT_LABEL in c for c in fake.caveats)
     assert "NIH ChestX-ray14" in LEAKAGE_CAVEAT and "official test" in LEAKAGE_CAVEAT
 
@@ -172,7 +170,7 @@ def test_mean_row_averages_the_shared_findings_with_a_paired_interval(paired, re
 def test_unscorable_findings_are_reported_not_scored() -> None:
     ours, txv, _ = _predictions()
     txv["prob_Hernia"] = 0.5  # both score Hernia now, which has one positive
-    paired = pair_predictions(ours, txv, txv_name="densenet121-res224-nih")
+    paired = pair_with_txv(ours, txv, txv_name="densenet121-res224-nih")
     table = compare_auroc(paired, n_resamples=50).table
     assert "1 positives" in table.loc["Hernia", "note"] and np.isnan(table.loc["Hernia", "p_value"])
     assert "Hernia" not in compare_auroc(paired, n_resamples=50).mean_over
@@ -190,8 +188,8 @@ def test_patient_clustering_discounts_repeated_films() -> None:
     ours, txv, _ = _predictions(n_patients=120, seed=4)
     tripled_ours = pd.concat([ours.assign(image=ours["image"] + f"#{r}") for r in range(3)], ignore_index=True)
     tripled_txv = pd.concat([txv.assign(image=txv["image"] + f"#{r}") for r in range(3)], ignore_index=True)
-    once = compare_auroc(pair_predictions(ours, txv, txv_name="densenet121-res224-chex"), n_resamples=20).table
-    paired3 = pair_predictions(tripled_ours, tripled_txv, txv_name="densenet121-res224-chex")
+    once = compare_auroc(pair_with_txv(ours, txv, txv_name="densenet121-res224-chex"), n_resamples=20).table
+    paired3 = pair_with_txv(tripled_ours, tripled_txv, txv_name="densenet121-res224-chex")
     by_patient = compare_auroc(paired3, n_resamples=20).table
     by_image = compare_auroc(paired3, n_resamples=20, delong_clusters="image").table
     tested = once.index[(once["note"] == "") & (once["difference"] != 0)].drop(MEAN_ROW, errors="ignore")
@@ -205,8 +203,8 @@ def test_patient_clustering_discounts_repeated_films() -> None:
 def test_classification_uses_validation_thresholds_and_the_published_ones(frames) -> None:
     ours, txv, _ = frames
     validation_ours, validation_txv, _ = _predictions(n_patients=200, seed=9)
-    test = pair_predictions(ours, txv, txv_name="densenet121-res224-chex")
-    validation = pair_predictions(validation_ours, validation_txv, txv_name="densenet121-res224-chex")
+    test = pair_with_txv(ours, txv, txv_name="densenet121-res224-chex")
+    validation = pair_with_txv(validation_ours, validation_txv, txv_name="densenet121-res224-chex")
     published = pd.Series({f: 0.3 for f in test.findings})
     report = classification_comparison(test, validation, method="youden", txv_op_thresholds=published)
     assert len(report) == 3 * len(test.findings)
@@ -262,10 +260,10 @@ def test_subgroups_by_sex_and_view(frames, paired) -> None:
 def test_comparison_figures_show_both_models_and_the_random_label(frames) -> None:
     import matplotlib.pyplot as plt
 
-    from cxrutils import plots
+    from cxrutils.report import plots
 
     ours, txv, _ = frames
-    fake = pair_predictions(ours, txv, txv_name="densenet121-res224-chex", random_init=True)
+    fake = pair_with_txv(ours, txv, txv_name="densenet121-res224-chex", random_init=True)
     result = compare_auroc(fake, n_resamples=30)
     roc = plots.comparison_roc_curves(fake, result.table)
     panels = [ax for ax in roc.axes if ax.get_title()]
@@ -286,7 +284,7 @@ def test_comparison_figures_show_both_models_and_the_random_label(frames) -> Non
 
 
 def test_a_capped_comparison_keeps_whole_patients_and_is_seeded() -> None:
-    from cxrutils.txv_report import _patient_sample
+    from cxrutils.compare.run import patient_sample as _patient_sample
 
     frame = pd.DataFrame({"image": [f"{i}.png" for i in range(300)], "patient_id": np.repeat(np.arange(60), 5)})
     capped = _patient_sample(frame, 42, seed=3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrutils.delong import (
+from cxrutils.stats.delong import (
     adjust_p_values,
     delong_auroc,
     delong_covariance,

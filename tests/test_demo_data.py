@@ -3,11 +3,11 @@ import json
 
 import pandas as pd
 
-from cxrutils.dataset import is_synthetic, load_dataset
-from cxrutils.demo_data import DemoSpec, build_demo_dataset, ensure_demo_dataset, sample_rows
+from cxrutils.data.dataset import is_synthetic, load_dataset
+from cxrutils.data.metadata import read_metadata
+from cxrutils.data.splits import read_split_list
+from cxrutils.demo.roots import DemoSpec, build_demo_dataset, ensure_demo_dataset, sample_rows
 from cxrutils.labels import BOX_FINDINGS, FINDINGS
-from cxrutils.metadata import read_metadata
-from cxrutils.splits import read_split_list
 
 
 def _digest(root):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrutils.images import ImageReadError, full_integrity_problem, quick_integrity_problem, read_image
+from cxrutils.data.images import ImageReadError, full_integrity_problem, quick_integrity_problem, read_image
 
 
 def _gradient(size=16):

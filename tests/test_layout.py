@@ -3,8 +3,8 @@ import shutil
 import pytest
 from conftest import write_png
 
-from cxrutils.dataset import load_dataset
-from cxrutils.layout import index_images, locate_files
+from cxrutils.data.dataset import load_dataset
+from cxrutils.data.layout import index_images, locate_files
 
 NAMES = ["00000001_000.png", "00000001_001.png", "00000002_000.png", "00000003_000.png", "00000013_005.png"]
 
@@ -48,7 +48,8 @@ def test_kaggle_sample_layout_without_split_lists(tmp_path, fixtures_dir):
     assert dataset.split_kind == "random"
     assert dataset.index.missing == [] and dataset.index.paths.size == 3
     # patient 13's two films stay together
-    assert dataset.split["00000013_005.png"] == dataset.split["00000013_026.png"]
+    side = dataset.metadata.set_index("image")["split"]
+    assert side["00000013_005.png"] == side["00000013_026.png"]
 
 
 def test_images_kept_apart_from_the_metadata(tmp_path, fixtures_dir):

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from cxrutils import localization
-from cxrutils.cache import to_square
-from cxrutils.model import ChestXrayDenseNet
+from cxrutils.data.cache import to_square
+from cxrutils.engine.model import ChestXrayDenseNet
+from cxrutils.evaluate import localization
 
 # --------------------------------------------------------------------------- Grad-CAM
 
@@ -210,7 +210,7 @@ def test_localization_gallery_draws_one_rectangle_per_box():
     matplotlib.use("Agg")
     from matplotlib.patches import Rectangle
 
-    from cxrutils import plots
+    from cxrutils.report import plots
 
     maps = localization.random_heatmaps(2, 16, seed=0)
     fig = plots.localization_gallery(np.zeros((2, 16, 16)), maps, [(2, 3, 4, 5), None], ["boxed", "no box"])
@@ -223,7 +223,7 @@ def test_box_heatmaps_and_box_mapping_agree_end_to_end_on_non_square_films(tmp_p
     """Films 64 wide x 32 high go through the real cache (padded to a square); boxes follow them."""
     from PIL import Image
 
-    from cxrutils.cache import build_cache
+    from cxrutils.data.cache import build_cache
 
     films = {"left.png": (8, 10), "right.png": (44, 12)}  # blob's top-left corner (x, y), 8 x 8 px
     paths = {}
@@ -256,7 +256,7 @@ def test_box_heatmaps_and_box_mapping_agree_end_to_end_on_non_square_films(tmp_p
 
 
 def test_gradcam_can_read_a_finer_dense_block_and_unknown_blocks_are_named():
-    from cxrutils.model import build_model
+    from cxrutils.engine.model import build_model
 
     torch.manual_seed(0)
     model = build_model("none")
@@ -280,7 +280,7 @@ def test_boxes_from_the_1024_px_frame_find_their_blob_on_films_stored_smaller(tm
     """A 256 px release of a 1024 px film: the box is scaled onto it before Grad-CAM is scored against it."""
     from PIL import Image
 
-    from cxrutils.cache import build_cache
+    from cxrutils.data.cache import build_cache
 
     pixels = np.full((256, 256), 20, dtype=np.uint8)
     pixels[40:72, 16:48] = 250  # the blob, in the left half, in the stored film's pixels

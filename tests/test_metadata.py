@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxrutils.data.metadata import TIDY_COLUMNS, MetadataError, read_metadata
 from cxrutils.labels import FINDINGS
-from cxrutils.metadata import TIDY_COLUMNS, MetadataError, read_metadata
 
 
 def test_kaggle_csv_with_trailing_comma_reads_into_the_tidy_frame(fixtures_dir):

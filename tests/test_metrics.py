@@ -5,9 +5,9 @@ from scipy.stats import norm
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, classification_report, roc_auc_score
 
-from cxrutils import metrics
 from cxrutils.labels import BOX_FINDINGS, FINDINGS
-from cxrutils.thresholds import choose_thresholds
+from cxrutils.stats import metrics
+from cxrutils.stats.thresholds import choose_thresholds
 
 
 def tied_sample(seed: int, n: int = 300, k: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -101,18 +101,23 @@ def test_copies_of_one_patient_do_not_count_as_independent_evidence():
 def test_bootstrap_table_shape_seed_and_mean_row():
     labels, scores = tied_sample(8, n=400, k=len(FINDINGS))
     labels[:, 13] = 0  # Hernia absent: undefined, left out of the mean
-    labels[:3, 12] = 1  # a rare class: some resamples have no positive
-    labels[3:, 12] = 0
+    labels[:6, 12] = 1  # a rare class (two patients' films): some resamples have no positive
+    labels[6:, 12] = 0
+    labels[:3, 11] = 1  # positives from one patient only: not scorable, left out of the mean
+    labels[3:, 11] = 0
     patient_ids = np.arange(400) // 3
     table = metrics.bootstrap_auroc(labels, scores, patient_ids, n_resamples=300, seed=1)
     assert list(table.index) == [*FINDINGS, "mean"]
     assert list(table.columns[:4]) == ["auroc", "ci_low", "ci_high", "positives"]
     assert np.isnan(table.loc["Hernia", "auroc"]) and table.loc["Hernia", "n_resamples"] == 0
-    assert table.attrs["mean_over"] == list(FINDINGS[:13])
-    assert table.loc["mean", "auroc"] == pytest.approx(np.mean(metrics.per_class_auroc(labels, scores)[:13]))
+    assert np.isnan(table.loc["Fibrosis", "auroc"])  # 3 positive films, all one patient's
+    assert table.attrs["mean_over"] == [f for f in FINDINGS[:13] if f != "Fibrosis"]
+    scorable_columns = [k for k in range(13) if k != 11]
+    assert table.loc["mean", "auroc"] == pytest.approx(
+        np.mean(metrics.per_class_auroc(labels, scores)[scorable_columns]))
     assert 0 < table.loc["Pleural_Thickening", "n_resamples"] < 300
     assert table.loc["mean", "n_resamples"] == table.loc["Pleural_Thickening", "n_resamples"]
-    finite = table.drop(index="Hernia")
+    finite = table.drop(index=["Hernia", "Fibrosis"])
     assert ((finite["ci_low"] <= finite["auroc"] + 0.05) & (finite["auroc"] - 0.05 <= finite["ci_high"])).all()
     assert table.loc["Atelectasis", "positives"] == labels[:, 0].sum()
     pd.testing.assert_frame_equal(table, metrics.bootstrap_auroc(labels, scores, patient_ids, n_resamples=300, seed=1))
@@ -244,7 +249,9 @@ def test_reliability_curves_are_sklearns_calibration_curve_with_bin_counts():
 
 
 def test_age_bands_and_implausible_ages():
-    bands = metrics.age_band([5, 39, 40, 59, 60, 79, 80, 95, 150, np.nan])
+    from cxrutils.data.metadata import age_band
+
+    bands = age_band([5, 39, 40, 59, 60, 79, 80, 95, 150, np.nan])
     assert list(bands.astype(object).fillna("none")) == [
         "<40",
         "<40",
@@ -323,7 +330,7 @@ def test_roc_curves_title_each_class_with_its_interval_and_forest_draws_each_fin
     import matplotlib
 
     matplotlib.use("Agg")
-    from cxrutils import plots
+    from cxrutils.report import plots
 
     labels, scores = tied_sample(18, n=200, k=2)
     names = ["a", "b"]
@@ -339,3 +346,18 @@ def test_roc_curves_title_each_class_with_its_interval_and_forest_draws_each_fin
     )
     assert [ax.get_title() for ax in forest.axes if ax.axison] == ["a", "b", "mean"]
     matplotlib.pyplot.close("all")
+
+
+def test_one_rule_says_which_findings_are_scorable():
+    labels = np.zeros((12, 4), dtype=int)
+    labels[:2, 0] = 1  # 2 positives, from patients 0 and 1: scorable
+    labels[:2, 1] = 1  # ... but another column has them from one patient below
+    labels[0, 2] = 1  # one positive: never
+    labels[:, 3] = 1
+    labels[:2, 3] = 0  # 2 negatives, from two patients: scorable
+    patients = np.array([0, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6])
+    one_patient = patients.copy()
+    one_patient[1] = 0
+    assert metrics.scorable(labels, patients).tolist() == [True, True, False, True]
+    assert metrics.scorable(labels, one_patient).tolist() == [False, False, False, False]
+    assert metrics.scorable(labels, patients, min_positives=3).tolist() == [False, False, False, True]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from cxrutils.model import (
+from cxrutils.engine.model import (
     IMAGENET_DENSENET121_FILE,
     LSEPool2d,
     WeightsNotFoundError,

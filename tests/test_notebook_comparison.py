@@ -14,11 +14,13 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from cxrutils import reports, run_folder, txv
-from cxrutils.cache import ImageCache
-from cxrutils.comparison import LEAKAGE_CAVEAT
+from cxrutils.compare import txv
+from cxrutils.compare.comparison import LEAKAGE_CAVEAT
+from cxrutils.compare.run import COMPARISON_NAME
+from cxrutils.data.cache import ImageCache
+from cxrutils.engine import run_folder
 from cxrutils.labels import FINDINGS
-from cxrutils.txv_report import COMPARISON_NAME
+from cxrutils.report import runner as reports
 
 with warnings.catch_warnings():
     import torchxrayvision as xrv
@@ -42,7 +44,9 @@ def run_dir(tiny_run: Path, tmp_path: Path) -> Path:
 
 def _run(run_dir: Path, reports_dir: Path, *overrides: str) -> tuple[int, dict[str, Any], str, dict[str, Any]]:
     """Exit code, index entry, HTML and comparison.json of one run of notebook 04."""
-    sets = [f"runs_dir={run_dir.parent}", f"run_name={run_dir.name}", "n_bootstrap=50", *overrides]
+    data_root = run_folder.read_config(run_dir)["data_root"]
+    sets = [f"runs_dir={run_dir.parent}", f"name={run_dir.name}", f"data_root={data_root}", "n_bootstrap=50",
+            *overrides]
     argv = ["--profile", "demo", "--only", "04", "--reports-dir", str(reports_dir)]
     code = reports.main(argv + [arg for text in sets for arg in ("--set", text)])
     entry = json.loads((reports_dir / reports.INDEX_JSON_NAME).read_text())[NOTEBOOK]
@@ -94,7 +98,7 @@ def test_random_weights_run_the_whole_comparison_and_say_so(run_dir: Path, tmp_p
     table = _per_class(saved)
     assert list(table.index) == list(FINDINGS) and record["images"] == len(ours)
     scored = table[table["auroc_ours"].notna()]
-    assert len(scored) >= 3
+    assert len(scored) >= 2  # the scorable ones: 2 positive and 2 negative films, from 2 patients each
     for finding, row in scored.iterrows():
         assert row["auroc_ours"] == pytest.approx(roc_auc_score(ours[finding], ours[f"prob_{finding}"]))
         assert 0 <= row["auroc_txv"] <= 1 and row["ours_ci_low"] <= row["auroc_ours"] <= row["ours_ci_high"]
@@ -132,7 +136,7 @@ def test_a_weights_file_in_weights_dir_is_loaded_by_torchxrayvision_and_compared
         probabilities = txv.predict_txv(model, cache, names=ours["image"].tolist(), show_progress=False)
     table = _per_class(saved)
     scored = table[table["auroc_txv"].notna()]
-    assert len(scored) >= 3
+    assert len(scored) >= 2  # the scorable ones: 2 positive and 2 negative films, from 2 patients each
     for finding, row in scored.iterrows():
         column = model.findings.index(finding)
         assert row["auroc_txv"] == pytest.approx(roc_auc_score(ours[finding], probabilities[:, column]))

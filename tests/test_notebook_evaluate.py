@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cxrutils import reports, run_folder
-from cxrutils.evaluation import METRICS_NAME
+from cxrutils.engine import run_folder
+from cxrutils.evaluate.evaluation import METRICS_NAME
+from cxrutils.report import runner as reports
 
 pytestmark = pytest.mark.notebook
 
@@ -28,7 +29,9 @@ def test_evaluation_reports_mean_auroc_with_its_interval_at_the_validation_thres
             "--set",
             f"runs_dir={run_dir.parent}",
             "--set",
-            f"run_name={run_dir.name}",
+            f"name={run_dir.name}",
+            "--set",
+            f"data_root={run_folder.read_config(run_dir)['data_root']}",
             "--set",
             "n_bootstrap=50",
             "--reports-dir",
@@ -67,3 +70,11 @@ def test_evaluation_reports_mean_auroc_with_its_interval_at_the_validation_thres
     assert "SYNTHETIC DATA" in page
     assert "macro avg" in page and "samples avg" in page
     assert "meaningless" in page  # the published-results table is not a comparison on phantoms
+
+    # The command line computes the same evaluation and writes the same file, number for number.
+    from cxrutils.evaluate.__main__ import main as evaluate_main
+
+    (run_dir / METRICS_NAME).unlink()
+    assert evaluate_main(["--run", str(run_dir), "--n-bootstrap", "50"]) == 0
+    assert json.loads((run_dir / METRICS_NAME).read_text()) == metrics
+

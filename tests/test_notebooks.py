@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from cxrutils import reports
+from cxrutils.report import runner as reports
 
 pytestmark = pytest.mark.notebook
 
@@ -63,7 +63,7 @@ def test_metadata_only_eda_reproduces_the_published_v2020_facts(tmp_path):
 
 def test_eda_on_a_full_size_root_without_images_reports_every_film_missing(tmp_path):
     """What many users do first: the small files of a download, before the 42 GB of images."""
-    from cxrutils.demo_data import RehearsalSpec, build_rehearsal_dataset
+    from cxrutils.demo.roots import RehearsalSpec, build_rehearsal_dataset
 
     root = build_rehearsal_dataset(tmp_path / "lists_only", RehearsalSpec(with_images=False))
     reports_dir = tmp_path / "reports"
@@ -80,3 +80,21 @@ def test_eda_on_a_full_size_root_without_images_reports_every_film_missing(tmp_p
     assert "112,120 listed images not on disk" in summary["headline"]
     page = (reports_dir / "01_eda.html").read_text()
     assert "nothing to show" in page and "Bounding boxes" in page and "Geometry" in page
+
+
+def test_a_split_setting_changes_the_eda_and_the_training_split_alike(tiny_phantom_root, tmp_path):
+    """--set val_fraction reaches the training settings every notebook reads, not only the EDA's parameters."""
+    from cxrutils.data.dataset import load_training_dataset
+    from cxrutils.settings import load_train_config
+
+    reports_dir = tmp_path / "reports"
+    assert reports.main(["--profile", "demo", "--only", "01", "--set", f"data_root={tiny_phantom_root}",
+                         "--set", "val_fraction=0.5", "--set", "integrity_check=off",
+                         "--reports-dir", str(reports_dir)]) == 0
+    shown = _summary(reports_dir)["split"]
+    trained = load_training_dataset(load_train_config("demo", {"data_root": str(tiny_phantom_root),
+                                                               "val_fraction": 0.5})).metadata
+    default = load_training_dataset(load_train_config("demo", {"data_root": str(tiny_phantom_root)})).metadata
+    for side in ("train", "val", "test"):
+        assert shown[side]["images"] == int((trained["split"] == side).sum())
+    assert shown["val"]["images"] != int((default["split"] == "val").sum())

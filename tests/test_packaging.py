@@ -69,3 +69,12 @@ def test_notebooks_are_committed_without_outputs_and_with_literal_parameters():
             assert isinstance(statement, ast.Assign), f"{path.name}: parameters cell holds only assignments"
             ast.literal_eval(statement.value)  # raises on anything but a literal
         assert notebook["metadata"]["kernelspec"]["name"] == "cxrutils"
+
+
+def test_the_code_has_no_undefined_or_unused_names_and_sorted_imports():
+    import subprocess
+    import sys
+
+    checked = subprocess.run([sys.executable, "-m", "ruff", "check", "cxrutils", "tests", "benchmarks"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-2000:]

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from cxrutils import phantoms
+from cxrutils.demo import phantoms
+from cxrutils.demo.phantoms import Phantom, render_phantom
 from cxrutils.labels import BOX_FINDINGS, FINDINGS
-from cxrutils.phantoms import Phantom, render_phantom
 
 NON_BOX_FINDINGS = tuple(f for f in FINDINGS if f not in BOX_FINDINGS)
 

@@ -6,13 +6,14 @@ import pandas as pd
 import pytest
 import torch
 
-from cxrutils import run_folder
-from cxrutils.cache import ImageCache
-from cxrutils.dataset import load_dataset
+from cxrutils.data.cache import ImageCache
+from cxrutils.data.dataset import load_dataset
+from cxrutils.engine import run_folder
+from cxrutils.engine.model import ChestXrayDenseNet
+from cxrutils.engine.predict import predict_split
+from cxrutils.engine.runtime import prepare_batch
 from cxrutils.labels import FINDINGS
-from cxrutils.model import ChestXrayDenseNet
-from cxrutils.predict import predict_split, prediction_arrays
-from cxrutils.train import prepare_batch
+from cxrutils.predictions import prediction_arrays
 
 PROBABILITY_COLUMNS = [f"prob_{f}" for f in FINDINGS]
 
@@ -38,13 +39,11 @@ def direct_probabilities(run_dir: Path, images: list[str]) -> tuple[np.ndarray, 
 
 
 def test_predict_split_writes_every_test_image_with_the_checkpoints_probabilities(run_copy, tiny_phantom_root):
-    frame = predict_split(run_copy, "test", device="cpu")
+    frame = predict_split(run_folder.open_run(run_copy), "test", device="cpu")
     written = pd.read_csv(run_copy / "predictions_test.csv")
     assert list(written.columns) == ["image", "patient_id", *PROBABILITY_COLUMNS, *FINDINGS]
     dataset = load_dataset(tiny_phantom_root)
-    test_images = dataset.metadata.loc[
-        (dataset.split.reindex(dataset.metadata["image"]) == "test").to_numpy(), "image"
-    ].tolist()
+    test_images = dataset.images_in("test").tolist()
     assert written["image"].tolist() == test_images == frame["image"].tolist()
     expected_labels = dataset.metadata.set_index("image").loc[test_images, list(FINDINGS)].to_numpy()
     np.testing.assert_array_equal(written[list(FINDINGS)].to_numpy(), expected_labels)
@@ -59,7 +58,7 @@ def test_predict_split_writes_every_test_image_with_the_checkpoints_probabilitie
 
 def test_hflip_tta_averages_the_mirror_and_keeps_the_plain_predictions(run_copy):
     plain_before = run_folder.read_predictions(run_copy, "val")  # written by training
-    tta = predict_split(run_copy, "val", tta_hflip=True, device="cpu", batch_size=3)
+    tta = predict_split(run_folder.open_run(run_copy), "val", tta_hflip=True, device="cpu", batch_size=3)
     assert (run_copy / "predictions_val_hflip_tta.csv").is_file()
     pd.testing.assert_frame_equal(run_folder.read_predictions(run_copy, "val"), plain_before)
     assert tta["image"].tolist() == plain_before["image"].tolist()
@@ -68,8 +67,8 @@ def test_hflip_tta_averages_the_mirror_and_keeps_the_plain_predictions(run_copy)
     assert not np.allclose(tta[PROBABILITY_COLUMNS].to_numpy(), plain)
 
 
-def test_predict_split_rejects_an_unknown_split_and_a_missing_checkpoint(run_copy, tmp_path):
+def test_predict_split_rejects_an_unknown_split_and_a_folder_that_is_not_a_run(run_copy, tmp_path):
     with pytest.raises(ValueError, match="split must be one of"):
-        predict_split(run_copy, "validation")
-    with pytest.raises(FileNotFoundError, match="checkpoint_best.pt"):
-        predict_split(tmp_path, "test")
+        predict_split(run_folder.open_run(run_copy), "validation")
+    with pytest.raises(run_folder.NotATrainedRunError, match="checkpoint_best.pt"):
+        run_folder.open_run(tmp_path)

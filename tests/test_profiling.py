@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from cxrutils import profiling, rehearsal
+from cxrutils import profiling
+from cxrutils.report import rehearsal
 
 
 @pytest.fixture

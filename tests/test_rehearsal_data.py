@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrutils.dataset import is_synthetic, load_dataset
-from cxrutils.demo_data import RehearsalSpec, build_rehearsal_dataset, ensure_rehearsal_dataset, official_shaped_split
-from cxrutils.metadata import SHIPPED_GOOGLE_LABELS_NAME, SHIPPED_METADATA_NAME, read_metadata, shipped_data_file
-from cxrutils.splits import OFFICIAL_TEST_IMAGES, OFFICIAL_TEST_PATIENTS, read_split_list
+from cxrutils.data.dataset import is_synthetic, load_dataset
+from cxrutils.data.metadata import SHIPPED_GOOGLE_LABELS_NAME, SHIPPED_METADATA_NAME, read_metadata, shipped_data_file
+from cxrutils.data.splits import OFFICIAL_TEST_IMAGES, OFFICIAL_TEST_PATIENTS, read_split_list
+from cxrutils.demo.roots import RehearsalSpec, build_rehearsal_dataset, ensure_rehearsal_dataset, official_shaped_split
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,8 @@ def test_the_rehearsal_root_has_the_real_files_and_one_film_per_row(small_rehear
     dataset = load_dataset(root)
     assert dataset.synthetic and dataset.split_kind == "official"
     assert dataset.index.missing == [] and dataset.index.unlisted == []
-    assert (dataset.split.isin(["train", "val", "test"])).all()
-    assert len(dataset.boxes) and set(dataset.boxes["image"]) <= set(dataset.split.index[dataset.split == "test"])
+    assert (dataset.metadata["split"].isin(["train", "val", "test"])).all()
+    assert len(dataset.boxes) and set(dataset.boxes["image"]) <= set(dataset.images_in("test"))
     sizes = {Image.open(p).size for p in list(dataset.index.paths)[:50]}
     assert sizes == {(64, 64)}
     assert not (root / "test_list.txt").read_text().endswith("\n")

@@ -3,8 +3,8 @@ import json
 import nbformat
 import pytest
 
-from cxrutils import reports
-from cxrutils.config import ProfileError, apply_overrides, load_profile, parse_override
+from cxrutils.report import runner as reports
+from cxrutils.settings import SettingsError, apply_overrides, load_profile, parse_override
 
 
 def test_overrides_keep_their_yaml_types():
@@ -12,18 +12,18 @@ def test_overrides_keep_their_yaml_types():
     assert parse_override("images_dir=null") == ("images_dir", None)
     assert parse_override("data_root=/data/nih") == ("data_root", "/data/nih")
     assert parse_override("integrity_check=off") == ("integrity_check", "off")  # YAML 1.1 'off' is a bool
-    with pytest.raises(ProfileError, match="KEY=VALUE"):
+    with pytest.raises(SettingsError, match="KEY=VALUE"):
         parse_override("seed")
 
 
 def test_nih_profile_demands_a_data_root():
-    with pytest.raises(ProfileError, match="--set data_root="):
+    with pytest.raises(SettingsError, match="--set data_root="):
         apply_overrides(load_profile("nih"), [])
-    assert apply_overrides(load_profile("nih"), ["data_root=/x"])["parameters"]["data_root"] == "/x"
+    assert apply_overrides(load_profile("nih"), ["data_root=/x"])["settings"]["data_root"] == "/x"
 
 
 def test_unknown_profile_lists_the_known_ones():
-    with pytest.raises(ProfileError, match="demo"):
+    with pytest.raises(SettingsError, match="demo"):
         load_profile("nope")
 
 
@@ -32,7 +32,7 @@ def test_only_selects_by_name_or_number(tmp_path):
     profile = {"name": "x", "parameters": {}}
     assert reports.select_notebooks(profile, ["02"], paths) == [paths[1]]
     assert reports.select_notebooks(profile, ["01_eda"], paths) == [paths[0]]
-    with pytest.raises(ProfileError, match="03"):
+    with pytest.raises(SettingsError, match="03"):
         reports.select_notebooks(profile, ["03"], paths)
 
 

@@ -1,9 +1,8 @@
 import numpy as np
-import pandas as pd
 import pytest
 
-from cxrutils.metadata import read_metadata
-from cxrutils.splits import (
+from cxrutils.data.metadata import read_metadata
+from cxrutils.data.splits import (
     PatientOverlapError,
     assert_patient_disjoint,
     assign_official,
@@ -21,7 +20,7 @@ def nih_metadata():
 
 
 def _patients(metadata, split, side):
-    return set(metadata.loc[(split.reindex(metadata["image"]) == side).to_numpy(), "patient_id"])
+    return set(metadata.loc[(split == side).to_numpy(), "patient_id"])
 
 
 def test_split_lists_are_read_without_a_final_newline(fixtures_dir, tmp_path):
@@ -37,14 +36,15 @@ def test_official_lists_with_validation_carved_by_patient(nih_metadata):
     train_val = nih_metadata.loc[~is_test, "image"].tolist()
     test = nih_metadata.loc[is_test, "image"].tolist()
     split = assign_official(nih_metadata, train_val, test, val_fraction=0.1, seed=7)
-    assert split.attrs["kind"] == "official"
-    assert set(split[split == "test"].index) == set(test)
+    assert split.index.equals(nih_metadata.index)  # aligned with the metadata: its "split" column
+    assert set(nih_metadata.loc[split == "test", "image"]) == set(test)
     sides = {side: _patients(nih_metadata, split, side) for side in ("train", "val", "test")}
     assert not sides["train"] & sides["val"] and not sides["val"] & sides["test"] and not sides["train"] & sides["test"]
     train_val_patients = sides["train"] | sides["val"]
     assert len(sides["val"]) == round(0.1 * len(train_val_patients))
-    assert (patient_overlap(nih_metadata, split).to_numpy() == 0).all()
-    summary = split_summary(nih_metadata, split)
+    with_split = nih_metadata.assign(split=split)
+    assert (patient_overlap(with_split).to_numpy() == 0).all()
+    summary = split_summary(with_split, official=True)
     assert summary.loc[["train", "val", "test"], "images"].sum() == len(nih_metadata)
     assert summary.loc["test", "patients"] == len(test_patients)
     again = assign_official(nih_metadata, train_val, test, val_fraction=0.1, seed=7)
@@ -72,7 +72,7 @@ def test_lists_naming_unknown_images_are_an_error(fixtures_dir):
 
 def test_random_split_is_patient_disjoint_and_seeded(nih_metadata):
     split = assign_random(nih_metadata, val_fraction=0.1, test_fraction=0.2, seed=0)
-    assert_patient_disjoint(nih_metadata, split)
+    assert_patient_disjoint(nih_metadata.assign(split=split))
     counts = split.value_counts(normalize=True)
     assert counts["test"] == pytest.approx(0.2, abs=0.02) and counts["val"] == pytest.approx(0.1, abs=0.02)
     assert assign_random(nih_metadata, seed=0).equals(split)
@@ -81,9 +81,9 @@ def test_random_split_is_patient_disjoint_and_seeded(nih_metadata):
 
 def test_overlap_check_catches_an_image_level_split(nih_metadata):
     rng = np.random.default_rng(0)
-    by_image = pd.Series(rng.choice(["train", "val", "test"], len(nih_metadata)), index=nih_metadata["image"])
+    by_image = rng.choice(["train", "val", "test"], len(nih_metadata))
     with pytest.raises(PatientOverlapError):
-        assert_patient_disjoint(nih_metadata, by_image)
+        assert_patient_disjoint(nih_metadata.assign(split=by_image))
 
 
 def test_the_split_table_shows_the_official_lists_own_totals_beside_the_carve_out(nih_metadata):
@@ -91,11 +91,11 @@ def test_the_split_table_shows_the_official_lists_own_totals_beside_the_carve_ou
     is_test = nih_metadata["patient_id"].isin(test_patients)
     split = assign_official(nih_metadata, nih_metadata.loc[~is_test, "image"].tolist(),
                             nih_metadata.loc[is_test, "image"].tolist(), val_fraction=0.1, seed=0)
-    table = split_summary(nih_metadata, split)
+    table = split_summary(nih_metadata.assign(split=split), official=True)
     train_val = table.loc["train_val (official list)"]
     assert train_val["images"] == (~is_test).sum() == table.loc["train", "images"] + table.loc["val", "images"]
     assert train_val["patients"] == nih_metadata.loc[~is_test, "patient_id"].nunique()
     assert table.loc["test (official list)", "images"] == is_test.sum()
     assert (table["patients_shared_with_other_splits"] == 0).all()
     random_split = assign_random(nih_metadata, seed=0)
-    assert "train_val (official list)" not in split_summary(nih_metadata, random_split).index
+    assert "train_val (official list)" not in split_summary(nih_metadata.assign(split=random_split)).index

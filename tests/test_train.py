@@ -13,11 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-import cxrutils.train as train_module
-from cxrutils import run_folder
+import cxrutils.engine.runtime as runtime_module
+from cxrutils.engine import run_folder
+from cxrutils.engine.model import IMAGENET_DENSENET121_FILE, WeightsNotFoundError
+from cxrutils.engine.train import train
 from cxrutils.labels import FINDINGS
-from cxrutils.model import IMAGENET_DENSENET121_FILE, WeightsNotFoundError
-from cxrutils.train import load_train_config, train
+from cxrutils.settings import load_train_config
 
 TESTS_DIR = Path(__file__).parent
 
@@ -71,7 +72,7 @@ def test_a_run_killed_mid_epoch_resumes_with_identical_state(tiny_phantom_root, 
 
     # Kill the second run in the middle of epoch 2: augmentation runs once per training batch.
     calls = {"n": 0}
-    real_affine = train_module.random_affine
+    real_affine = runtime_module.random_affine
 
     def dying_affine(*args, **kwargs):
         calls["n"] += 1
@@ -79,11 +80,11 @@ def test_a_run_killed_mid_epoch_resumes_with_identical_state(tiny_phantom_root, 
             raise KeyboardInterrupt("simulated kill")
         return real_affine(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "random_affine", dying_affine)
+    monkeypatch.setattr(runtime_module, "random_affine", dying_affine)
     config = _config(tiny_phantom_root, tmp_path, name="killed", epochs=epochs)
     with pytest.raises(KeyboardInterrupt):
         train(config)
-    monkeypatch.setattr(train_module, "random_affine", real_affine)
+    monkeypatch.setattr(runtime_module, "random_affine", real_affine)
     killed_dir = config.run_dir
     assert _checkpoint(killed_dir)["epoch"] == 1
     with pytest.raises(FileExistsError, match="resume"):
@@ -169,7 +170,7 @@ def test_training_learns_the_phantoms(tmp_path_factory, monkeypatch):
     The phantom rows are relabelled so each film has Cardiomegaly, Emphysema, Effusion or
     nothing, with a quarter of films each: enough positives to measure learning in seconds.
     """
-    from cxrutils import demo_data
+    from cxrutils.demo import roots as demo_data
 
     learnable = ("Cardiomegaly", "Emphysema", "Effusion")
     real_sample_rows = demo_data.sample_rows
@@ -202,7 +203,7 @@ def test_training_learns_the_phantoms(tmp_path_factory, monkeypatch):
 
 
 def test_unreadable_images_stop_training_unless_skipped_and_then_are_listed(phantom_copy, tmp_path):
-    from cxrutils.images import ImageReadError
+    from cxrutils.data.images import ImageReadError
 
     damaged = sorted((phantom_copy / "images").iterdir())[3]
     damaged.write_bytes(damaged.read_bytes()[:200])
@@ -218,8 +219,9 @@ def test_the_augmented_sample_looks_up_the_usable_films_once_not_once_per_film(t
                                                                                   monkeypatch):
     """At 112,120 films, rebuilding the set of usable films for each training film kept notebook 02 from
     reaching training for over ten minutes: the lookups must not grow with the number of films."""
-    from cxrutils.cache import ImageCache
-    from cxrutils.train import augmented_sample, load_training_dataset
+    from cxrutils.data.cache import ImageCache
+    from cxrutils.data.dataset import load_training_dataset
+    from cxrutils.engine.train import augmented_sample
 
     config = _config(tiny_phantom_root, tmp_path)
     dataset = load_training_dataset(config)
@@ -233,5 +235,5 @@ def test_the_augmented_sample_looks_up_the_usable_films_once_not_once_per_film(t
     monkeypatch.setattr(ImageCache, "usable", property(counted))
     images, names = augmented_sample(config, count=4, dataset=dataset)
     assert images.shape[0] == 4 and len(names) == 4
-    assert (dataset.split[names] == "train").all()
-    assert lookups["n"] <= 2, f"{lookups['n']} lookups for {int((dataset.split == 'train').sum())} training films"
+    assert set(names) <= set(dataset.images_in("train"))
+    assert lookups["n"] <= 2, f"{lookups['n']} lookups for {len(dataset.images_in('train'))} training films"

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrutils import txv
-from cxrutils.cache import build_cache
-from cxrutils.images import read_image
+from cxrutils.compare import txv
+from cxrutils.data.cache import build_cache
+from cxrutils.data.images import read_image
 from cxrutils.labels import FINDINGS
 
 with warnings.catch_warnings():

@@ -1,0 +1,304 @@
+"""The run folder ``runs/<name>/``: the single record of a training run, and the one way to open it.
+
+Training writes, and every later step (evaluation, comparison, inference) reads:
+
+    config.json         the resolved settings, and facts: device, world size, image
+                        counts, the image cache's and the data's fingerprints
+    split.csv           image, patient_id, split, finding_labels: every film and the
+                        side it was on, as trained
+    history.csv/.json   per epoch: losses, mean and per-class validation AUROC, lr, time
+    checkpoint_best.pt  the best epoch (highest mean validation AUROC); checkpoint_last.pt
+    predictions_val.csv the best epoch's validation predictions, and thresholds.json
+                        (decision thresholds chosen on them)
+    bad_files.csv       films that could not be decoded (with skip_bad_images)
+
+``open_run`` opens a finished run: its settings from config.json, its data from its
+``data_root`` checked against split.csv (a changed root is an error that says what
+changed), and the split from split.csv, never recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrutils import files
+from cxrutils.data.cache import ImageCache, open_image_cache
+from cxrutils.data.dataset import NIHDataset, load_training_dataset
+from cxrutils.engine.model import ChestXrayDenseNet
+from cxrutils.labels import FINDINGS, NO_FINDING
+from cxrutils.paths import resolve
+from cxrutils.settings import TrainConfig
+
+CONFIG_NAME = "config.json"
+SPLIT_NAME = "split.csv"
+HISTORY_CSV = "history.csv"
+HISTORY_JSON = "history.json"
+LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"
+THRESHOLDS_NAME = "thresholds.json"
+BAD_FILES_NAME = "bad_files.csv"
+# What a run needs to be evaluated, compared or used for inference.
+FINISHED_RUN_FILES = (CONFIG_NAME, BEST_CHECKPOINT, THRESHOLDS_NAME)
+SPLIT_COLUMNS = ["image", "patient_id", "split", "finding_labels"]
+
+
+class NotATrainedRunError(FileNotFoundError):
+    """The folder does not hold a finished training run."""
+
+
+class DataChangedError(ValueError):
+    """The data under a run's data_root is not the data the run was trained on."""
+
+
+def predictions_name(split: str) -> str:
+    return f"predictions_{split}.csv"
+
+
+# --------------------------------------------------------------------------- files of the record
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    files.atomic_write(path, lambda temporary: torch.save(state, temporary))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a cxrutils checkpoint with ``weights_only=True``: tensors and plain types only."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    files.write_json(run_dir / HISTORY_JSON, history)
+    files.atomic_write(run_dir / HISTORY_CSV, lambda temporary: pd.DataFrame(history).to_csv(temporary, index=False))
+
+
+def read_history(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    return pd.DataFrame(json.loads((Path(run_dir) / HISTORY_JSON).read_text()))
+
+
+def read_bad_files(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """image, path, reason of every image skipped as unreadable (empty when none was)."""
+    path = Path(run_dir) / BAD_FILES_NAME
+    return pd.read_csv(path, dtype=str) if path.is_file() else pd.DataFrame(columns=["image", "path", "reason"])
+
+
+def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / CONFIG_NAME).read_text())
+
+
+def read_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
+    """A run's ``config.json`` as a ``TrainConfig``.
+
+    ``config.json`` also records facts about the run that are not settings (device,
+    world size, image counts, fingerprints); they are dropped here. Its ``cache_dir``
+    is the resolved folder the run trained from.
+    """
+    known = set(TrainConfig.__dataclass_fields__)
+    return TrainConfig.from_dict({k: v for k, v in read_config(run_dir).items() if k in known})
+
+
+def read_thresholds(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
+    return json.loads((Path(run_dir) / THRESHOLDS_NAME).read_text())
+
+
+def write_predictions(path: Path, table: pd.DataFrame) -> None:
+    """A predictions table (``cxrutils.predictions``) as CSV, probabilities to 6 significant digits."""
+    files.atomic_write(path, lambda temporary: table.to_csv(temporary, index=False, float_format="%.6g"))
+
+
+def read_predictions(run_dir: str | os.PathLike[str], split: str) -> pd.DataFrame:
+    return pd.read_csv(Path(run_dir) / predictions_name(split))
+
+
+# --------------------------------------------------------------------------- the split, and the data it was drawn from
+
+
+def finding_labels(metadata: pd.DataFrame) -> pd.Series:
+    """Each film's findings as NIH writes them (``Atelectasis|Effusion``, or ``No Finding``)."""
+    present = metadata[list(FINDINGS)].to_numpy(dtype=bool)
+    names = np.array(FINDINGS, dtype=object)
+    labels = ["|".join(names[row]) or NO_FINDING for row in present]
+    return pd.Series(labels, index=metadata.index, name="finding_labels")
+
+
+def split_table(metadata: pd.DataFrame) -> pd.DataFrame:
+    """What split.csv holds: image, patient_id, split and the film's labels, for every film of the dataset."""
+    table = metadata[["image", "patient_id", "split"]].copy()
+    table["finding_labels"] = finding_labels(metadata)
+    return table.reset_index(drop=True)
+
+
+def data_fingerprint(table: pd.DataFrame) -> str:
+    """sha256 of the films, their patients and labels (a ``split_table``): changes when the metadata does."""
+    digest = hashlib.sha256(b"cxrutils data v1\n")
+    ordered = table.sort_values("image", kind="stable")
+    for image, patient, labels in ordered[["image", "patient_id", "finding_labels"]].itertuples(index=False):
+        digest.update(f"{image}\t{patient}\t{labels}\n".encode())
+    return digest.hexdigest()
+
+
+def write_split(run_dir: Path, metadata: pd.DataFrame) -> str:
+    """Write split.csv from the dataset the run trains on; return the data fingerprint."""
+    table = split_table(metadata)
+    files.atomic_write(run_dir / SPLIT_NAME, lambda temporary: table.to_csv(temporary, index=False))
+    return data_fingerprint(table)
+
+
+def read_split(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    return pd.read_csv(Path(run_dir) / SPLIT_NAME, dtype={"image": str, "split": str, "finding_labels": str},
+                       keep_default_na=False)
+
+
+def data_differences(recorded: pd.DataFrame, current: pd.DataFrame, limit: int = 3) -> list[str]:
+    """What differs between a run's split.csv and the same table from today's metadata, in words."""
+    was = recorded.set_index("image")
+    now = current.set_index("image")
+    removed = was.index.difference(now.index)
+    added = now.index.difference(was.index)
+    common = was.index.intersection(now.index)
+    patients = common[was.loc[common, "patient_id"].astype(str).to_numpy()
+                      != now.loc[common, "patient_id"].astype(str).to_numpy()]
+    relabelled = common[was.loc[common, "finding_labels"].to_numpy() != now.loc[common, "finding_labels"].to_numpy()]
+    lines = []
+    if len(removed):
+        lines.append(f"{len(removed):,} film(s) the run used are no longer in the metadata (e.g. "
+                     f"{', '.join(removed[:limit])})")
+    if len(added):
+        lines.append(f"{len(added):,} film(s) in the metadata are new to the run (e.g. {', '.join(added[:limit])})")
+    if len(patients):
+        lines.append(f"{len(patients):,} film(s) changed patient id (e.g. {', '.join(patients[:limit])})")
+    if len(relabelled):
+        examples = ", ".join(f"{image}: {was.loc[image, 'finding_labels']} -> {now.loc[image, 'finding_labels']}"
+                             for image in relabelled[:limit])
+        lines.append(f"{len(relabelled):,} film(s) changed labels ({examples})")
+    return lines
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def load_run_model(
+    run_dir: str | os.PathLike[str], checkpoint_name: str = BEST_CHECKPOINT
+) -> tuple[ChestXrayDenseNet, TrainConfig, dict[str, Any]]:
+    """The run's model (eval mode, CPU), its training settings, and the checkpoint's other entries.
+
+    The architecture is rebuilt from the checkpoint's own config (head, lse_r), and
+    the weights load strictly: a checkpoint from another architecture fails loudly.
+    """
+    run_dir = Path(run_dir)
+    checkpoint = load_checkpoint(run_dir / checkpoint_name)
+    if "model" not in checkpoint or "config" not in checkpoint:
+        raise ValueError(f"{run_dir / checkpoint_name} lacks 'model' or 'config': not a cxrutils training checkpoint")
+    label_order = list(checkpoint.get("label_order", FINDINGS))
+    if label_order != list(FINDINGS):
+        raise ValueError(f"{run_dir / checkpoint_name} orders its outputs {label_order}, not {list(FINDINGS)}")
+    config = TrainConfig.from_dict(checkpoint["config"])
+    model = ChestXrayDenseNet(num_classes=len(FINDINGS), head=config.head, lse_r=config.lse_r)  # type: ignore[arg-type]
+    model.load_state_dict(checkpoint["model"], strict=True)
+    model.eval()
+    details = {k: v for k, v in checkpoint.items() if k in ("epoch", "best_epoch", "best_val_auroc_mean")}
+    return model, config, details
+
+
+# --------------------------------------------------------------------------- opening a run
+
+
+@dataclass
+class Run:
+    """A finished run: its settings, the dataset with the split it was trained on, its cache and its model."""
+
+    run_dir: Path
+    config: TrainConfig  # config.json's settings (its cache_dir is the resolved folder the run trained from)
+    record: dict[str, Any]  # config.json as written, facts included
+    dataset: NIHDataset  # metadata["split"] is the run's own split (split.csv)
+    split_source: str  # where the split came from, for reports
+    _cache: ImageCache | None = field(default=None, repr=False)
+    _model: tuple[ChestXrayDenseNet, dict[str, Any]] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    def image_cache(self) -> ImageCache:
+        """The run's image cache (reused while the files are unchanged, else rebuilt)."""
+        if self._cache is None:
+            self._cache = open_image_cache(self.dataset, self.config)
+        return self._cache
+
+    @property
+    def images_match_training(self) -> bool | None:
+        """Whether the cache still holds the files the run trained on (None: the run did not record them)."""
+        trained_on = self.record.get("cache_fingerprint")
+        return None if trained_on is None else trained_on == self.image_cache().fingerprint
+
+    def model(self) -> ChestXrayDenseNet:
+        """The best checkpoint's model, in eval mode, on the CPU (move it where it should run)."""
+        if self._model is None:
+            model, _, details = load_run_model(self.run_dir)
+            self._model = (model, details)
+        return self._model[0]
+
+    @property
+    def checkpoint_details(self) -> dict[str, Any]:
+        """epoch, best_epoch and best_val_auroc_mean of the best checkpoint."""
+        self.model()
+        assert self._model is not None
+        return dict(self._model[1])
+
+    def thresholds(self, method: str) -> dict[str, float | None]:
+        """One method's entry of thresholds.json (chosen on validation at training time)."""
+        chosen = read_thresholds(self.run_dir)
+        if method not in chosen:
+            raise KeyError(f"{self.run_dir / THRESHOLDS_NAME} has no {method!r} thresholds; it holds {sorted(chosen)}")
+        return dict(chosen[method])
+
+    def predictions(self, split: str) -> pd.DataFrame:
+        return read_predictions(self.run_dir, split)
+
+
+def open_run(run_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None) -> Run:
+    """Open a finished run; its dataset carries the run's own split, checked against today's data.
+
+    ``data_root`` points at the run's data where it has moved (default: the run's own
+    ``data_root``). The metadata under it must be the data the run was trained on:
+    films, patients and labels are compared with split.csv, and any difference is a
+    ``DataChangedError`` that names it. A run from before runs recorded their split
+    (no split.csv) gets its split recomputed from its settings, and says so.
+    """
+    run_dir = resolve(run_dir)
+    missing = [name for name in FINISHED_RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise NotATrainedRunError(
+            f"{run_dir} has no {', '.join(missing)}: it is not a finished training run. Train it first "
+            "(notebook 02, or python -m cxrutils.train --config ...), or point at an existing run folder."
+        )
+    config = read_run_config(run_dir)
+    if data_root is not None:
+        config.data_root = str(data_root)
+    record = read_config(run_dir)
+    dataset = load_training_dataset(config)
+    if not (run_dir / SPLIT_NAME).is_file():
+        source = (f"recomputed from {config.data_root} with the run's split settings: the run has no {SPLIT_NAME} "
+                  "(it was trained before runs recorded their split)")
+        return Run(run_dir, config, record, dataset, source)
+    recorded = read_split(run_dir)
+    differences = data_differences(recorded, split_table(dataset.metadata))
+    if differences:
+        raise DataChangedError(
+            f"the data under {config.data_root} is not the data run {run_dir.name} was trained on: "
+            + "; ".join(differences)
+            + ". Point data_root at the data the run used, or train a new run on this data."
+        )
+    dataset.metadata["split"] = recorded.set_index("image")["split"].reindex(dataset.metadata["image"]).to_numpy()
+    dataset.split_kind = str(record.get("split_kind", dataset.split_kind))
+    return Run(run_dir, config, record, dataset, f"{SPLIT_NAME} in the run folder (the split the run was trained on)")

@@ -1,0 +1,497 @@
+"""Train DenseNet121 on NIH ChestX-ray14 (or the phantoms): one function for every entry point.
+
+    python -m cxrutils.train --config demo [--set key=value ...]
+    torchrun --nproc_per_node=N -m cxrutils.train --config nih --set data_root=/data/nih
+
+The notebook calls ``train(config)`` too. Images come from the uint8 cache;
+augmentation runs batched on the training device; validation is never augmented or
+shuffled. Only rank 0 writes to the run folder. The loop reads like torchvision's
+reference: ``train_one_epoch``, ``validate``, then the epoch's bookkeeping, with
+everything a resume needs kept in one ``TrainingState``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from scipy.special import expit
+from torch import nn
+
+from cxrutils import files
+from cxrutils.data.cache import ImageCache, image_cache_dir, open_image_cache
+from cxrutils.data.dataset import NIHDataset, load_training_dataset
+from cxrutils.engine import run_folder
+from cxrutils.engine.loader import CachedImageDataset, make_loader
+from cxrutils.engine.model import GRAY_MEAN, GRAY_STD, build_model
+from cxrutils.engine.predict import predict_logits
+from cxrutils.engine.runtime import (
+    Distributed,
+    autocast_dtype,
+    broadcast,
+    gather,
+    init_distributed,
+    prepare_batch,
+    rng_state,
+    seed_everything,
+    select_device,
+    set_rng_state,
+)
+from cxrutils.labels import FINDINGS
+from cxrutils.predictions import predictions_table
+from cxrutils.profiling import mark_once, stage
+from cxrutils.progress import progress_bar
+from cxrutils.settings import TrainConfig, load_train_config
+from cxrutils.stats.metrics import per_class_auroc
+from cxrutils.stats.thresholds import METHODS, choose_thresholds
+
+# Settings that may differ when a run is resumed (they do not change what is learned).
+RESUMABLE_CHANGES = {"num_workers", "epochs", "early_stopping_patience", "device", "runs_dir", "cache_dir", "compile"}
+
+
+# --------------------------------------------------------------------------- what the run trains on
+
+
+@dataclass
+class TrainingData:
+    """The usable films of the train and validation splits, their labels and loaders."""
+
+    train_names: list[str]
+    val_names: list[str]
+    train_labels: np.ndarray
+    val_labels: np.ndarray
+    val_rows: pd.DataFrame  # the validation films' metadata rows, in loader order
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+
+
+def training_data(config: TrainConfig, dataset: NIHDataset, cache: ImageCache, ddp: Distributed) -> TrainingData:
+    """The cached films of each split (unreadable ones left out, and listed by the cache), and their loaders."""
+    metadata = dataset.metadata
+    labels = metadata[list(FINDINGS)].to_numpy(dtype=np.float32)
+    in_cache = metadata["image"].isin(cache.usable_names).to_numpy()
+    train_mask = (metadata["split"] == "train").to_numpy() & in_cache
+    val_mask = (metadata["split"] == "val").to_numpy() & in_cache
+    train_names, val_names = metadata["image"][train_mask].tolist(), metadata["image"][val_mask].tolist()
+    train_labels, val_labels = labels[train_mask], labels[val_mask]
+    if not train_names or not val_names:
+        raise ValueError(f"{config.data_root}: no usable images in the train or val split")
+    if not any(0 < val_labels[:, k].sum() < len(val_labels) for k in range(len(FINDINGS))):
+        raise ValueError(
+            f"the validation split of {config.data_root} ({len(val_names)} images) has no finding with both "
+            "positive and negative images, so AUROC cannot guide training; raise val_fraction"
+        )
+    train_set = CachedImageDataset(cache, train_names, train_labels)
+    val_set = CachedImageDataset(cache, val_names, val_labels)
+    train_loader = make_loader(train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed,
+                               num_workers=config.num_workers, drop_last=len(train_set) > config.batch_size,
+                               distributed=ddp.enabled)
+    val_loader = make_loader(val_set, batch_size=config.batch_size, shuffle=False, seed=config.seed,
+                             num_workers=config.num_workers)
+    return TrainingData(train_names, val_names, train_labels, val_labels, metadata[val_mask], train_loader,
+                        val_loader)
+
+
+def positive_weights(labels: np.ndarray) -> torch.Tensor:
+    """BCE ``pos_weight`` = negatives / positives per class, from the training split."""
+    positives = labels.sum(axis=0).astype(np.float64)
+    negatives = labels.shape[0] - positives
+    return torch.tensor(negatives / np.maximum(positives, 1.0), dtype=torch.float32)
+
+
+def class_weights(config: TrainConfig, train_labels: np.ndarray) -> torch.Tensor | None:
+    if config.class_weighting == "pos_weight":
+        return positive_weights(train_labels)
+    if config.class_weighting == "none":
+        return None
+    raise ValueError(f"class_weighting must be 'none' or 'pos_weight', got {config.class_weighting!r}")
+
+
+# --------------------------------------------------------------------------- what a checkpoint holds
+
+
+@dataclass
+class TrainingState:
+    """Everything a resumed run needs to continue exactly where it stopped."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    epoch: int = 0  # the last finished epoch
+    best_val_auroc_mean: float = -math.inf
+    best_epoch: int = 0
+    stale_epochs: int = 0  # epochs since the best one
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, config: TrainConfig, model: nn.Module, device: torch.device) -> TrainingState:
+        """A fresh state: AdamW on the trainable parameters, the configured scheduler, a scaler for fp16."""
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        if config.scheduler == "plateau":
+            scheduler: Any = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience)
+        elif config.scheduler == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+        else:
+            raise ValueError(f"scheduler must be 'plateau' or 'cosine', got {config.scheduler!r}")
+        scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, config.amp) == torch.float16)
+        return cls(model, optimizer, scheduler, scaler)
+
+    def to_checkpoint(self, config: TrainConfig, rng: Any, cache_fingerprint: str) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
+            "rng": rng, "best_val_auroc_mean": self.best_val_auroc_mean, "best_epoch": self.best_epoch,
+            "stale_epochs": self.stale_epochs, "history": self.history, "config": config.to_dict(),
+            "label_order": list(FINDINGS), "cache_fingerprint": cache_fingerprint,
+        }
+
+    def load_checkpoint(self, checkpoint: dict[str, Any]) -> Any:
+        """Restore from a checkpoint; return its RNG states (one per rank, or one) for the caller to apply."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.epoch = int(checkpoint["epoch"])
+        self.best_val_auroc_mean = checkpoint["best_val_auroc_mean"]
+        self.best_epoch = checkpoint["best_epoch"]
+        self.stale_epochs = checkpoint["stale_epochs"]
+        self.history = list(checkpoint["history"])
+        return checkpoint["rng"]
+
+    def record(self, row: dict[str, Any], val_mean: float) -> bool:
+        """Add a finished epoch; return whether it is the best so far."""
+        self.epoch = int(row["epoch"])
+        self.history.append(row)
+        improved = val_mean > self.best_val_auroc_mean
+        if improved:
+            self.best_val_auroc_mean, self.best_epoch, self.stale_epochs = val_mean, self.epoch, 0
+        else:
+            self.stale_epochs += 1
+        return improved
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def training_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """One optimisation step on a prepared batch; returns the (detached) loss."""
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(images)
+    loss = criterion(logits.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    config: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    epoch: int,
+    show_progress: bool,
+) -> dict[str, float]:
+    model.train()
+    amp_dtype = autocast_dtype(device, config.amp)
+    total_loss, seen = 0.0, 0
+    batches = len(loader) if config.limit_train_batches is None else min(len(loader), config.limit_train_batches)
+    started = time.perf_counter()
+    bar = progress_bar(total=batches, desc=f"epoch {epoch} train", unit="batch", disable=not show_progress)
+    for step, (pixels, targets) in enumerate(loader):
+        if step >= batches:
+            break
+        images = prepare_batch(pixels, device, config.input_size, config.channels_last, config.augment, generator)
+        targets = targets.to(device, non_blocking=True)
+        loss = training_step(model, images, targets, criterion, optimizer, scaler, amp_dtype)
+        mark_once("first training batch")
+        total_loss += loss.item() * targets.shape[0]
+        seen += targets.shape[0]
+        bar.update()
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+    bar.close()
+    elapsed = time.perf_counter() - started
+    return {"train_loss": total_loss / max(seen, 1), "train_images_per_second": seen / max(elapsed, 1e-9)}
+
+
+def validate(
+    model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module, config: TrainConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Validation loss, per-class AUROC, and the probabilities and labels they came from."""
+    logits, labels = predict_logits(model, loader, device, config.input_size, config.amp, config.channels_last,
+                                    desc="validate")
+    logits_array, labels_array = logits[0].numpy(), labels.numpy()
+    loss = float(criterion(torch.from_numpy(logits_array), torch.from_numpy(labels_array)).item())
+    probabilities = expit(logits_array)
+    return {"val_loss": loss, "auroc": per_class_auroc(labels_array, probabilities), "probabilities": probabilities,
+            "labels": labels_array}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_val_auroc_mean: float
+    epochs_run: int
+
+
+def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset | None = None) -> TrainResult:
+    """Train per ``config``.
+
+    ``dataset`` is ``load_training_dataset(config)`` when the caller has it already
+    (the notebook does), so a large root is not indexed twice.
+
+    ``resume=True`` continues from the run's last checkpoint (its config must match);
+    ``"auto"`` does so when the run folder has one and starts afresh otherwise, so
+    re-running a finished run returns at once.
+    """
+    ddp = init_distributed()
+    device = select_device(config.device, ddp)
+    if device.type == "cpu" and ddp.enabled:  # processes on one machine share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ddp.world_size))
+    seed_everything(config.seed + ddp.rank)
+    run_dir = config.run_dir
+    last_path = run_dir / run_folder.LAST_CHECKPOINT
+    resume = _check_resume(config, resume, ddp)
+
+    # Build the model first: missing weights must fail before anything is written.
+    model = build_model(config.weights, head=config.head, lse_r=config.lse_r, strategy=config.strategy)  # type: ignore[arg-type]
+
+    dataset = dataset or load_training_dataset(config)
+    if ddp.is_main:
+        cache = open_image_cache(dataset, config)
+    if ddp.enabled:
+        dist.barrier()
+    if not ddp.is_main:
+        cache = ImageCache.open(image_cache_dir(config))
+    data = training_data(config, dataset, cache, ddp)
+
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    state = TrainingState.create(config, model, device)
+    pos_weight = class_weights(config, data.train_labels)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device) if pos_weight is not None else None)
+    val_criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)  # validation loss is computed on the CPU
+    if resume:
+        checkpoint = run_folder.load_checkpoint(last_path, map_location=device)
+        if checkpoint.get("cache_fingerprint") != cache.fingerprint:
+            raise ValueError(
+                f"cannot resume {run_dir}: its images differ from the ones it was trained on (the image cache "
+                f"fingerprint changed). Delete {run_dir} (for the demo: make clean-demo) or choose another run name"
+            )
+        rng = state.load_checkpoint(checkpoint)
+        set_rng_state(rng[ddp.rank] if isinstance(rng, list) else rng)
+
+    network: nn.Module = model
+    if config.compile:
+        network = torch.compile(network)
+    if ddp.enabled:
+        network = nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None)
+    if ddp.is_main:
+        _write_run_record(run_dir, config, dataset, cache, data, device, ddp, pos_weight)
+
+    generator = torch.Generator(device=device)
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        if state.stale_epochs >= config.early_stopping_patience:
+            break
+        # Augmentation draws and the shuffle depend only on (seed, epoch, rank): a resumed run repeats them exactly.
+        generator.manual_seed(config.seed * 1000003 + epoch * 1009 + ddp.rank)
+        _reshuffle(data.train_loader, config.seed, epoch)
+        started = time.perf_counter()
+        with stage("train epoch", images=len(data.train_names)):
+            train_stats = train_one_epoch(network, data.train_loader, criterion, state.optimizer, state.scaler,
+                                          config, device, generator, epoch, show_progress=ddp.is_main)
+        if ddp.enabled:  # mean training loss over ranks
+            loss_tensor = torch.tensor([train_stats["train_loss"]], device=device)
+            dist.all_reduce(loss_tensor)
+            train_stats["train_loss"] = loss_tensor.item() / ddp.world_size
+            train_stats["train_images_per_second"] *= ddp.world_size
+        with stage("validate", images=len(data.val_names)):
+            val = validate(model, data.val_loader, val_criterion, config, device) if ddp.is_main else None
+        val_loss, val_mean = broadcast((val["val_loss"], float(np.nanmean(val["auroc"]))) if val else None, ddp)
+        lr = state.optimizer.param_groups[0]["lr"]
+        if config.scheduler == "plateau":
+            state.scheduler.step(val_loss)
+        else:
+            state.scheduler.step()
+        row = {"epoch": epoch, **train_stats, "val_loss": val_loss, "val_auroc_mean": val_mean, "lr": lr,
+               "epoch_seconds": time.perf_counter() - started}
+        if val is not None:
+            row.update({f"val_auroc_{f}": float(a) for f, a in zip(FINDINGS, val["auroc"])})
+        improved = state.record(row, val_mean)
+        rng = gather(rng_state(), ddp)
+        if ddp.is_main:
+            with stage("checkpoint"):
+                _save_epoch(run_dir, state, config, rng if ddp.enabled else rng[0], cache.fingerprint, improved,
+                            data.val_rows, val)
+            print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
+                  f"val AUROC {val_mean:.4f}{' (best)' if improved else ''}, {row['train_images_per_second']:.0f} img/s",
+                  flush=True)
+        if ddp.enabled:
+            dist.barrier()
+    if ddp.enabled:
+        dist.destroy_process_group()
+    return TrainResult(run_dir=run_dir, best_epoch=state.best_epoch, best_val_auroc_mean=state.best_val_auroc_mean,
+                       epochs_run=len(state.history))
+
+
+def _check_resume(config: TrainConfig, resume: bool | str, ddp: Distributed) -> bool:
+    """Whether to resume; refuses to overwrite a run, to resume nothing, and to resume with other settings."""
+    last_path = config.run_dir / run_folder.LAST_CHECKPOINT
+    if resume == "auto":
+        resume = last_path.exists()
+    if resume and not last_path.exists():
+        raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
+    if resume:
+        check_same_settings(run_folder.load_checkpoint(last_path)["config"], config)
+    elif ddp.is_main and last_path.exists():
+        raise FileExistsError(
+            f"{config.run_dir} already holds a run; pass resume=True (--resume) to continue it, or choose another name"
+        )
+    return bool(resume)
+
+
+def check_same_settings(saved: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse to resume a run with settings that change what it learns (a setting added since counts as its default)."""
+    known = set(TrainConfig.__dataclass_fields__)
+    before = TrainConfig.from_dict({k: v for k, v in saved.items() if k in known}).to_dict()
+    current = config.to_dict()
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and before.get(k) != current[k])
+    if changed:
+        details = ", ".join(f"{k}: {before.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume {config.run_dir}: settings changed ({details}); use a new run name")
+
+
+def _write_run_record(
+    run_dir: Path, config: TrainConfig, dataset: NIHDataset, cache: ImageCache, data: TrainingData,
+    device: torch.device, ddp: Distributed, pos_weight: torch.Tensor | None,
+) -> None:
+    """config.json (settings and facts), split.csv and bad_files.csv: what later steps read instead of recomputing."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = run_folder.write_split(run_dir, dataset.metadata)
+    files.write_json(run_dir / run_folder.CONFIG_NAME, {
+        **config.to_dict(), "cache_dir": str(image_cache_dir(config)), "device": str(device),
+        "world_size": ddp.world_size, "label_order": list(FINDINGS), "data_description": dataset.description,
+        "synthetic": dataset.synthetic, "split_kind": dataset.split_kind, "data_fingerprint": fingerprint,
+        "cache_fingerprint": cache.fingerprint, "train_images": len(data.train_names),
+        "val_images": len(data.val_names), "pos_weight": pos_weight.tolist() if pos_weight is not None else None,
+    })
+    if len(cache.bad_files):
+        cache.bad_files.to_csv(run_dir / run_folder.BAD_FILES_NAME, index=False)
+
+
+def _save_epoch(
+    run_dir: Path, state: TrainingState, config: TrainConfig, rng: Any, cache_fingerprint: str, improved: bool,
+    val_rows: pd.DataFrame, val: dict[str, Any] | None,
+) -> None:
+    """The best checkpoint and its validation outputs when improved, then the last checkpoint and the history."""
+    checkpoint = state.to_checkpoint(config, rng, cache_fingerprint)
+    if improved:
+        run_folder.save_checkpoint(run_dir / run_folder.BEST_CHECKPOINT, checkpoint)
+        assert val is not None  # rank 0 validates
+        _write_validation_outputs(run_dir, val_rows, val)
+    run_folder.save_checkpoint(run_dir / run_folder.LAST_CHECKPOINT, checkpoint)  # written last: the epoch is done
+    run_folder.write_history(run_dir, state.history)
+
+
+def _write_validation_outputs(run_dir: Path, rows: pd.DataFrame, val: dict[str, Any]) -> None:
+    """Validation predictions of the best epoch, and the thresholds chosen on them."""
+    table = predictions_table(rows["image"].tolist(), rows["patient_id"].tolist(), val["probabilities"], val["labels"])
+    run_folder.write_predictions(run_dir / run_folder.predictions_name("val"), table)
+    thresholds = {
+        method: {f: (None if np.isnan(t) else float(t)) for f, t in
+                 zip(FINDINGS, choose_thresholds(val["labels"], val["probabilities"], method))}  # type: ignore[arg-type]
+        for method in METHODS
+    }
+    files.write_json(run_dir / run_folder.THRESHOLDS_NAME, thresholds)
+
+
+def _reshuffle(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> None:
+    """The epoch's shuffle depends only on (seed, epoch), so a resumed run sees the same order."""
+    sampler = loader.sampler
+    if isinstance(sampler, torch.utils.data.DistributedSampler):
+        sampler.set_epoch(epoch)
+    elif getattr(sampler, "generator", None) is not None:
+        sampler.generator.manual_seed(seed * 7919 + epoch)
+
+
+# --------------------------------------------------------------------------- for the notebook
+
+
+def describe_training_data(config: TrainConfig, dataset: NIHDataset | None = None) -> pd.DataFrame:
+    """Per finding: positives in train and val, train prevalence, and the pos_weight it implies."""
+    dataset = dataset or load_training_dataset(config)
+    side = dataset.metadata["split"].to_numpy()
+    labels = dataset.metadata[list(FINDINGS)].to_numpy(dtype=np.float32)
+    table = pd.DataFrame({
+        "train positives": labels[side == "train"].sum(axis=0).astype(int),
+        "val positives": labels[side == "val"].sum(axis=0).astype(int),
+        "train prevalence %": 100 * labels[side == "train"].mean(axis=0),
+        "pos_weight": positive_weights(labels[side == "train"]).numpy(),
+    }, index=list(FINDINGS))
+    table.attrs["synthetic"] = dataset.synthetic
+    return table
+
+
+def augmented_sample(
+    config: TrainConfig, count: int = 8, dataset: NIHDataset | None = None
+) -> tuple[torch.Tensor, list[str]]:
+    """The first training images of the cache as the model sees them after augmentation."""
+    dataset = dataset or load_training_dataset(config)
+    cache = open_image_cache(dataset, config)
+    train_names = dataset.images_in("train")
+    names = train_names[train_names.isin(cache.usable_names)][:count].tolist()
+    pixels = torch.from_numpy(np.asarray(cache.pixels[cache.rows(names)]))[:, None]
+    generator = torch.Generator().manual_seed(config.seed)
+    images = prepare_batch(pixels, torch.device("cpu"), config.input_size, False, config.augment, generator)
+    return images * GRAY_STD + GRAY_MEAN, names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cxrutils.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="a profile name in configs/train/ or a YAML path")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set epochs=5 --set augment.hflip_probability=0")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    args = parser.parse_args(argv)
+    config = load_train_config(args.config, args.overrides)
+    result = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best epoch {result.best_epoch}: mean val AUROC {result.best_val_auroc_mean:.4f} -> {result.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""Evaluation of a trained run: ``evaluate_run`` -> ``EvaluationResult`` -> ``metrics.json``.
+
+    python -m cxrutils.evaluate --run runs/demo
+"""
+
+from cxrutils.evaluate.evaluation import EvaluationResult, evaluate_run, write_metrics
+
+__all__ = ["EvaluationResult", "evaluate_run", "write_metrics"]

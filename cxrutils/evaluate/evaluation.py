@@ -1,0 +1,549 @@
+"""A run scored on one of its splits, from predictions to ``metrics.json``: compute, never show.
+
+``evaluate_run(run_dir)`` opens the run folder (``run_folder.open_run``: its settings,
+its own split, its data checked against what it trained on), scores the split with the
+best checkpoint, takes the decision thresholds from the run's ``thresholds.json``
+(chosen on validation at training time: nothing here looks at the scored labels to
+pick one) and computes everything the evaluation report shows: AUROC with
+patient-bootstrap intervals, AP, operating points, the classification report,
+calibration, subgroups, Grad-CAM localization against the boxes and a random
+baseline, a gallery of calls, and the published results for context. It returns an
+``EvaluationResult``; ``write_metrics`` saves it as ``metrics.json``. Notebook 03 and
+``python -m cxrutils.evaluate`` both call it, so they write the same file.
+Display lives in ``cxrutils.report.evaluation_view``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrutils import files
+from cxrutils.data.metadata import age_band
+from cxrutils.engine import run_folder
+from cxrutils.engine.model import GRAY_MEAN, GRAY_STD, gradcam_grid, gradcam_layer_for
+from cxrutils.engine.predict import SPLITS, TTA_SUFFIX, predict_split
+from cxrutils.engine.runtime import prepare_batch, select_device
+from cxrutils.evaluate import localization
+from cxrutils.labels import FINDINGS
+from cxrutils.predictions import prediction_arrays
+from cxrutils.profiling import stage
+from cxrutils.stats import metrics
+from cxrutils.stats.intervals import CONFIDENCE
+from cxrutils.stats.thresholds import METHODS
+
+METRICS_NAME = "metrics.json"
+CALIBRATION_BINS = 10
+RANDOM_BASELINE_REPEATS = 20
+GALLERY_KINDS: dict[str, str] = {"TP": "true positives", "FP": "false positives", "FN": "false negatives"}
+SUBGROUP_VARIABLES: tuple[str, ...] = ("sex", "age band", "view")
+
+
+def metrics_name(split: str, tta_hflip: bool = False) -> str:
+    """``metrics.json`` for the test split, else ``metrics_<split>[_hflip_tta].json``: none overwrites another."""
+    name = split + (TTA_SUFFIX if tta_hflip else "")
+    return METRICS_NAME if name == "test" else f"metrics_{name}.json"
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class LocalizationResult:
+    """Grad-CAM on the split's boxed images, scored against the boxes and against random heatmaps."""
+
+    boxes: pd.DataFrame  # image, finding, x, y, w, h in heatmap pixels, pointing_hit, iobb
+    heatmaps: np.ndarray  # (boxes, input_size, input_size)
+    scores: pd.DataFrame  # localization.localization_scores
+    baseline: pd.DataFrame  # localization.random_baseline_scores
+    heatmap_size: int
+    outside: pd.DataFrame  # boxes that fall outside their film as stored: reported, not scored
+
+    def table(self) -> pd.DataFrame:
+        """Pointing game and T(IoBB) accuracies: this model, random heatmaps, and Wang et al. 2017 (T = 0.1)."""
+        findings = list(self.scores.index)
+        wang = metrics.wang2017_localization()
+        columns: dict[tuple[str, str], pd.Series] = {("", "boxes"): self.scores["boxes"]}
+        metric_names = {"pointing_game": "pointing game"} | {
+            f"t_iobb_{t:g}": f"T(IoBB) {t:g}" for t in localization.T_IOBB
+        }
+        for column, label in metric_names.items():
+            columns[(label, "this model")] = self.scores[column]
+            columns[(label, "random heatmaps")] = self.baseline[column].reindex(findings)
+            if column == "t_iobb_0.1":
+                columns[(label, "Wang et al. 2017")] = wang.reindex(findings)
+        table = pd.DataFrame(columns, index=findings)
+        table.columns = pd.MultiIndex.from_tuples(table.columns)
+        table.index.name = "finding"
+        return table
+
+
+@dataclass
+class Gallery:
+    """The most confident calls of each kind, with what ``plots.localization_gallery`` draws for them."""
+
+    examples: pd.DataFrame  # kind, image, finding, probability, threshold, x, y, w, h (box in the 1024-px frame)
+    images: np.ndarray  # (n, S, S) in [0, 1], the films as the network sees them
+    heatmaps: np.ndarray  # (n, S, S) Grad-CAM of each example's finding
+    boxes: list[tuple[float, float, float, float] | None]  # in the same S-px frame, None where there is no box
+    titles: list[str]
+
+    def of_kind(self, kind: str) -> tuple[np.ndarray, np.ndarray, list[Any], list[str]]:
+        """The panels of one kind (TP, FP or FN)."""
+        positions = np.flatnonzero(self.examples["kind"].to_numpy() == kind)
+        return (self.images[positions], self.heatmaps[positions], [self.boxes[i] for i in positions],
+                [self.titles[i] for i in positions])
+
+
+@dataclass
+class EvaluationResult:
+    """Everything the evaluation report shows for one run on one split."""
+
+    run: run_folder.Run
+    split: str
+    tta_hflip: bool
+    threshold_method: str
+    thresholds_by_finding: dict[str, float | None]  # the run's thresholds.json entry, untouched
+    n_bootstrap: int
+    bootstrap_seed: int
+    gradcam_layer: str  # the dense block Grad-CAM read
+    predictions: pd.DataFrame  # cxrutils.predictions layout
+    labels: np.ndarray  # (n, 14) int8
+    probabilities: np.ndarray  # (n, 14) float64
+    patient_ids: np.ndarray
+    auroc: pd.DataFrame  # metrics.bootstrap_auroc: the findings, then the mean
+    average_precision: np.ndarray
+    operating: pd.DataFrame  # metrics.operating_points at the validation thresholds
+    report: pd.DataFrame | None  # metrics.classification_report_table; None without any threshold
+    calibration: pd.DataFrame
+    reliability: pd.DataFrame
+    subgroups: pd.DataFrame  # metrics.subgroup_auroc for sex, age band and view (long format)
+    localization: LocalizationResult | None
+    localization_note: str | None  # why there is no localization, when there is none
+    gallery: Gallery
+    context: pd.DataFrame  # published results with this run, each labelled with its split
+
+    @property
+    def n_images(self) -> int:
+        return len(self.predictions)
+
+    @property
+    def n_patients(self) -> int:
+        return int(pd.unique(self.patient_ids).size)
+
+    @property
+    def not_scored(self) -> list[str]:
+        return list(self.predictions.attrs.get("not_scored", []))
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """The validation thresholds in ``FINDINGS`` order; NaN where validation could not choose one."""
+        return metrics.threshold_array(self.thresholds_by_finding)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.run.config.input_size)
+
+    @property
+    def gradcam_grid(self) -> int:
+        return gradcam_grid(self.input_size, self.gradcam_layer)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.run.dataset.synthetic
+
+    @property
+    def headline(self) -> str:
+        """``mean AUROC 0.812 [0.795, 0.829] (test, n=25,596 images)``, or say that it is undefined."""
+        mean = self.auroc.loc[metrics.MEAN_ROW]
+        where = f"({self.split}{', hflip TTA' if self.tta_hflip else ''}, n={self.n_images:,} images)"
+        if not np.isfinite(mean["auroc"]):
+            return f"mean AUROC undefined: no finding has both positives and negatives {where}"
+        return f"mean AUROC {mean['auroc']:.3f} [{mean['ci_low']:.3f}, {mean['ci_high']:.3f}] {where}"
+
+    def summary_table(self) -> pd.DataFrame:
+        """Per finding: AUROC [CI], AP, validation threshold, sensitivity, specificity, positives; then the mean."""
+        auroc, operating = self.auroc, self.operating
+        rows = auroc.index  # the findings, then the mean
+        table = pd.DataFrame(
+            {
+                "AUROC": auroc["auroc"],
+                "CI low": auroc["ci_low"],
+                "CI high": auroc["ci_high"],
+                "AP": pd.Series(self.average_precision, index=list(FINDINGS)).reindex(rows),
+                "threshold (val)": operating["threshold"].reindex(rows),
+                "sensitivity": operating["sensitivity"].reindex(rows),
+                "specificity": operating["specificity"].reindex(rows),
+                "positives": auroc["positives"],
+            },
+            index=rows,
+        )
+        notes = []
+        for finding in table.index:
+            if finding == metrics.MEAN_ROW:
+                notes.append(f"over {len(auroc.attrs['mean_over'])} scorable findings")
+                continue
+            parts = []
+            if operating.loc[finding, "positives"] == 0:
+                parts.append("no positives in this split: AUROC, AP and sensitivity undefined")
+            elif operating.loc[finding, "negatives"] == 0:
+                parts.append("no negatives in this split")
+            elif not np.isfinite(auroc.loc[finding, "auroc"]):
+                parts.append(metrics.NOT_SCORABLE_NOTE)
+            if not np.isfinite(operating.loc[finding, "threshold"]):
+                parts.append("no validation threshold")
+            notes.append("; ".join(parts))
+        table["note"] = notes
+        table.index.name = "finding"
+        return table
+
+    def subgroup_means(self) -> pd.DataFrame:
+        """The mean-AUROC rows of the subgroups, one per group, with how many findings each mean covers.
+
+        Within one variable (e.g. age band) every group's mean covers the same findings:
+        those scorable in every group of that variable.
+        """
+        mean_over = self.subgroups.attrs.get("mean_over", {})
+        means = self.subgroups[self.subgroups["finding"] == metrics.MEAN_ROW].copy()
+        means["findings in mean"] = [len(mean_over.get(name, [])) for name in means["subgroup"]]
+        columns = ["subgroup", "value", "auroc", "ci_low", "ci_high", "findings in mean", "images", "patients"]
+        return means[columns].set_index(["subgroup", "value"])
+
+    def to_document(self) -> dict[str, Any]:
+        """Everything the report shows, as plain JSON: what ``write_metrics`` saves."""
+        mean = self.auroc.loc[metrics.MEAN_ROW]
+        per_class = {
+            finding: {
+                "auroc": self.auroc.loc[finding, "auroc"],
+                "ci_low": self.auroc.loc[finding, "ci_low"],
+                "ci_high": self.auroc.loc[finding, "ci_high"],
+                "average_precision": ap,
+                "positives": self.auroc.loc[finding, "positives"],
+                "negatives": self.auroc.loc[finding, "negatives"],
+                "bootstrap_resamples_used": self.auroc.loc[finding, "n_resamples"],
+            }
+            for finding, ap in zip(FINDINGS, self.average_precision)
+        }
+        if self.localization is not None:
+            located: dict[str, Any] = {
+                "available": True,
+                "boxes": len(self.localization.boxes),
+                "boxes_outside_film": len(self.localization.outside),
+                "outside_film": self.localization.outside,
+                "heatmap_size": self.localization.heatmap_size,
+                "gradcam_layer": self.gradcam_layer,
+                "gradcam_grid": self.gradcam_grid,
+                "scores": _by_row(self.localization.scores),
+                "random_baseline": _by_row(self.localization.baseline),
+                "random_baseline_repeats": self.localization.baseline.attrs.get("repeats"),
+                "wang2017_t_iobb_0.1": metrics.wang2017_localization(),
+            }
+        else:
+            located = {"available": False, "note": self.localization_note}
+        document = {
+            "run": self.run.name,
+            "run_dir": str(self.run.run_dir),
+            "checkpoint": {k: self.predictions.attrs.get(k) for k in ("checkpoint", "epoch", "best_epoch",
+                                                                       "best_val_auroc_mean")},
+            "split": self.split,
+            "split_kind": self.run.dataset.split_kind,
+            "split_source": self.run.split_source,
+            "synthetic": self.synthetic,
+            "data_source": self.run.dataset.description,
+            "tta_hflip": self.tta_hflip,
+            "images_match_training": self.run.images_match_training,
+            "n_images": self.n_images,
+            "n_patients": self.n_patients,
+            "not_scored": len(self.not_scored),
+            "bootstrap": {"n_resamples": self.n_bootstrap, "seed": self.bootstrap_seed, "confidence": CONFIDENCE,
+                          "resampling": self.auroc.attrs.get("resampling")},
+            "mean_auroc": {"auroc": mean["auroc"], "ci_low": mean["ci_low"], "ci_high": mean["ci_high"],
+                           "over": self.auroc.attrs.get("mean_over"),
+                           "bootstrap_resamples_used": int(mean["n_resamples"])},
+            "per_class": per_class,
+            "thresholds": {
+                "method": self.threshold_method,
+                "source": f"{run_folder.THRESHOLDS_NAME} in the run folder: chosen on validation predictions at "
+                          "training time, used unchanged",
+                "values": self.thresholds_by_finding,
+            },
+            "operating_points": _by_row(self.operating.drop(columns=["note"])),
+            "classification_report": None if self.report is None else _by_row(self.report.drop(columns=["note"])),
+            "calibration": {
+                "n_bins": self.calibration.attrs.get("n_bins"),
+                "mean_ece": self.calibration["ece"].mean(),
+                "mean_brier": self.calibration["brier"].mean(),
+                "per_class": _by_row(self.calibration[["ece", "brier", "mean_probability", "prevalence"]]),
+            },
+            "subgroups": {
+                "table": self.subgroups.to_dict(orient="records"),
+                "mean_over": self.subgroups.attrs.get("mean_over"),
+                "images_without_group": self.subgroups.attrs.get("images_without_group"),
+            },
+            "localization": located,
+        }
+        return files.plain(document)
+
+
+def _by_row(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Row label -> {column: value}, each column keeping its own type (counts stay integers)."""
+    return {str(index): values for index, values in table.to_dict(orient="index").items()}
+
+
+# --------------------------------------------------------------------------- the evaluation
+
+
+def evaluate_run(
+    run: run_folder.Run | str | os.PathLike[str],
+    split: str = "test",
+    threshold_method: str = "youden",
+    n_bootstrap: int = 1000,
+    bootstrap_seed: int = 0,
+    tta_hflip: bool = False,
+    gradcam_layer: str = "auto",
+    gallery_per_kind: int = 4,
+    data_root: str | os.PathLike[str] | None = None,
+) -> EvaluationResult:
+    """Score ``split`` of a run with its best checkpoint and compute every table of the evaluation report.
+
+    ``run`` is a run folder (or an opened ``Run``); ``data_root`` points at its data where
+    it moved. ``gradcam_layer`` "auto" reads the deepest dense block whose grid is at
+    least 4 x 4 at the run's input size. ``n_bootstrap`` patient resamples (seeded by
+    ``bootstrap_seed``) give every interval. Predictions go to the run folder
+    (``predictions_<split>.csv``); nothing else is written: ``write_metrics`` saves the result.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if threshold_method not in METHODS:
+        raise ValueError(f"threshold_method must be one of {METHODS}, got {threshold_method!r}")
+    run = run if isinstance(run, run_folder.Run) else run_folder.open_run(run, data_root=data_root)
+    layer = gradcam_layer_for(run.config.input_size, gradcam_layer)
+    thresholds_by_finding = run.thresholds(threshold_method)
+    predictions = predict_split(run, split, tta_hflip=tta_hflip)
+    labels, probabilities, patient_ids = prediction_arrays(predictions)
+    thresholds = metrics.threshold_array(thresholds_by_finding)
+
+    with stage("bootstrap AUROC", images=len(predictions), resamples=n_bootstrap):
+        auroc = metrics.bootstrap_auroc(labels, probabilities, patient_ids, n_resamples=n_bootstrap,
+                                        seed=bootstrap_seed, confidence=CONFIDENCE)
+    average_precision = metrics.per_class_average_precision(labels, probabilities)
+    operating = metrics.operating_points(labels, probabilities, thresholds)
+    report = (metrics.classification_report_table(labels, probabilities, thresholds)
+              if np.isfinite(thresholds).any() else None)
+    calibration = metrics.calibration_table(labels, probabilities, n_bins=CALIBRATION_BINS)
+    reliability = metrics.reliability_curves(labels, probabilities, n_bins=CALIBRATION_BINS)
+    rows = run.dataset.metadata.set_index("image").loc[predictions["image"]].reset_index()
+    subgroups = subgroup_table(rows, labels, probabilities, patient_ids, n_bootstrap, bootstrap_seed)
+
+    boxes = run.dataset.boxes
+    boxes = boxes[boxes["image"].isin(set(predictions["image"]))].reset_index(drop=True)
+    localization_note = _localization_unavailable(run, split, boxes)
+    located = None if localization_note else localize(run, boxes, layer, seed=bootstrap_seed)
+    gallery = gallery_panels(run, layer, gallery_examples(predictions, labels, probabilities, thresholds, run.dataset
+                                                          .boxes, gallery_per_kind))
+    context = context_table(run, split, auroc)
+    return EvaluationResult(
+        run=run, split=split, tta_hflip=tta_hflip, threshold_method=threshold_method,
+        thresholds_by_finding=thresholds_by_finding, n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed,
+        gradcam_layer=layer, predictions=predictions, labels=labels, probabilities=probabilities,
+        patient_ids=patient_ids, auroc=auroc, average_precision=average_precision, operating=operating,
+        report=report, calibration=calibration, reliability=reliability, subgroups=subgroups,
+        localization=located, localization_note=localization_note, gallery=gallery, context=context,
+    )
+
+
+def write_metrics(result: EvaluationResult) -> Path:
+    """Save the result into the run folder (atomically) as ``metrics_name(split, tta_hflip)``."""
+    return files.write_json(result.run.run_dir / metrics_name(result.split, result.tta_hflip), result.to_document())
+
+
+# --------------------------------------------------------------------------- subgroups
+
+
+def subgroup_table(
+    rows: pd.DataFrame, labels: np.ndarray, probabilities: np.ndarray, patient_ids: np.ndarray, n_resamples: int,
+    seed: int,
+) -> pd.DataFrame:
+    """``metrics.subgroup_auroc`` by sex, age band and view (``rows``: the scored films' metadata), long format."""
+    groups = {"sex": rows["sex"], "age band": age_band(rows["age_years"]), "view": rows["view"]}
+    with stage("subgroups", images=len(rows), resamples=n_resamples):
+        tables = [
+            metrics.subgroup_auroc(labels, probabilities, patient_ids, values.rename(name), n_resamples=n_resamples,
+                                   seed=seed, confidence=CONFIDENCE)
+            for name, values in groups.items()
+        ]
+    table = pd.concat(tables, ignore_index=True)
+    table.attrs["mean_over"] = {t["subgroup"].iloc[0]: t.attrs["mean_over"] for t in tables if len(t)}
+    table.attrs["images_without_group"] = {
+        t["subgroup"].iloc[0]: t.attrs["images_without_group"] for t in tables if len(t)
+    }
+    return table
+
+
+# --------------------------------------------------------------------------- localization
+
+
+def _localization_unavailable(run: run_folder.Run, split: str, boxes: pd.DataFrame) -> str | None:
+    """Why localization cannot be scored on this split, or None when it can."""
+    if run.dataset.boxes.empty:
+        return ("No bounding-box file was found under the data root, so localization is not scored "
+                "(real NIH: put BBox_List_2017.csv next to Data_Entry_2017.csv).")
+    if boxes.empty:
+        return (f"None of the {len(run.dataset.boxes):,} bounding boxes lies on a scored image of the "
+                f"{split} split (real NIH: the boxes are on official test images), so localization is not scored.")
+    return None
+
+
+def localize(run: run_folder.Run, boxes: pd.DataFrame, layer: str, seed: int = 0,
+             repeats: int = RANDOM_BASELINE_REPEATS) -> LocalizationResult:
+    """Grad-CAM for each box's image and finding, scored; and the random-heatmap chance level for the same boxes.
+
+    Boxes are in the 1024-px NIH frame; ``localization.place_boxes`` maps them onto each
+    film as stored (its size read from the file) and into the square model frame the
+    heatmaps live in. Boxes that fall outside their film are set apart
+    (``LocalizationResult.outside``), never scored as misses.
+    """
+    assert run.dataset.index is not None  # there are scored images
+    size = run.config.input_size
+    with stage("Grad-CAM localization", boxes=len(boxes)):
+        mapped, outside = localization.place_boxes(boxes, run.dataset.index.paths, size)
+        if mapped.empty:
+            raise ValueError(f"all {len(boxes)} boxes fall outside their films: the films are not the NIH films the "
+                             "boxes were drawn on (or were cropped); nothing to score")
+        model = run.model()
+        heatmaps = localization.box_heatmaps(
+            model, run.image_cache(), mapped, size, device=select_device(run.config.device),
+            batch_size=run.config.batch_size, layer=model.dense_block(layer),
+        )
+        grid = gradcam_grid(size, layer)
+        return LocalizationResult(
+            boxes=localization.score_boxes(heatmaps, mapped),
+            heatmaps=heatmaps,
+            scores=localization.localization_scores(heatmaps, mapped),
+            baseline=localization.random_baseline_scores(mapped, size, seed=seed, repeats=repeats, grid=grid),
+            heatmap_size=size,
+            outside=outside,
+        )
+
+
+# --------------------------------------------------------------------------- gallery
+
+
+def gallery_examples(
+    predictions: pd.DataFrame, labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray,
+    boxes: pd.DataFrame, per_kind: int,
+) -> pd.DataFrame:
+    """Up to ``per_kind`` true positives, false positives and false negatives at the validation thresholds.
+
+    The most confident of each kind (TP and FP: highest probability; FN: lowest), one
+    finding at a time before any finding repeats; for TP and FN, images with a box for
+    the finding come first so the box can be drawn. Columns: kind, image, finding,
+    probability, threshold, and the first box of that finding on the image (x, y, w, h
+    in the 1024-px NIH frame; NaN when there is none).
+    """
+    columns = ["kind", "image", "finding", "probability", "threshold", "x", "y", "w", "h"]
+    if per_kind < 1:
+        return pd.DataFrame(columns=columns)
+    images = predictions["image"].to_numpy()
+    boxed = boxes.drop_duplicates(["image", "finding"]).set_index(["image", "finding"])
+    frames = []
+    for k, finding in enumerate(FINDINGS):
+        if not np.isfinite(thresholds[k]):
+            continue
+        positive = labels[:, k] == 1
+        flagged = probabilities[:, k] >= thresholds[k]
+        for kind, mask in (("TP", positive & flagged), ("FP", ~positive & flagged), ("FN", positive & ~flagged)):
+            frames.append(pd.DataFrame({"kind": kind, "image": images[mask], "finding": finding,
+                                        "probability": probabilities[mask, k], "threshold": thresholds[k]}))
+    candidates = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns[:5])
+    keys = pd.MultiIndex.from_arrays([candidates["image"], candidates["finding"]])
+    candidates["has_box"] = keys.isin(boxed.index)
+    picked = []
+    for kind in GALLERY_KINDS:
+        part = candidates[candidates["kind"] == kind].copy()
+        part["confidence"] = part["probability"] if kind != "FN" else -part["probability"]
+        by_box = kind != "FP"
+        part = part.sort_values(["has_box", "confidence"] if by_box else ["confidence"],
+                                ascending=[False, False] if by_box else [False], kind="stable")
+        part["repeat"] = part.groupby("finding").cumcount()  # first of each finding before any second
+        picked.append(part.sort_values("repeat", kind="stable").head(per_kind))
+    examples = pd.concat(picked, ignore_index=True)
+    box_values = boxed[["x", "y", "w", "h"]].reindex(pd.MultiIndex.from_arrays([examples["image"],
+                                                                                examples["finding"]]))
+    examples[["x", "y", "w", "h"]] = box_values.to_numpy(dtype=float)
+    return examples[columns]
+
+
+def model_frame_images(run: run_folder.Run, images: list[str]) -> np.ndarray:
+    """(N, input_size, input_size) in [0, 1]: the cached images as the network sees them, before normalization."""
+    size = run.config.input_size
+    if not images:
+        return np.zeros((0, size, size))
+    cache = run.image_cache()
+    pixels = torch.from_numpy(np.asarray(cache.pixels[cache.rows(images)]))[:, None]
+    inputs = prepare_batch(pixels, torch.device("cpu"), size, channels_last=False)
+    return (inputs * GRAY_STD + GRAY_MEAN).clamp(0, 1)[:, 0].numpy()
+
+
+def gallery_panels(run: run_folder.Run, layer: str, examples: pd.DataFrame) -> Gallery:
+    """Images, Grad-CAM heatmaps (for each example's finding), boxes and titles, in the square model frame."""
+    size = run.config.input_size
+    if examples.empty:
+        return Gallery(examples, np.zeros((0, size, size)), np.zeros((0, size, size)), [], [])
+    model = run.model()
+    with stage("gallery Grad-CAM", images=len(examples)):
+        heatmaps = localization.box_heatmaps(
+            model, run.image_cache(), examples[["image", "finding"]], size,
+            device=select_device(run.config.device), batch_size=run.config.batch_size, layer=model.dense_block(layer),
+        )
+    images = model_frame_images(run, examples["image"].tolist())
+    boxes: list[tuple[float, float, float, float] | None] = [None] * len(examples)
+    with_box = examples.dropna(subset=["x"])
+    if len(with_box):
+        assert run.dataset.index is not None
+        mapped, _ = localization.place_boxes(with_box, run.dataset.index.paths, size)  # outside: not drawn
+        for position, row in zip(mapped.index, mapped[["x", "y", "w", "h"]].itertuples(index=False)):
+            boxes[examples.index.get_loc(position)] = tuple(float(v) for v in row)  # type: ignore[assignment]
+    titles = [
+        f"{row.kind}: {row.finding}\np={row.probability:.2f} (thr {row.threshold:.2f})\n{row.image}"
+        for row in examples.itertuples()
+    ]
+    return Gallery(examples, images, heatmaps, boxes, titles)
+
+
+# --------------------------------------------------------------------------- published context
+
+
+def context_table(run: run_folder.Run, split: str, auroc: pd.DataFrame) -> pd.DataFrame:
+    """``metrics.reference_results`` with this run added, each row labelled with its split.
+
+    ``comparable with this run``: the same kind of split, this run scored on its test
+    split, and real images. Phantoms are comparable with nothing.
+    """
+    kind = run.dataset.split_kind
+    synthetic = run.dataset.synthetic
+    this_split = {"official": "official", "random": "random patient split"}.get(kind, kind)
+    mean = auroc.loc[metrics.MEAN_ROW]
+    this_run = {
+        "model": f"this run ({run.name}): DenseNet121, {run.config.weights} init",
+        "input": f"{run.config.input_size} px",
+        "mean_auroc": mean["auroc"],
+        "ci_low": mean["ci_low"],
+        "ci_high": mean["ci_high"],
+        "split": f"{this_split} ({split} images)" + (", SYNTHETIC phantoms" if synthetic else ""),
+        "source": "this report",
+        "comparable_to_official_split": kind == "official" and split == "test" and not synthetic,
+    }
+    table = metrics.reference_results()
+    comparable = (table["split"] == this_split) & (split == "test") & (not synthetic)
+    table["comparable with this run"] = comparable.map({True: "yes, roughly", False: "no"})
+    table = pd.concat([pd.DataFrame([{**this_run, "comparable with this run": "-"}]), table], ignore_index=True)
+    columns = ["model", "input", "mean_auroc", "ci_low", "ci_high", "split", "comparable_to_official_split",
+               "comparable with this run", "source"]
+    return table[columns].set_index("model")

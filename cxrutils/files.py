@@ -1,0 +1,79 @@
+"""Writing files so that a reader never sees half of one, and JSON that is always strict JSON.
+
+Every file the pipeline writes for later steps (run folders, caches, reports) goes
+through ``atomic_write``: a temporary file in the same folder, then ``os.replace``.
+``plain`` turns numpy, pandas and path values into JSON values (NaN and NA become
+null, so the files load in any JSON reader); ``write_json`` does both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], durable: bool = False) -> Path:
+    """Call ``write(temporary_path)``, then move the file to ``path``; never leave half a file behind.
+
+    ``durable`` also fsyncs the file before the rename, for files whose loss after a
+    power cut would corrupt what they describe (the image cache's manifest).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        if durable:
+            descriptor = os.open(temporary, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, durable: bool = False) -> Path:
+    return atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"), durable)
+
+
+def plain(value: Any) -> Any:
+    """A JSON value: NaN, infinities, None and pandas' NA become null; numpy scalars and arrays, Python ones."""
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, pd.DataFrame):
+        return [plain(row) for row in value.to_dict(orient="records")]
+    if isinstance(value, pd.Series):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return [plain(item) for item in value.tolist()]
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) or math.isinf(value) else float(value)
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
+
+
+def write_json(path: str | os.PathLike[str], payload: Any, durable: bool = False) -> Path:
+    """``payload`` as strict, indented JSON (``plain`` first), written atomically."""
+    return atomic_write_text(path, json.dumps(plain(payload), indent=2, allow_nan=False, default=str) + "\n", durable)

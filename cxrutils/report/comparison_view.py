@@ -1,0 +1,154 @@
+"""How notebook 04 shows a comparison (``cxrutils.compare.run.ComparisonResult``): banners, tables, words.
+
+Nothing here computes a statistic: every number comes from the result.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator, Sequence
+
+import pandas as pd
+from IPython.display import HTML, Markdown, display
+from pandas.io.formats.style import Styler
+
+from cxrutils.compare.run import ComparisonInputs, LoadedModels, ModelComparison, enable_instructions
+from cxrutils.compare.txv import RANDOM_INIT_LABEL
+from cxrutils.report.display import TONES, interval_text, p_text
+from cxrutils.stats.metrics import MEAN_ROW
+from cxrutils.stats.paired import OURS, TXV, side_by_side
+
+
+def skipped_section(loaded: LoadedModels) -> HTML:
+    """The "Comparison skipped" notice with the missing files, their folders and URLs; empty when none is missing."""
+    if not loaded.missing:
+        return HTML("")
+    rows = "".join(
+        f"<tr><td>{html.escape(m.model)}</td><td><code>{html.escape(m.weights_file)}</code></td>"
+        f"<td><code>{html.escape(str(m.folder))}</code></td>"
+        f"<td><a href='{html.escape(m.url)}'>{html.escape(m.url)}</a></td></tr>"
+        for m in loaded.missing
+    )
+    steps = "".join(f"<li>{html.escape(step)}</li>" for step in enable_instructions(loaded.missing))
+    if loaded.skipped:
+        title = "Comparison skipped: no TorchXRayVision weights"
+        lead = "None of the requested models' weights files is present, so nothing below is computed."
+    else:
+        title = f"{len(loaded.missing)} model(s) skipped: no weights"
+        lead = "These models are left out; the others are compared below."
+    return HTML(
+        f"<div style='{TONES['amber']}'><h3 style='margin-top:0'>{html.escape(title)}</h3><p>{html.escape(lead)}</p>"
+        "<table><thead><tr><th>model</th><th>weights file</th><th>expected in folder</th><th>download URL</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table><p><b>To enable the comparison:</b></p><ol>{steps}</ol>"
+        "<p>The test-only switch <code>use_random_txv_weights_for_testing=True</code> runs the pipeline on "
+        "random weights; its numbers say nothing about TorchXRayVision.</p></div>"
+    )
+
+
+def caveats_banner(caveats: Sequence[str], random_init: bool) -> HTML:
+    """What a reader must know first: the leakage of NIH-trained models into the official test set, and more.
+
+    Shown whether or not the weights are present. With random weights, a red
+    banner says so before anything else.
+    """
+    caveats = list(caveats)
+    parts = []
+    if random_init:
+        parts.append(f"<div style='{TONES['red']}'><b>{html.escape(RANDOM_INIT_LABEL)}.</b> Every TorchXRayVision "
+                     "number in this report comes from random weights (use_random_txv_weights_for_testing=True), "
+                     "for testing the pipeline only.</div>")
+        caveats = [c for c in caveats if not c.startswith(RANDOM_INIT_LABEL)]
+    items = "".join(f"<li>{html.escape(c)}</li>" for c in caveats)
+    parts.append(f"<div style='{TONES['amber']}'><b>Read this comparison with these caveats:</b><ul>{items}</ul></div>")
+    return HTML("".join(parts))
+
+
+def cap_note(inputs: ComparisonInputs | None) -> HTML:
+    """Says that (and how) the compared films were capped; empty when every film is compared."""
+    if inputs is None or not inputs.capped:
+        return HTML("")
+    parts = [f"{len(frame):,} of {inputs.full_sizes[split][0]:,} {split} films"
+             for split, frame in ((inputs.split, inputs.test), ("val", inputs.validation))]
+    return HTML(
+        f"<div style='{TONES['amber']}'><b>Capped comparison.</b> txv_max_images = {inputs.max_images:,}: both models are "
+        f"compared on {' and '.join(parts)}, whole patients drawn at random (seeded). TorchXRayVision's 224 px pass "
+        "over every film is GPU work; this CPU run compares a sample, so its intervals are wider than a full "
+        "comparison's. Set txv_max_images: null to compare every film.</div>"
+    )
+
+
+def each_model(comparisons: Sequence[ModelComparison]) -> Iterator[ModelComparison]:
+    """Yield each comparison under a heading naming the model; say so once when there is none."""
+    if not comparisons:
+        display(Markdown("*Comparison skipped: no TorchXRayVision model was loaded (see section 1).*"))
+    for result in comparisons:
+        display(Markdown(f"### {result.names[TXV]}"))
+        yield result
+
+
+def auroc_display(result: ModelComparison) -> Styler:
+    """Per-finding AUROC of both models with CIs, the difference with its CI and DeLong's p (raw, Holm, BH)."""
+    table = result.auroc.table
+    level = f"{result.auroc.confidence:.0%} CI"
+    shown = pd.DataFrame({
+        "positives": table["positives"],
+        f"ours AUROC [{level}]": [interval_text(*r) for r in
+                                  table[["auroc_ours", "ours_ci_low", "ours_ci_high"]].itertuples(index=False)],
+        f"TXV AUROC [{level}]": [interval_text(*r) for r in
+                                 table[["auroc_txv", "txv_ci_low", "txv_ci_high"]].itertuples(index=False)],
+        f"difference [{level}]": [interval_text(*r, signed=True) for r in
+                                  table[["difference", "diff_ci_low", "diff_ci_high"]].itertuples(index=False)],
+        "DeLong p": table["p_value"].map(p_text),
+        "p (Holm)": table["p_holm"].map(p_text),
+        "p (BH)": table["p_bh"].map(p_text),
+        "note": table["note"],
+    }, index=table.index)
+    return shown.style.format(na_rep="").set_caption(_caption(result, f"AUROC on {len(result.test)} {result.split} images, "
+                                                    f"{result.auroc.n_resamples} patient-bootstrap resamples"))
+
+
+def classification_display(result: ModelComparison) -> Styler:
+    """Both models side by side at validation-chosen thresholds, and TXV at its own op_threshs."""
+    wide = side_by_side(result.classification, metrics=("threshold", "sensitivity", "specificity", "ppv", "f1"))
+    thresholds = [c for c in wide.columns if c[2] == "threshold"]
+    styled = wide.style.format("{:.2f}", na_rep="–").format("{:.3g}", subset=thresholds, na_rep="–")
+    return styled.set_caption(
+        _caption(result, f"thresholds: {result.threshold_method} on our validation images "
+                         f"({len(result.validation)}), or TorchXRayVision's published op_threshs"))
+
+
+def subgroup_display(result: ModelComparison) -> Styler:
+    """Mean AUROC of both models and their difference within each sex and view."""
+    table = result.subgroups
+    means = table[table["finding"] == MEAN_ROW]
+    shown = pd.DataFrame({
+        "subgroup": means["subgroup"], "value": means["value"], "images": means["images"],
+        "patients": means["patients"],
+        "ours mean AUROC [CI]": [interval_text(*r) for r in
+                                 means[["auroc_ours", "ours_ci_low", "ours_ci_high"]].itertuples(index=False)],
+        "TXV mean AUROC [CI]": [interval_text(*r) for r in
+                                means[["auroc_txv", "txv_ci_low", "txv_ci_high"]].itertuples(index=False)],
+        "difference [CI]": [interval_text(*r, signed=True) for r in
+                            means[["difference", "diff_ci_low", "diff_ci_high"]].itertuples(index=False)],
+        "note": means["note"],
+    }).set_index(["subgroup", "value"])
+    return shown.style.set_caption(_caption(result, "mean over the findings scored in every group of a subgroup"))
+
+
+def _caption(result: ModelComparison, detail: str) -> str:
+    return f"ours: {result.names[OURS]}; TXV: {result.names[TXV]}. {detail}."
+
+
+def mean_difference_text(result: ModelComparison) -> Markdown:
+    """The mean AUROC difference with its paired interval, in words."""
+    mean = result.auroc.table.loc[MEAN_ROW]
+    label = f"**{RANDOM_INIT_LABEL}.** " if result.random_init else ""
+    if pd.isna(mean["difference"]):
+        return Markdown(f"{label}No mean difference: no finding has enough positives and negatives here.")
+    interval = ("no interval: no resample had every averaged finding" if pd.isna(mean["diff_ci_low"]) else
+                f"{result.auroc.confidence:.0%} CI {mean['diff_ci_low']:+.3f} to {mean['diff_ci_high']:+.3f}, "
+                f"from {mean['n_resamples']} of {result.auroc.n_resamples} paired patient resamples")
+    return Markdown(
+        f"{label}**Mean AUROC difference** (ours − TXV) over {len(result.auroc.mean_over)} findings: "
+        f"**{mean['difference']:+.3f}** ({interval}); ours {mean['auroc_ours']:.3f}, TXV {mean['auroc_txv']:.3f}."
+    )

@@ -1,0 +1,304 @@
+"""Run the numbered notebooks headlessly with papermill and publish HTML reports.
+
+    python -m cxrutils.reports --profile NAME [--set KEY=VALUE ...] [--only NOTEBOOK ...]
+
+Every notebook receives the same training profile and settings (``train_profile``,
+``settings``: the data root, its split, the run's name; see ``cxrutils.settings``), so
+they all describe one split of one dataset; plus the profile's notebook parameters
+that its ``parameters`` cell declares, and ``output_dir`` (``reports/<notebook>/``),
+where it writes ``report_summary.json`` (status, data source, headline figures).
+``--set KEY=VALUE`` changes a training setting or a notebook parameter, whichever KEY
+names. Executed copies and HTML go to ``reports/``; ``reports/index.html`` lists every
+report. The first failing notebook stops the run with a non-zero exit; its HTML keeps
+the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cxrutils import files
+from cxrutils.data.dataset import METADATA_ONLY
+from cxrutils.paths import NOTEBOOKS_DIR, PROJ_ROOT, REPORTS_DIR, resolve
+from cxrutils.profiling import PeakSampler, stage, stage_context
+from cxrutils.settings import SettingsError, apply_overrides, available_profiles, load_profile, profile_train_config
+
+KERNEL_NAME = "cxrutils"
+# Parameters the runner fills for every notebook from the profile; --set reaches them through the settings.
+SHARED_PARAMETERS = {"train_profile", "settings", "output_dir"}
+SUMMARY_NAME = "report_summary.json"
+INDEX_JSON_NAME = "index.json"
+# Pages other commands write into the reports folder, linked from the index when present.
+EXTRA_PAGES = {"rehearsal.html": "Full-size rehearsal: every stage's time and memory at 112,120 films (make rehearsal)"}
+
+
+def write_summary(output_dir: str | os.PathLike[str], *, status: str = "ok", **facts: Any) -> Path:
+    """Called by a notebook at its end: what the index shows for it.
+
+    ``status`` is ``ok``, or ``skipped`` with a ``status_reason`` (e.g. no weights).
+    """
+    if status not in ("ok", "skipped"):
+        raise ValueError(f"a notebook reports 'ok' or 'skipped', got {status!r}")
+    folder = resolve(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SUMMARY_NAME
+    files.write_json(path, {"status": status, **facts})
+    return path
+
+
+def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The numbered notebooks, in order."""
+    return sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select_notebooks(profile: dict[str, Any], only: list[str], available: list[Path]) -> list[Path]:
+    """Notebooks of the profile (all by default), narrowed by ``--only`` (stem or number)."""
+    by_stem = {p.stem: p for p in available}
+    wanted = profile.get("notebooks") or list(by_stem)
+    unknown = [name for name in wanted if name not in by_stem]
+    if unknown:
+        raise SettingsError(f"profile {profile['name']!r} names unknown notebook(s) {unknown}; have {list(by_stem)}")
+    chosen = [by_stem[name] for name in wanted]
+    if only:
+        matches = [p for p in chosen if any(p.stem == o or p.stem.split("_")[0] == o for o in only)]
+        missing = [o for o in only if not any(p.stem == o or p.stem.split("_")[0] == o for p in chosen)]
+        if missing:
+            raise SettingsError(f"--only {missing}: not among this profile's notebooks {[p.stem for p in chosen]}")
+        chosen = matches
+    return chosen
+
+
+def ensure_kernel() -> str:
+    """Register this interpreter as the ``cxrutils`` Jupyter kernel in its own prefix.
+
+    Papermill and JupyterLab then run notebooks in this environment, whatever
+    other kernels the user has; no manual ``ipykernel install`` step.
+    """
+    from ipykernel.kernelspec import install
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        if spec.argv and Path(spec.argv[0]) == Path(sys.executable):
+            return KERNEL_NAME
+    except NoSuchKernel:
+        pass
+    install(kernel_name=KERNEL_NAME, display_name="Python (cxrutils)", prefix=sys.prefix)
+    return KERNEL_NAME
+
+
+def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, show_code: bool) -> dict[str, Any]:
+    """Execute one notebook and export its HTML; return its index entry."""
+    import papermill as pm
+
+    output_dir = reports_dir / notebook.stem
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / SUMMARY_NAME).unlink(missing_ok=True)
+    declared = pm.inspect_notebook(str(notebook))
+    passed = {k: v for k, v in {**parameters, "output_dir": str(output_dir)}.items() if k in declared}
+    executed = reports_dir / notebook.name
+    started = time.perf_counter()
+    error: str | None = None
+    # The kernel inherits the environment, so the stages it records (cxrutils.profiling) name this notebook.
+    # The kernel and its workers are this process's descendants: their summed RSS is the notebook's memory.
+    with stage_context(notebook.stem):
+        with PeakSampler(descendants_only=True) as memory:
+            try:
+                pm.execute_notebook(
+                    str(notebook),
+                    str(executed),
+                    parameters=passed,
+                    kernel_name=ensure_kernel(),
+                    cwd=str(PROJ_ROOT),
+                    progress_bar=True,
+                )
+            except pm.PapermillExecutionError as err:
+                error = f"{err.ename}: {err.evalue}"
+        elapsed = time.perf_counter() - started
+        with stage("render HTML"):
+            export_html(executed, reports_dir / f"{notebook.stem}.html", show_code=show_code)
+    summary_path = output_dir / SUMMARY_NAME
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() and error is None else {}
+    status = "failed" if error else summary.pop("status", "ok")
+    return {
+        "notebook": notebook.stem,
+        "status": status,
+        "status_reason": error or summary.pop("status_reason", ""),
+        "run_seconds": round(elapsed, 1),
+        "peak_rss_bytes": memory.peak,
+        "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "parameters": passed,
+        **summary,
+    }
+
+
+def export_html(executed: Path, html_path: Path, show_code: bool) -> None:
+    """HTML of an executed notebook; code cells hidden unless ``show_code``."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(
+        template_name="lab", exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True
+    )
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    html_path.write_text(body, encoding="utf-8")
+
+
+def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) -> Path:
+    """Merge this run's entries into ``index.json`` and render ``index.html``."""
+    index_json = reports_dir / INDEX_JSON_NAME
+    previous = json.loads(index_json.read_text()) if index_json.is_file() else {}
+    for entry in entries:
+        previous[entry["notebook"]] = {**entry, "profile": profile}
+    files.write_json(index_json, previous)
+    rows = []
+    for name in sorted(previous):
+        entry = previous[name]
+        status = entry["status"]
+        status_text = status
+        reason = (
+            f"<div class='reason'>{html.escape(str(entry.get('status_reason', '')))}</div>"
+            if entry.get("status_reason")
+            else ""
+        )
+        if status == "skipped" and entry.get("status_reason"):  # e.g. "skipped (no weights)": not a failure
+            status_text, reason = f"skipped ({entry['status_reason']})", ""
+        source = html.escape(str(entry.get("data_source", "")))
+        if entry.get("synthetic"):
+            source = f"<span class='synthetic'>SYNTHETIC</span> {source}"
+        link = (
+            f"<a href='{html.escape(name)}.html'>{html.escape(name)}</a>"
+            if (reports_dir / f"{name}.html").is_file()
+            else html.escape(name)
+        )
+        rows.append(
+            f"<tr><td>{link}</td><td class='status {status.replace(' ', '-')}'>{html.escape(status_text)}{reason}</td>"
+            f"<td>{entry.get('run_seconds', '')} s</td><td>{html.escape(str(entry.get('profile', '')))}</td>"
+            f"<td>{source}</td><td>{html.escape(str(entry.get('headline', '')))}</td>"
+            f"<td>{html.escape(str(entry.get('finished_at', '')))}</td></tr>"
+        )
+    extras = [f"<li><a href='{name}'>{html.escape(title)}</a></li>" for name, title in EXTRA_PAGES.items()
+              if (reports_dir / name).is_file()]
+    others = f"<h2>Other pages</h2><ul>{''.join(extras)}</ul>" if extras else ""
+    page = _INDEX_TEMPLATE.format(rows="\n".join(rows), generated=dt.datetime.now().isoformat(timespec="seconds"),
+                                  others=others)
+    index_html = reports_dir / "index.html"
+    index_html.write_text(page, encoding="utf-8")
+    return index_html
+
+
+_INDEX_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>cxrutils reports</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: .5rem .75rem; text-align: left; vertical-align: top; }}
+th {{ background: #f4f4f4; }}
+.status.ok {{ color: #176f2c; font-weight: 600; }}
+.status.failed {{ color: #b00020; font-weight: 600; }}
+.status.skipped, .status.not-run {{ color: #8a6d00; font-weight: 600; }}
+.reason {{ font-weight: normal; font-size: .85em; color: #555; }}
+.synthetic {{ background: #b00020; color: white; padding: 0 .3em; border-radius: 3px; font-size: .85em; }}
+</style></head><body>
+<h1>cxrutils reports</h1>
+<p>Generated {generated} by <code>python -m cxrutils.reports</code>. Reports marked
+<span class="synthetic">SYNTHETIC</span> were computed on rendered phantoms and say
+nothing about real chest X-rays.</p>
+<table><thead><tr><th>Report</th><th>Status</th><th>Run time</th><th>Profile</th>
+<th>Data source</th><th>Summary</th><th>Finished</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+{others}
+</body></html>
+"""
+
+
+def prepare_data(profile: dict[str, Any]) -> None:
+    """Build the phantom dataset of profiles that declare ``demo_data`` (or ``rehearsal_data``) if it is missing."""
+    from cxrutils.demo.roots import DemoSpec, RehearsalSpec, ensure_demo_dataset, ensure_rehearsal_dataset
+
+    for key, spec_type, ensure in (("demo_data", DemoSpec, ensure_demo_dataset),
+                                   ("rehearsal_data", RehearsalSpec, ensure_rehearsal_dataset)):
+        if not profile.get(key):
+            continue
+        settings = dict(profile[key])
+        root = resolve(settings.pop("root"))
+        data_root = profile_train_config(profile).data_root
+        if not data_root or data_root == METADATA_ONLY or resolve(data_root) != root:
+            continue  # --set data_root points elsewhere: this phantom root is not needed
+        print(f"{key.replace('_', ' ')}: {root}", flush=True)
+        with stage("build root"):
+            ensure(root, spec_type(**settings))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cxrutils.reports", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", required=True, help=f"one of {available_profiles()}")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training setting or a notebook parameter, e.g. --set data_root=/data/nih",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NOTEBOOK",
+        help="run only this notebook (e.g. 01_eda or 01); repeatable",
+    )
+    parser.add_argument("--show-code", action="store_true", help="include code cells in the HTML")
+    parser.add_argument("--reports-dir", default=str(REPORTS_DIR), help="where reports go (default: reports/)")
+    args = parser.parse_args(argv)
+    try:
+        profile = load_profile(args.profile)
+        notebooks = select_notebooks(profile, args.only, notebook_paths())
+        profile = apply_overrides(profile, args.overrides, parameters=_declared(notebooks) - SHARED_PARAMETERS)
+        profile_train_config(profile)  # an unknown training profile or a bad setting fails here, not in a notebook
+    except (SettingsError, FileNotFoundError) as err:
+        parser.error(str(err))
+    reports_dir = resolve(args.reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    if "settings" in _declared(notebooks):  # notebooks that read the data need the phantom root built
+        prepare_data(profile)
+    parameters = {**profile["parameters"], "train_profile": profile["train_profile"], "settings": profile["settings"]}
+    entries: list[dict[str, Any]] = []
+    failed = False
+    for notebook in notebooks:
+        if failed:
+            entries.append(
+                {"notebook": notebook.stem, "status": "not run", "status_reason": "an earlier notebook failed"}
+            )
+            continue
+        print(f"== {notebook.name} ({args.profile})", flush=True)
+        entry = run_notebook(notebook, parameters, reports_dir, args.show_code)
+        entries.append(entry)
+        print(f"   {entry['status']} in {entry['run_seconds']} s -> {reports_dir / notebook.stem}.html", flush=True)
+        failed = entry["status"] == "failed"
+        if failed:
+            print(f"   error: {entry['status_reason']}", file=sys.stderr, flush=True)
+    index = write_index(entries, args.profile, reports_dir)
+    print(f"index: {index}", flush=True)
+    return 1 if failed else 0
+
+
+def _declared(notebooks: list[Path]) -> set[str]:
+    """Every parameter the notebooks' parameters cells declare."""
+    import papermill as pm
+
+    return set().union(*(pm.inspect_notebook(str(notebook)) for notebook in notebooks))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

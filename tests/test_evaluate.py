@@ -1,0 +1,66 @@
+"""Evaluation and comparison as plain functions: computed without papermill, checked against their inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from cxrutils.compare import compare_run, txv, write_comparison
+from cxrutils.engine import run_folder
+from cxrutils.evaluate import evaluate_run
+from cxrutils.labels import FINDINGS
+from cxrutils.stats.metrics import MEAN_ROW
+
+
+@pytest.fixture
+def run_dir(tiny_run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_run, tmp_path / "runs" / tiny_run.name))
+
+
+def test_evaluate_run_computes_every_table_from_the_runs_own_predictions_and_thresholds(run_dir: Path):
+    result = evaluate_run(run_dir, n_bootstrap=40)
+    written = run_folder.read_predictions(run_dir, "test")
+    assert written["image"].tolist() == result.predictions["image"].tolist()
+    assert result.gradcam_layer == "denseblock2"  # auto: the tiny run's 32 px input
+    for k, finding in enumerate(FINDINGS):
+        value = result.auroc.loc[finding, "auroc"]
+        if np.isfinite(value):
+            assert value == pytest.approx(roc_auc_score(result.labels[:, k], result.probabilities[:, k]))
+    assert result.thresholds_by_finding == run_folder.read_thresholds(run_dir)["youden"]
+    assert result.operating["threshold"].drop(MEAN_ROW, errors="ignore").reindex(list(FINDINGS)).equals(
+        result.operating["threshold"].reindex(list(FINDINGS)))
+    assert result.localization is not None and len(result.localization.boxes) > 0
+    document = json.loads(json.dumps(result.to_document(), allow_nan=False))  # strict JSON
+    assert document["split"] == "test" and document["synthetic"] is True
+    assert document["mean_auroc"]["auroc"] == pytest.approx(result.auroc.loc[MEAN_ROW, "auroc"])
+    assert "split.csv" in document["split_source"]
+
+
+def test_compare_run_without_weights_is_skipped_and_says_where_the_file_goes(run_dir: Path, tmp_path: Path):
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    result = compare_run(run_dir, ["densenet121-res224-nih"], weights_dir=empty)
+    assert result.skipped and result.comparisons == [] and result.inputs is None
+    saved = json.loads(write_comparison(result).read_text())
+    spec = txv.txv_spec("densenet121-res224-nih")
+    assert saved["status"] == "skipped" and saved["missing_weights"][0]["weights_file"] == spec.weights_file
+    assert saved["missing_weights"][0]["folder"] == str(empty)
+
+
+def test_compare_run_with_random_weights_pairs_our_test_films_and_caps_them_by_patient(run_dir: Path, tmp_path: Path):
+    result = compare_run(run_dir, ["densenet121-res224-nih"], weights_dir=tmp_path, random_init=True,
+                         n_bootstrap=20, max_images=8)
+    (comparison,) = result.comparisons
+    assert len(comparison.test) <= 8 and result.inputs.capped
+    ours = run_folder.read_predictions(run_dir, "test")
+    assert set(comparison.test.images) <= set(ours["image"])
+    kept_patients = set(comparison.test.patient_ids)
+    assert set(ours.loc[ours["patient_id"].isin(kept_patients), "image"]) == set(comparison.test.images)
+    document = result.to_document()
+    assert document["random_init"] is True and document["capped"]["max_images"] == 8
+    assert txv.RANDOM_INIT_LABEL in result.headline
