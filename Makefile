@@ -12,7 +12,7 @@ HEAVY_PINS := $(shell sed -n 's/^ *"\(torch[a-z]*==[^"]*\)".*/\1/p' pyproject.to
 PROFILE ?= demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reports metadata-report test bench rehearsal lab clean-reports clean-demo clean-rehearsal
+.PHONY: help install demo reports metadata-report test bench gpu-check rehearsal lab clean-reports clean-demo clean-rehearsal
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -45,8 +45,11 @@ test: $(INSTALLED)  ## run the test suite
 rehearsal: $(INSTALLED)  ## every notebook at the real dataset's size (112,120 phantom films), measured: reports/rehearsal.html
 	$(VENV_PYTHON) -m cxrutils.rehearsal $(REHEARSAL_ARGS)
 
-bench: $(INSTALLED)  ## data path and training-step throughput (benchmarks/; add BENCH_ARGS="--preset gpu" on a GPU)
+bench: $(INSTALLED)  ## data path and training-epoch throughput (benchmarks/; add BENCH_ARGS="--preset gpu --both" on a GPU)
 	$(VENV_PYTHON) benchmarks/bench_training.py --out reports/benchmark.json $(BENCH_ARGS)
+
+gpu-check: $(INSTALLED)  ## on a GPU box: benchmark, train, kill and resume, torchrun -> reports/gpu_check.json (GPU_CHECK_ARGS="--preset cpu" elsewhere)
+	$(VENV_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 lab: $(INSTALLED)  ## open JupyterLab on notebooks/ with the project's kernel
 	$(VENV)/bin/jupyter lab notebooks/

@@ -1,18 +1,21 @@
-"""Where training time goes: decoding PNGs every epoch versus the uint8 cache, and the training step.
+"""Where training time goes: decoding PNGs every epoch versus the uint8 cache, and the real epoch loop.
 
-    python benchmarks/bench_training.py                 # CPU, small settings (what `make bench` runs)
-    python benchmarks/bench_training.py --preset gpu    # 224 px, bf16, channels_last; add --compile
+    python benchmarks/bench_training.py                      # CPU, small settings (what `make bench` runs)
+    python benchmarks/bench_training.py --preset gpu         # 224 px, bf16, channels_last, eager then compiled
 
 Measured in one run, on one machine, over 1024 px phantom PNGs in the NIH layout
-(rendered once into data/bench/; the files are the size and kind of the real ones):
+(``cxrutils.demo.roots``: a rehearsal root at 1024 px, built once into data/bench/):
 
   (a) img/s of a decode-every-epoch loader: PIL decode, resize, normalise, the way the
       recipe notebooks do it (torchvision transforms in a Dataset);
   (b) img/s of the cache loader (cxrutils.data.cache) with the same worker count, up to
       the same normalised float batch;
-  (c) img/s of the training step on a batch already in memory (the compute bound);
-  (d) img/s of the same step fed by the cache loader, with batched augmentation;
-  inference img/s (eval mode, no grad).
+  (c) img/s of the real ``train_one_epoch`` (augmentation, step, bookkeeping) fed from
+      batches already on the device: the compute bound;
+  (d) img/s of the same ``train_one_epoch`` fed by the cache loader, ``drop_last``;
+  the tail: validation over the validation split plus both checkpoints, as a share of
+  the epoch it ends (what idles the GPU between epochs);
+  each of (c), (d) and the tail eager, and compiled with ``--compile`` (or both with ``--both``).
 
 It prints the figures, a/b and d/c, and writes them as JSON (--out).
 """
@@ -21,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import itertools
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,25 +41,25 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cxrutils.data.cache import build_cache
-from cxrutils.data.dataset import load_dataset
+from cxrutils.data.cache import open_image_cache
+from cxrutils.data.dataset import load_training_dataset
 from cxrutils.data.images import read_image
-from cxrutils.demo.roots import DemoSpec, ensure_demo_dataset
-from cxrutils.engine.loader import CachedImageDataset, make_loader
+from cxrutils.demo.roots import RehearsalSpec, ensure_rehearsal_dataset
+from cxrutils.engine import run_folder
 from cxrutils.engine.model import GRAY_MEAN, GRAY_STD, build_model
-from cxrutils.engine.runtime import autocast_dtype, prepare_batch, select_device
-from cxrutils.engine.train import training_step
+from cxrutils.engine.runtime import Distributed, describe_runtime, prepare_batch, select_device
+from cxrutils.engine.train import TrainingState, train_one_epoch, training_data, validate
 from cxrutils.labels import FINDINGS
 from cxrutils.paths import DATA_DIR
-from cxrutils.settings import AugmentConfig
+from cxrutils.settings import TrainConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Small enough for a 2-core CPU in a few minutes.
-    "cpu": {"patients": 24, "cache_size": 128, "input_size": 96, "batch_size": 16, "workers": 1, "steps": 6,
-            "repeats": 3, "amp": False, "channels_last": False},
-    # The real-data settings on one GPU.
-    "gpu": {"patients": 150, "cache_size": 256, "input_size": 224, "batch_size": 128, "workers": 8, "steps": 30,
-            "repeats": 3, "amp": True, "channels_last": True},
+    "cpu": {"fraction": 0.005, "cache_size": 96, "input_size": 64, "batch_size": 16, "workers": 1, "amp": False,
+            "channels_last": False, "repeats": 3},
+    # The real-data settings on one GPU: about 2,600 training films, 224 px from a 256 px cache.
+    "gpu": {"fraction": 0.035, "cache_size": 256, "input_size": 224, "batch_size": 128, "workers": 8, "amp": True,
+            "channels_last": True, "repeats": 2},
 }
 
 
@@ -80,9 +83,30 @@ class DecodeEveryEpoch(Dataset):
         return self.transform(image), torch.zeros(len(FINDINGS))
 
 
+class InMemoryBatches:
+    """Batches already on the device, as a loader: what ``train_one_epoch`` sees with no data path at all."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _timed(run: Callable[[], Any], device: torch.device) -> float:
+    _synchronize(device)
+    started = time.perf_counter()
+    run()
+    _synchronize(device)
+    return time.perf_counter() - started
 
 
 def _images_per_second(run: Callable[[], int], device: torch.device, min_seconds: float = 1.0) -> float:
@@ -96,38 +120,18 @@ def _images_per_second(run: Callable[[], int], device: torch.device, min_seconds
             return images / elapsed
 
 
-def _cycle(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    while True:
-        yield from loader
+def bench_root(settings: dict[str, Any]) -> Path:
+    """A rehearsal root of 1024 px phantom PNGs (the size and kind of the real files), built once."""
+    fraction = settings["fraction"]
+    return ensure_rehearsal_dataset(DATA_DIR / "bench" / f"rehearsal_1024_{fraction:g}",
+                                    RehearsalSpec(fraction=fraction, image_size=1024, variants=2))
 
 
-def run_benchmark(settings: dict[str, Any]) -> dict[str, Any]:
-    device = select_device(settings["device"])
-    if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(0)
-    root = ensure_demo_dataset(
-        DATA_DIR / "bench" / f"phantoms_1024_{settings['patients']}",
-        DemoSpec(n_patients=settings["patients"], image_size=1024, seed=0, min_images_per_finding=0,
-                 max_images_per_patient=2),
-    )
-    dataset = load_dataset(root)
-    paths = dataset.index.paths
-    names = paths.index.tolist()
-    labels = dataset.metadata.set_index("image").loc[names, list(FINDINGS)].to_numpy(dtype="float32")
-    cache = build_cache(paths, DATA_DIR / "bench" / f"cache_{settings['patients']}_{settings['cache_size']}",
-                        size=settings["cache_size"])
-    workers, batch_size, input_size = settings["workers"], settings["batch_size"], settings["input_size"]
-    channels_last, amp_dtype = settings["channels_last"], autocast_dtype(device, settings["amp"])
-    print(f"{len(names)} PNGs of 1024 px in {root}; device {device}; {workers} loader worker(s); "
-          f"batch {batch_size}; input {input_size} px from a {settings['cache_size']} px cache; "
-          f"autocast {amp_dtype}; channels_last {channels_last}; compile {settings['compile']}", flush=True)
-
-    decode_loader = DataLoader(DecodeEveryEpoch(paths.tolist(), input_size, settings["cache_size"]),
-                               batch_size=batch_size, shuffle=True, num_workers=workers,
-                               persistent_workers=workers > 0)
-    cached = CachedImageDataset(cache, names, labels)
-    cache_loader = make_loader(cached, batch_size=batch_size, shuffle=True, seed=0, num_workers=workers)
+def loader_rates(config: TrainConfig, paths: list[str], cache_loader: DataLoader, device: torch.device) -> dict:
+    """(a) and (b): a decode-every-epoch loader and the cache loader, to the same normalised batch."""
+    decode_loader = DataLoader(DecodeEveryEpoch(paths, config.input_size, config.cache_size),
+                               batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
+                               persistent_workers=config.num_workers > 0)
 
     def decode_epoch() -> int:
         count = 0
@@ -139,84 +143,98 @@ def run_benchmark(settings: dict[str, Any]) -> dict[str, Any]:
     def cache_epoch() -> int:
         count = 0
         for pixels, _ in cache_loader:
-            prepare_batch(pixels, device, input_size, channels_last)
+            prepare_batch(pixels, device, config.input_size, config.channels_last)
             count += pixels.shape[0]
         return count
 
     decode_epoch(), cache_epoch()  # start the workers and warm the page cache for both
-    results: dict[str, Any] = {}
-    results["a_decode_loader"] = _images_per_second(decode_epoch, device, min_seconds=3.0)
-    print(f"(a) decode-every-epoch loader: {results['a_decode_loader']:9.1f} img/s", flush=True)
-    results["b_cache_loader"] = _images_per_second(cache_epoch, device, min_seconds=3.0)
-    print(f"(b) cache loader:              {results['b_cache_loader']:9.1f} img/s", flush=True)
+    return {"a_decode_loader": _images_per_second(decode_epoch, device, min_seconds=3.0),
+            "b_cache_loader": _images_per_second(cache_epoch, device, min_seconds=3.0)}
 
-    model: nn.Module = build_model("none").to(device)
-    if channels_last:
+
+def epoch_rates(config: TrainConfig, data: Any, device: torch.device, repeats: int) -> dict[str, float]:
+    """(c), (d) and the tail for one setting of ``config.compile``, each the median of ``repeats`` epochs."""
+    torch.manual_seed(0)
+    model = build_model("none").to(device)
+    if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    network = torch.compile(model) if settings["compile"] else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    state = TrainingState.create(config, model, device)
+    network: nn.Module = torch.compile(model) if config.compile else model
     criterion = nn.BCEWithLogitsLoss()
-    steps = settings["steps"]
-    pixels, targets = next(iter(cache_loader))
-    memory_images = prepare_batch(pixels, device, input_size, channels_last)
-    memory_targets = targets.to(device)
-    model.train()
-    for _ in range(2):  # warm-up (and compilation)
-        training_step(network, memory_images, memory_targets, criterion, optimizer, scaler, amp_dtype)
-
-    def memory_steps() -> int:
-        for _ in range(steps):
-            training_step(network, memory_images, memory_targets, criterion, optimizer, scaler, amp_dtype)
-        return steps * memory_images.shape[0]
-
-    augment = AugmentConfig()
     generator = torch.Generator(device=device).manual_seed(0)
-    batches = _cycle(cache_loader)
+    on_device = InMemoryBatches([(pixels.to(device), targets.to(device))
+                                 for pixels, targets in data.train_loader])
+    full_batches = len(data.train_loader)
 
-    def loader_steps() -> int:
-        count = 0
-        for pixels, targets in itertools.islice(batches, steps):
-            images = prepare_batch(pixels, device, input_size, channels_last, augment, generator)
-            training_step(network, images, targets.to(device, non_blocking=True), criterion, optimizer, scaler,
-                          amp_dtype)
-            count += pixels.shape[0]
-        return count
+    def epoch(loader: Any) -> float:
+        stats = train_one_epoch(network, loader, criterion, state.optimizer, state.scaler, config, device, generator,
+                                epoch=1, show_progress=False)
+        return stats["train_images_per_second"]
 
-    loader_steps()  # warm the loader's worker and the augmentation kernels
-    # (c) and (d) alternate and each reports its median, so drift in the machine's speed
-    # (other load, frequency scaling) does not land on one of them only.
-    memory_rates, loader_rates = [], []
-    for _ in range(settings["repeats"]):
-        memory_rates.append(_images_per_second(memory_steps, device, min_seconds=2.0))
-        loader_rates.append(_images_per_second(loader_steps, device, min_seconds=2.0))
-    results["c_step_in_memory"] = float(np.median(memory_rates))
-    print(f"(c) training step, in memory:  {results['c_step_in_memory']:9.1f} img/s", flush=True)
-    results["d_step_cache_augment"] = float(np.median(loader_rates))
-    print(f"(d) step fed by cache + aug:   {results['d_step_cache_augment']:9.1f} img/s", flush=True)
+    epoch(on_device)  # warm-up: cuDNN's algorithm search, and the compilation
+    in_memory, fed, tails, epoch_seconds = [], [], [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(repeats):  # alternated, so drift in the machine's speed does not land on one of them
+            in_memory.append(epoch(on_device))
+            started = time.perf_counter()
+            fed.append(epoch(data.train_loader))
+            _synchronize(device)
+            epoch_seconds.append(time.perf_counter() - started)
 
-    model.eval()
+            def tail() -> None:
+                validate(model, data.val_loader, criterion, config, device, Distributed())
+                checkpoint = state.to_checkpoint(config, [{}], "bench")
+                run_folder.save_checkpoint(Path(folder) / run_folder.BEST_CHECKPOINT, checkpoint)
+                run_folder.save_checkpoint(Path(folder) / run_folder.LAST_CHECKPOINT, checkpoint)
 
-    @torch.no_grad()
-    def inference() -> int:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            for _ in range(steps):
-                network(memory_images)
-        return steps * memory_images.shape[0]
+            tails.append(_timed(tail, device))
+    tail_seconds, fed_seconds = float(np.median(tails)), float(np.median(epoch_seconds))
+    return {
+        "c_epoch_in_memory": float(np.median(in_memory)),
+        "d_epoch_cache_loader": float(np.median(fed)),
+        "d_over_c": float(np.median(fed) / np.median(in_memory)),
+        "epoch_seconds": fed_seconds,
+        "tail_seconds": tail_seconds,
+        "tail_share": tail_seconds / (fed_seconds + tail_seconds),
+        "train_films": full_batches * config.batch_size,
+        "val_films": len(data.val_names),
+    }
 
-    inference()
-    results["inference"] = _images_per_second(inference, device)
-    print(f"inference:                     {results['inference']:9.1f} img/s", flush=True)
+
+def run_benchmark(settings: dict[str, Any]) -> dict[str, Any]:
+    device = select_device(settings["device"])
+    root = bench_root(settings)
+    config = TrainConfig(name="bench", data_root=str(root), cache_dir=str(DATA_DIR / "bench" / f"cache_{root.name}_"
+                         f"{settings['cache_size']}"), cache_size=settings["cache_size"],
+                         input_size=settings["input_size"], weights="none", batch_size=settings["batch_size"],
+                         num_workers=settings["workers"], amp=settings["amp"], channels_last=settings["channels_last"],
+                         device=str(device))
+    dataset = load_training_dataset(config)
+    cache = open_image_cache(dataset, config)
+    data = training_data(config, dataset, cache, Distributed())
+    print(f"{len(dataset.metadata):,} PNGs of 1024 px in {root}; "
+          f"{describe_runtime(device, config.amp, config.channels_last, Distributed())}; "
+          f"{config.num_workers} loader worker(s); batch {config.batch_size}; input {config.input_size} px from a "
+          f"{config.cache_size} px cache; {len(data.train_loader)} full training batches (drop_last)", flush=True)
+    results: dict[str, Any] = loader_rates(config, dataset.index.paths.tolist(), data.train_loader, device)
+    print(f"(a) decode-every-epoch loader: {results['a_decode_loader']:9.1f} img/s", flush=True)
+    print(f"(b) cache loader:              {results['b_cache_loader']:9.1f} img/s", flush=True)
     results["a_over_b"] = results["a_decode_loader"] / results["b_cache_loader"]
-    results["d_over_c"] = results["d_step_cache_augment"] / results["c_step_in_memory"]
-    per_worker = max(workers, 1)
     print(f"a/b = {results['a_over_b']:.4f}  (the cache loader is {1 / results['a_over_b']:.0f}x the decode loader "
-          f"with {per_worker} worker(s))", flush=True)
-    print(f"d/c = {results['d_over_c']:.3f}  (1.0: the data path costs the training step nothing)", flush=True)
-    results["settings"] = {**settings, "n_images": len(names), "device": str(device),
+          f"with {max(config.num_workers, 1)} worker(s))", flush=True)
+    for compiled in settings["compile"]:
+        config.compile = compiled
+        key = "compiled" if compiled else "eager"
+        figures = epoch_rates(config, data, device, settings["repeats"])
+        results[key] = figures
+        print(f"[{key}] (c) epoch in memory {figures['c_epoch_in_memory']:9.1f} img/s; (d) epoch fed by the cache "
+              f"loader {figures['d_epoch_cache_loader']:9.1f} img/s; d/c = {figures['d_over_c']:.3f}; tail "
+              f"(validation of {figures['val_films']} films + checkpoints) {figures['tail_seconds']:.1f} s = "
+              f"{figures['tail_share']:.1%} of the epoch", flush=True)
+    results["settings"] = {**settings, "n_images": len(dataset.metadata), "device": str(device),
                            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
                            platform.processor() or platform.machine(),
-                           "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                           "cpu_count": os.cpu_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
                            "date": dt.date.today().isoformat()}
     return results
 
@@ -225,13 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    for key in ("patients", "cache_size", "input_size", "batch_size", "workers", "steps", "repeats"):
+    parser.add_argument("--compile", action="store_true", help="the training epochs compiled (default: eager)")
+    parser.add_argument("--both", action="store_true", help="the training epochs eager, then compiled")
+    for key in ("cache_size", "input_size", "batch_size", "workers", "repeats"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, help=f"override the preset's {key}")
+    parser.add_argument("--fraction", type=float, help="override the preset's share of the NIH rows")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
-    settings = dict(PRESETS[args.preset], device=args.device, compile=args.compile, preset=args.preset)
-    for key in ("patients", "cache_size", "input_size", "batch_size", "workers", "steps", "repeats"):
+    compiled = [False, True] if args.both else [args.compile]
+    settings = dict(PRESETS[args.preset], device=args.device, compile=compiled, preset=args.preset)
+    for key in ("cache_size", "input_size", "batch_size", "workers", "repeats", "fraction"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     results = run_benchmark(settings)

@@ -143,25 +143,68 @@ def test_the_shipped_profiles_carry_the_recipes():
         "freeze_through_denseblock3", "lse", "pos_weight", 20)
 
 
-def test_torchrun_with_two_cpu_processes_trains_and_only_rank_0_writes(tiny_phantom_root, tmp_path):
-    write_log = tmp_path / "writes.log"
-    env = {**os.environ, "CXRUTILS_WRITE_LOG": str(write_log), "OMP_NUM_THREADS": "1"}
-    command = [
+def _torchrun(root: Path, tmp: Path, name: str, env: dict, *extra: str) -> list[str]:
+    return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(TESTS_DIR / "ddp_probe.py"), "--config", "tiny",
-        "--set", f"data_root={tiny_phantom_root}", "--set", f"runs_dir={tmp_path / 'runs'}",
-        "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "name=ddp",
+        str(TESTS_DIR / "ddp_probe.py"), "--config", "tiny", "--set", f"data_root={root}",
+        "--set", f"runs_dir={tmp / 'runs'}", "--set", f"cache_dir={tmp / 'cache'}", "--set", f"name={name}",
+        "--set", "epochs=3", *extra,
     ]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_with_two_cpu_processes_trains_resumes_after_a_kill_and_only_rank_0_writes(tiny_phantom_root,
+                                                                                            tmp_path):
+    """gloo on the CPU: two processes, a cache that takes longer to build than the process group would wait
+    (so it must be built before the group exists), a run killed from outside in epoch 2 and resumed."""
+    import signal
+    import time
+
+    write_log = tmp_path / "writes.log"
+    env = {**os.environ, "CXRUTILS_WRITE_LOG": str(write_log), "OMP_NUM_THREADS": "1",
+           "CXRUTILS_DDP_TIMEOUT_SECONDS": "8", "CXRUTILS_SLOW_CACHE_SECONDS": "15"}
+    completed = subprocess.run(_torchrun(tiny_phantom_root, tmp_path, "ddp", env), env=env, capture_output=True,
+                               text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     lines = [line.split(" ", 1) for line in write_log.read_text().splitlines()]
-    started = sorted(rank for rank, what in lines if what == "start")
-    writers = {rank for rank, what in lines if what != "start"}
-    assert started == ["0", "1"]  # both processes trained
-    assert writers == {"0"}  # only rank 0 wrote to the run folder
-    config = json.loads((tmp_path / "runs" / "ddp" / run_folder.CONFIG_NAME).read_text())
-    assert config["world_size"] == 2
-    assert run_folder.read_history(tmp_path / "runs" / "ddp")["epoch"].tolist() == [1, 2]
+    assert sorted(rank for rank, what in lines if what == "start") == ["0", "1"]  # both processes trained
+    assert any(what.startswith("building the cache") for _, what in lines)
+    run_dir = tmp_path / "runs" / "ddp"
+    run_writers = {rank for rank, what in lines if what.startswith(str(tmp_path / "runs"))}
+    assert run_writers == {"0"}  # only rank 0 wrote to the run folder
+    config = json.loads((run_dir / run_folder.CONFIG_NAME).read_text())
+    assert config["world_size"] == 2 and _checkpoint(run_dir)["world_size"] == 2
+    whole = run_folder.read_history(run_dir)
+    assert whole["epoch"].tolist() == [1, 2, 3]
+    # Validation was sharded over the two processes and put back together: every film once, in order.
+    validation = run_folder.read_predictions(run_dir, "val")
+    split = run_folder.read_split(run_dir)
+    assert validation["image"].tolist() == split.loc[split["split"] == "val", "image"].tolist()
+    # ... by the model the best checkpoint holds: both processes validated with rank 0's BatchNorm statistics.
+    from cxrutils.engine.predict import predict_split
+
+    rescored = predict_split(run_folder.open_run(run_dir), "val", device="cpu", num_workers=0)
+    probabilities = [column for column in validation.columns if column.startswith("prob_")]
+    np.testing.assert_allclose(validation[probabilities], rescored[probabilities], rtol=2e-5, atol=1e-6)
+
+    env.pop("CXRUTILS_SLOW_CACHE_SECONDS")
+    killed = tmp_path / "runs" / "killed"
+    process = subprocess.Popen(_torchrun(tiny_phantom_root, tmp_path, "killed", env), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if (killed / run_folder.HISTORY_JSON).is_file() and len(run_folder.read_history(killed)) >= 1:
+            os.killpg(process.pid, signal.SIGKILL)  # every process of the job, mid epoch 2
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode != 0 and _checkpoint(killed)["epoch"] < 3
+    resumed = subprocess.run(_torchrun(tiny_phantom_root, tmp_path, "killed", env, "--resume"), env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    history = run_folder.read_history(killed)
+    assert history["epoch"].tolist() == [1, 2, 3]
+    columns = ["train_loss", "val_loss", "val_auroc_mean", "lr"]
+    pd.testing.assert_frame_equal(history[columns], whole[columns], rtol=1e-6)
 
 
 def test_training_learns_the_phantoms(tmp_path_factory, monkeypatch):

@@ -25,6 +25,7 @@ cache to PyTorch.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -33,6 +34,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +62,7 @@ INDEX_NAME = "index.csv"
 PIXELS_NAME = "pixels.u8"
 PROGRESS_NAME = "progress.u8"
 BAD_FILES_NAME = "bad_files.csv"
+LOCK_NAME = ".build.lock"
 BAD_FILES_COLUMNS = ["image", "path", "reason"]
 _CACHE_FILES = (MANIFEST_NAME, INDEX_NAME, PIXELS_NAME, PROGRESS_NAME, BAD_FILES_NAME)
 
@@ -323,14 +326,45 @@ def build_cache(
     unreadable file raises ``ImageReadError`` (after saving progress), unless
     ``skip_bad``: then it is listed in ``bad_files.csv`` and marked unusable.
 
-    ``workers`` processes decode in parallel (default ``min(cpu_count, 8)``, or
-    in-process for a job under 64 MB); ``workers=1`` always decodes in-process.
-    Worker processes are spawned, so a script must call this under
+    ``workers`` processes decode in parallel (default: every core this process may
+    use, or in-process for a job under 64 MB); ``workers=1`` always decodes
+    in-process. Worker processes are spawned, so a script must call this under
     ``if __name__ == "__main__":``.
+
+    Processes that build the same folder at once (every rank of a ``torchrun`` job
+    starts here) take turns on a lock file: the first builds, the others wait and then
+    reuse what it built. The lock is ``flock``, which holds on one machine; on several
+    machines sharing a file system, build the cache once before starting them
+    (``python -m cxrutils.cache build``).
     """
-    with stage("image cache", images=len(paths)) as facts:
-        cache = _build_cache(paths, Path(folder), size, workers, skip_bad, facts)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with stage("image cache", images=len(paths)) as facts, _build_lock(folder):
+        cache = _build_cache(paths, folder, size, workers, skip_bad, facts)
     return cache
+
+
+@contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """Hold the folder's build lock for the block; say so when another process holds it."""
+    with open(folder / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that is building the image cache in {folder}", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers and schedulers set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _build_cache(
@@ -350,7 +384,6 @@ def _build_cache(
         missing = path_strings[int(np.flatnonzero(sizes < 0)[0])]
         raise ImageReadError(missing, "file does not exist or cannot be read; pass skip_bad=True to cache the rest")
     wanted = fingerprint(names, sizes, size)
-    folder.mkdir(parents=True, exist_ok=True)
 
     manifest = _read_manifest(folder)
     same = manifest is not None and manifest.get("fingerprint") == wanted and _layout_intact(folder, manifest)
@@ -405,7 +438,7 @@ def _build_cache(
     facts["decoded"] = int(todo.size)
     if workers is None:
         todo_bytes = int(row_bytes[todo].clip(0).sum())
-        workers = min(os.cpu_count() or 1, 8) if todo_bytes >= _MIN_BYTES_FOR_POOL else 1
+        workers = available_cores() if todo_bytes >= _MIN_BYTES_FOR_POOL else 1
     workers = max(1, min(workers, todo.size))
     recorder = _ProgressRecorder(folder, progress, bad_records)
     bar = progress_bar(total=n, initial=n - todo.size, desc=f"caching images at {size}px", unit="img")

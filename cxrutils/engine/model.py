@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -177,6 +178,19 @@ def build_model(
         load_checkpoint_weights(model, weights)
     apply_strategy(model, strategy)
     return model
+
+
+def initial_weights(weights: str) -> dict[str, str | None]:
+    """Which weights a run started from: the kind, the file, and its sha256 (for the model card)."""
+    if weights == "none":
+        return {"kind": "none (random initialisation)", "file": None, "sha256": None}
+    path = imagenet_weights_path() if weights == "imagenet" else Path(weights)
+    kind = "torchvision ImageNet DenseNet121" if weights == "imagenet" else "a cxrutils checkpoint"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return {"kind": kind, "file": str(path), "sha256": digest.hexdigest()}
 
 
 def load_checkpoint_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:

@@ -6,9 +6,14 @@ prepared the same way wherever it is scored.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import platform
 import random
+import shutil
+import subprocess
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -18,7 +23,19 @@ import torch.nn.functional as F
 
 from cxrutils.engine.augment import random_affine
 from cxrutils.engine.model import normalize
+from cxrutils.paths import PROJ_ROOT
 from cxrutils.settings import AugmentConfig
+
+# torch.distributed's default is 30 minutes; collectives wait this long for the slowest rank.
+TIMEOUT_VARIABLE = "CXRUTILS_DDP_TIMEOUT_SECONDS"
+# CUDA 13.0, which the pinned wheels are built for, needs an NVIDIA driver of this branch or newer.
+MIN_DRIVER_FOR_PINNED_WHEELS = 580
+# Drivers from R525 run CUDA 12.x builds (minor-version compatibility).
+OLDER_WHEELS_INDEX = "https://download.pytorch.org/whl/cu126"
+
+
+class GPUUnusableError(RuntimeError):
+    """A GPU is there, but the installed torch cannot use it."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +46,15 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
 
+    @classmethod
+    def from_environment(cls) -> Distributed:
+        """From the variables torchrun sets (a plain ``python`` run is one process); no process group yet."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size == 1:
+            return cls()
+        return cls(rank=int(os.environ["RANK"]), world_size=world_size, local_rank=int(os.environ.get("LOCAL_RANK",
+                                                                                                       "0")))
+
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
@@ -38,28 +64,99 @@ class Distributed:
         return self.rank == 0
 
 
-def init_distributed() -> Distributed:
-    """From the variables torchrun sets; a plain ``python`` run is one process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+def start_process_group(ddp: Distributed, device: torch.device) -> None:
+    """Join the other processes: NCCL on GPUs, gloo on the CPU. Nothing to do for one process.
+
+    Call it after the slow single-process work (indexing, the image cache): collectives
+    wait at most ``CXRUTILS_DDP_TIMEOUT_SECONDS`` (default: torch's 30 minutes) for the
+    slowest rank, and a rank that is still decoding 112k films would make the others time out.
+    """
+    if not ddp.enabled or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank)
+        torch.cuda.set_device(device)
+    timeout = os.environ.get(TIMEOUT_VARIABLE)
+    extra = {"timeout": dt.timedelta(seconds=float(timeout))} if timeout else {}
+    dist.init_process_group(backend=backend, **extra)
+
+
+def init_distributed() -> Distributed:
+    """``Distributed.from_environment`` with its process group started (for callers with no slow setup)."""
+    ddp = Distributed.from_environment()
+    start_process_group(ddp, select_device("auto", ddp))
+    return ddp
+
+
+def nvidia_driver() -> tuple[str, str] | None:
+    """(driver version, GPU name) when ``nvidia-smi`` answers, else None: a GPU box whatever torch thinks."""
+    command = shutil.which("nvidia-smi")
+    if command is None:
+        return None
+    try:
+        answer = subprocess.run([command, "--query-gpu=driver_version,name", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = answer.stdout.strip().splitlines()[0] if answer.stdout.strip() else ""
+    driver, _, name = first.partition(",")
+    return (driver.strip(), name.strip()) if driver.strip() else None
+
+
+def check_gpu_usable() -> None:
+    """Raise ``GPUUnusableError`` when a GPU answers nvidia-smi but torch cannot use it, saying how to fix it.
+
+    Without this, ``device: auto`` falls back to the CPU and the nih profile trains for
+    days without a word (typically: the driver is older than the CUDA the wheels need).
+    """
+    if torch.cuda.is_available():
+        return
+    found = nvidia_driver()
+    if found is None:
+        return
+    driver, name = found
+    wheels_cuda = torch.version.cuda or "none (a CPU-only build)"
+    major = driver.split(".")[0]
+    old_driver = major.isdigit() and int(major) < MIN_DRIVER_FOR_PINNED_WHEELS
+    advice = (
+        f"The driver is older than CUDA {wheels_cuda} needs (R{MIN_DRIVER_FOR_PINNED_WHEELS} or newer). Update the "
+        f"NVIDIA driver, or install a build for an older CUDA into this environment: .venv/bin/python -m pip "
+        f"install --force-reinstall torch=={torch.__version__.split('+')[0]} torchvision --index-url "
+        f"{OLDER_WHEELS_INDEX}" if old_driver else
+        "Check that this torch is a CUDA build (`python -c 'import torch; print(torch.version.cuda)'`) and that the "
+        "driver and CUDA_VISIBLE_DEVICES let this process see the GPU."
+    )
+    raise GPUUnusableError(
+        f"nvidia-smi sees {name} (driver {driver}) but torch {torch.__version__} cannot use it (built for CUDA "
+        f"{wheels_cuda}). {advice} Or pass --set device=cpu to train on the CPU on purpose."
+    )
 
 
 def select_device(requested: str, ddp: Distributed = Distributed()) -> torch.device:
+    """``auto``: CUDA, then MPS, then the CPU, but never the CPU when a GPU is there that torch cannot use."""
     if requested != "auto":
-        return torch.device(requested)
+        device = torch.device(requested)
+        if device.type == "cuda":
+            check_gpu_usable()
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", ddp.local_rank)
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
+    check_gpu_usable()
     return torch.device("cpu")
+
+
+def describe_runtime(device: torch.device, amp: bool, channels_last: bool, ddp: Distributed) -> str:
+    """One line for the start of every run: where it trains, on what, in which precision."""
+    if device.type == "cuda":
+        where = f"{device} ({torch.cuda.get_device_name(device)})"
+    else:
+        where = str(device)
+    dtype = autocast_dtype(device, amp)
+    precision = f"{str(dtype).removeprefix('torch.')} autocast" if dtype is not None else "float32"
+    processes = f"{ddp.world_size} processes (torchrun)" if ddp.enabled else "1 process"
+    return f"training on {where}, {precision}{', channels_last' if channels_last else ''}, {processes}"
 
 
 def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
@@ -115,6 +212,28 @@ def gather(value: Any, ddp: Distributed) -> list[Any]:
     return gathered
 
 
+def share_main_buffers(model: torch.nn.Module, ddp: Distributed) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics) before they score anything.
+
+    DDP broadcasts rank 0's buffers at the start of each training forward, but each
+    rank's last forward then updates its own from its own shard: without this, the
+    ranks would validate slightly different models, none of them exactly the one the
+    checkpoint (written by rank 0) holds.
+    """
+    if ddp.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def gather_to_main(value: Any, ddp: Distributed) -> list[Any] | None:
+    """Every rank's ``value`` on rank 0, in rank order; None on the other ranks."""
+    if not ddp.enabled:
+        return [value]
+    gathered: list[Any] | None = [None] * ddp.world_size if ddp.is_main else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
 def prepare_batch(
     pixels: torch.Tensor,
     device: torch.device,
@@ -123,11 +242,51 @@ def prepare_batch(
     augment: AugmentConfig | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """uint8 (B, 1, S, S) from the cache -> normalized float input on ``device``."""
+    """uint8 (B, 1, S, S) from the cache -> normalized float (B, 1, input_size, input_size) on ``device``.
+
+    Without augmentation the films are resized with an antialiased filter (what
+    validation, prediction and inference see). With it, the random warp resamples
+    them to ``input_size`` itself: one interpolation per training image, not two.
+    """
     images = pixels.to(device, non_blocking=True).float().div_(255.0)
-    if images.shape[-1] != input_size:
+    if augment is not None and not augment.is_identity():
+        images = random_affine(images, augment, generator, output_size=input_size)
+    elif images.shape[-1] != input_size:
         images = F.interpolate(images, size=(input_size, input_size), mode="bilinear", antialias=True)
-    if augment is not None:
-        images = random_affine(images, augment, generator)
     images = normalize(images)
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """The software and hardware a run trained with, for its record and model card."""
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    packages = ("cxrutils", "torch", "torchvision", "torchxrayvision", "numpy", "pandas", "scikit-learn", "pillow")
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: installed(name) for name in packages},
+        "cuda": torch.version.cuda,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def code_version() -> dict[str, Any]:
+    """The git commit of the code, and whether it had uncommitted changes (None outside a git checkout)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=PROJ_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "uncommitted_changes": None if status is None else bool(status)}

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,19 +34,24 @@ from cxrutils.data.cache import ImageCache, image_cache_dir, open_image_cache
 from cxrutils.data.dataset import NIHDataset, load_training_dataset
 from cxrutils.engine import run_folder
 from cxrutils.engine.loader import CachedImageDataset, make_loader
-from cxrutils.engine.model import GRAY_MEAN, GRAY_STD, build_model
+from cxrutils.engine.model import GRAY_MEAN, GRAY_STD, build_model, initial_weights
 from cxrutils.engine.predict import predict_logits
 from cxrutils.engine.runtime import (
     Distributed,
     autocast_dtype,
     broadcast,
+    code_version,
+    describe_runtime,
+    environment,
     gather,
-    init_distributed,
+    gather_to_main,
     prepare_batch,
     rng_state,
     seed_everything,
     select_device,
     set_rng_state,
+    share_main_buffers,
+    start_process_group,
 )
 from cxrutils.labels import FINDINGS
 from cxrutils.predictions import predictions_table
@@ -55,6 +61,8 @@ from cxrutils.settings import TrainConfig, load_train_config
 from cxrutils.stats.metrics import per_class_auroc
 from cxrutils.stats.thresholds import METHODS, choose_thresholds
 
+# The progress bar's running loss is read from the device this often (each read waits for the GPU).
+LOSS_SHOWN_EVERY = 25
 # Settings that may differ when a run is resumed (they do not change what is learned).
 RESUMABLE_CHANGES = {"num_workers", "epochs", "early_stopping_patience", "device", "runs_dir", "cache_dir", "compile"}
 
@@ -70,9 +78,9 @@ class TrainingData:
     val_names: list[str]
     train_labels: np.ndarray
     val_labels: np.ndarray
-    val_rows: pd.DataFrame  # the validation films' metadata rows, in loader order
+    val_rows: pd.DataFrame  # the validation films' metadata rows, in order
     train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader  # this process's shard of the validation films (all of them for one)
 
 
 def training_data(config: TrainConfig, dataset: NIHDataset, cache: ImageCache, ddp: Distributed) -> TrainingData:
@@ -92,7 +100,10 @@ def training_data(config: TrainConfig, dataset: NIHDataset, cache: ImageCache, d
             "positive and negative images, so AUROC cannot guide training; raise val_fraction"
         )
     train_set = CachedImageDataset(cache, train_names, train_labels)
-    val_set = CachedImageDataset(cache, val_names, val_labels)
+    # Each process validates every world_size-th film (no film twice, unlike a padded DistributedSampler);
+    # rank 0 puts the shards back in order.
+    shard = slice(ddp.rank, None, ddp.world_size)
+    val_set = CachedImageDataset(cache, val_names[shard], val_labels[shard])
     train_loader = make_loader(train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed,
                                num_workers=config.num_workers, drop_last=len(train_set) > config.batch_size,
                                distributed=ddp.enabled)
@@ -138,7 +149,9 @@ class TrainingState:
     def create(cls, config: TrainConfig, model: nn.Module, device: torch.device) -> TrainingState:
         """A fresh state: AdamW on the trainable parameters, the configured scheduler, a scaler for fp16."""
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        # The fused kernel updates every parameter in one launch on a GPU; the CPU uses the default (foreach) one.
+        fused = {"fused": True} if device.type == "cuda" else {}
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, **fused)
         if config.scheduler == "plateau":
             scheduler: Any = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience)
@@ -149,27 +162,45 @@ class TrainingState:
         scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, config.amp) == torch.float16)
         return cls(model, optimizer, scheduler, scaler)
 
-    def to_checkpoint(self, config: TrainConfig, rng: Any, cache_fingerprint: str) -> dict[str, Any]:
+    def to_checkpoint(self, config: TrainConfig, rng: list[Any], cache_fingerprint: str) -> dict[str, Any]:
+        """Everything to save; ``rng`` holds every rank's generator states, in rank order."""
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
-            "rng": rng, "best_val_auroc_mean": self.best_val_auroc_mean, "best_epoch": self.best_epoch,
-            "stale_epochs": self.stale_epochs, "history": self.history, "config": config.to_dict(),
-            "label_order": list(FINDINGS), "cache_fingerprint": cache_fingerprint,
+            "rng": rng, "world_size": len(rng), "best_val_auroc_mean": self.best_val_auroc_mean,
+            "best_epoch": self.best_epoch, "stale_epochs": self.stale_epochs, "history": self.history,
+            "config": config.to_dict(), "label_order": list(FINDINGS), "cache_fingerprint": cache_fingerprint,
         }
 
-    def load_checkpoint(self, checkpoint: dict[str, Any]) -> Any:
-        """Restore from a checkpoint; return its RNG states (one per rank, or one) for the caller to apply."""
+    def load_checkpoint(self, checkpoint: dict[str, Any], ddp: Distributed) -> None:
+        """Restore from a checkpoint loaded on the CPU (the model and optimizer move its tensors themselves).
+
+        The random generators are restored when the run continues on as many processes
+        as it was saved from; otherwise there is no state for this process, and a warning
+        says that shuffling and augmentation will differ from an uninterrupted run.
+        """
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
+        # A run saved without a scaler (bf16 or CPU) resumed where fp16 needs one starts a fresh scaler.
+        if checkpoint["scaler"]:
+            self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch = int(checkpoint["epoch"])
         self.best_val_auroc_mean = checkpoint["best_val_auroc_mean"]
         self.best_epoch = checkpoint["best_epoch"]
         self.stale_epochs = checkpoint["stale_epochs"]
         self.history = list(checkpoint["history"])
-        return checkpoint["rng"]
+        saved = checkpoint["rng"] if isinstance(checkpoint["rng"], list) else [checkpoint["rng"]]
+        saved_world_size = int(checkpoint.get("world_size", len(saved)))
+        if saved_world_size == ddp.world_size and len(saved) == ddp.world_size:
+            set_rng_state(saved[ddp.rank])
+        else:
+            warnings.warn(
+                f"resuming a run saved from {saved_world_size} process(es) on {ddp.world_size}: the model, optimizer, "
+                "scheduler and history are restored, the random generators are not, so shuffling and augmentation "
+                "from here on differ from an uninterrupted run",
+                stacklevel=2,
+            )
 
     def record(self, row: dict[str, Any], val_mean: float) -> bool:
         """Add a finished epoch; return whether it is the best so far."""
@@ -220,7 +251,9 @@ def train_one_epoch(
 ) -> dict[str, float]:
     model.train()
     amp_dtype = autocast_dtype(device, config.amp)
-    total_loss, seen = 0.0, 0
+    # The loss stays on the device: reading it every step would make the CPU wait for the GPU each time.
+    total_loss = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    seen = 0
     batches = len(loader) if config.limit_train_batches is None else min(len(loader), config.limit_train_batches)
     started = time.perf_counter()
     bar = progress_bar(total=batches, desc=f"epoch {epoch} train", unit="batch", disable=not show_progress)
@@ -231,27 +264,46 @@ def train_one_epoch(
         targets = targets.to(device, non_blocking=True)
         loss = training_step(model, images, targets, criterion, optimizer, scaler, amp_dtype)
         mark_once("first training batch")
-        total_loss += loss.item() * targets.shape[0]
+        total_loss += loss.to(total_loss.dtype) * targets.shape[0]
         seen += targets.shape[0]
         bar.update()
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        if step % LOSS_SHOWN_EVERY == 0:
+            bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", refresh=False)
     bar.close()
     elapsed = time.perf_counter() - started
-    return {"train_loss": total_loss / max(seen, 1), "train_images_per_second": seen / max(elapsed, 1e-9)}
+    return {"train_loss": total_loss.item() / max(seen, 1), "train_images_per_second": seen / max(elapsed, 1e-9)}
 
 
 def validate(
     model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module, config: TrainConfig,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Validation loss, per-class AUROC, and the probabilities and labels they came from."""
+    device: torch.device, ddp: Distributed = Distributed(),
+) -> dict[str, Any] | None:
+    """Validation loss, per-class AUROC, and the probabilities and labels they came from; None off rank 0.
+
+    Every process scores its shard (every world_size-th film) with rank 0's model,
+    BatchNorm statistics included; rank 0 gathers the shards, puts the films back in
+    order and computes the metrics over all of them.
+    """
+    share_main_buffers(model, ddp)
     logits, labels = predict_logits(model, loader, device, config.input_size, config.amp, config.channels_last,
-                                    desc="validate")
-    logits_array, labels_array = logits[0].numpy(), labels.numpy()
+                                    desc="validate", show_progress=ddp.is_main)
+    shards = gather_to_main((logits[0].numpy(), labels.numpy()), ddp)
+    if shards is None:
+        return None
+    logits_array, labels_array = interleave([s[0] for s in shards]), interleave([s[1] for s in shards])
     loss = float(criterion(torch.from_numpy(logits_array), torch.from_numpy(labels_array)).item())
     probabilities = expit(logits_array)
     return {"val_loss": loss, "auroc": per_class_auroc(labels_array, probabilities), "probabilities": probabilities,
             "labels": labels_array}
+
+
+def interleave(shards: list[np.ndarray]) -> np.ndarray:
+    """Undo ``items[rank::world_size]`` sharding: rows back in their original order."""
+    total = sum(len(shard) for shard in shards)
+    whole = np.empty((total, *shards[0].shape[1:]), dtype=shards[0].dtype)
+    for rank, shard in enumerate(shards):
+        whole[rank :: len(shards)] = shard
+    return whole
 
 
 # --------------------------------------------------------------------------- the run
@@ -275,10 +327,12 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
     ``"auto"`` does so when the run folder has one and starts afresh otherwise, so
     re-running a finished run returns at once.
     """
-    ddp = init_distributed()
+    ddp = Distributed.from_environment()
     device = select_device(config.device, ddp)
     if device.type == "cpu" and ddp.enabled:  # processes on one machine share its cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ddp.world_size))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest convolution once
     seed_everything(config.seed + ddp.rank)
     run_dir = config.run_dir
     last_path = run_dir / run_folder.LAST_CHECKPOINT
@@ -288,13 +342,14 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
     model = build_model(config.weights, head=config.head, lse_r=config.lse_r, strategy=config.strategy)  # type: ignore[arg-type]
 
     dataset = dataset or load_training_dataset(config)
-    if ddp.is_main:
-        cache = open_image_cache(dataset, config)
-    if ddp.enabled:
-        dist.barrier()
-    if not ddp.is_main:
-        cache = ImageCache.open(image_cache_dir(config))
+    # Every process opens the cache before the process group exists (the first builds it, the others wait on its
+    # lock): a collective would time out while one rank decodes 112k films.
+    cache = open_image_cache(dataset, config)
+    start_process_group(ddp, device)
     data = training_data(config, dataset, cache, ddp)
+    if ddp.is_main:
+        print(f"{describe_runtime(device, config.amp, config.channels_last, ddp)}; batch {config.batch_size} per "
+              f"process ({config.batch_size * ddp.world_size} in all), lr {config.lr:g}", flush=True)
 
     model = model.to(device)
     if config.channels_last:
@@ -304,21 +359,21 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device) if pos_weight is not None else None)
     val_criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)  # validation loss is computed on the CPU
     if resume:
-        checkpoint = run_folder.load_checkpoint(last_path, map_location=device)
+        # On the CPU: loaded onto the GPU, AdamW's step counters would stay there and cost a sync per parameter.
+        checkpoint = run_folder.load_checkpoint(last_path, map_location="cpu")
         if checkpoint.get("cache_fingerprint") != cache.fingerprint:
             raise ValueError(
                 f"cannot resume {run_dir}: its images differ from the ones it was trained on (the image cache "
                 f"fingerprint changed). Delete {run_dir} (for the demo: make clean-demo) or choose another run name"
             )
-        rng = state.load_checkpoint(checkpoint)
-        set_rng_state(rng[ddp.rank] if isinstance(rng, list) else rng)
+        state.load_checkpoint(checkpoint, ddp)
 
     network: nn.Module = model
-    if config.compile:
-        network = torch.compile(network)
     if ddp.enabled:
         network = nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:  # compiled around DDP, so its all-reduce overlaps the backward pass
+        network = torch.compile(network)
     if ddp.is_main:
         _write_run_record(run_dir, config, dataset, cache, data, device, ddp, pos_weight)
 
@@ -339,7 +394,7 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
             train_stats["train_loss"] = loss_tensor.item() / ddp.world_size
             train_stats["train_images_per_second"] *= ddp.world_size
         with stage("validate", images=len(data.val_names)):
-            val = validate(model, data.val_loader, val_criterion, config, device) if ddp.is_main else None
+            val = validate(model, data.val_loader, val_criterion, config, device, ddp)
         val_loss, val_mean = broadcast((val["val_loss"], float(np.nanmean(val["auroc"]))) if val else None, ddp)
         lr = state.optimizer.param_groups[0]["lr"]
         if config.scheduler == "plateau":
@@ -354,8 +409,7 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
         rng = gather(rng_state(), ddp)
         if ddp.is_main:
             with stage("checkpoint"):
-                _save_epoch(run_dir, state, config, rng if ddp.enabled else rng[0], cache.fingerprint, improved,
-                            data.val_rows, val)
+                _save_epoch(run_dir, state, config, rng, cache.fingerprint, improved, data.val_rows, val)
             print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
                   f"val AUROC {val_mean:.4f}{' (best)' if improved else ''}, {row['train_images_per_second']:.0f} img/s",
                   flush=True)
@@ -407,13 +461,15 @@ def _write_run_record(
         "synthetic": dataset.synthetic, "split_kind": dataset.split_kind, "data_fingerprint": fingerprint,
         "cache_fingerprint": cache.fingerprint, "train_images": len(data.train_names),
         "val_images": len(data.val_names), "pos_weight": pos_weight.tolist() if pos_weight is not None else None,
+        "initial_weights": initial_weights(config.weights), "environment": environment(device),
+        "code": code_version(),
     })
     if len(cache.bad_files):
         cache.bad_files.to_csv(run_dir / run_folder.BAD_FILES_NAME, index=False)
 
 
 def _save_epoch(
-    run_dir: Path, state: TrainingState, config: TrainConfig, rng: Any, cache_fingerprint: str, improved: bool,
+    run_dir: Path, state: TrainingState, config: TrainConfig, rng: list[Any], cache_fingerprint: str, improved: bool,
     val_rows: pd.DataFrame, val: dict[str, Any] | None,
 ) -> None:
     """The best checkpoint and its validation outputs when improved, then the last checkpoint and the history."""
