@@ -111,16 +111,93 @@ def test_clustered_variance_ignores_duplicated_films_while_image_level_halves() 
     assert image_level_twice.variance < 0.6 * once.variance  # pretends to know twice as much
 
 
-def test_clustered_variance_with_one_image_per_patient_is_delong_up_to_the_small_sample_factor() -> None:
-    rng = np.random.default_rng(4)
-    labels, scores_a, _ = _correlated_scores(rng, 120)
+def _obuchowski(labels: np.ndarray, scores: np.ndarray, patients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROCs and covariance written out from Obuchowski (Biometrics 1997), with explicit loops.
+
+    Per cluster i: the sum over its positive units of V10 and over its negative units of
+    V01, psi-based like the pair table; then S10, S01 and S11 with their own corrections
+    I10 / (I10 - 1), I01 / (I01 - 1) and I / (I - 1), and
+    cov = S10 / M + S01 / N + (S11 + S11') / (M N).
+    """
     y = labels.astype(bool)
-    m, n, k = int(y.sum()), int((~y).sum()), labels.size
-    _, v10, v01 = structural_components(labels, scores_a)
-    expected = k / (k - 1) * (np.var(v10, ddof=1) * (m - 1) / m**2 + np.var(v01, ddof=1) * (n - 1) / n**2)
-    clustered = delong_auroc(labels, scores_a, clusters=np.arange(k)).variance
-    assert clustered == pytest.approx(expected, rel=1e-12)
-    assert clustered == pytest.approx(delong_auroc(labels, scores_a).variance, rel=0.02)
+    clusters = sorted(set(patients.tolist()))
+    big_m, big_n = int(y.sum()), int((~y).sum())
+    k = len(scores)
+    theta = np.empty(k)
+    v10_sum = np.zeros((k, len(clusters)))
+    v01_sum = np.zeros((k, len(clusters)))
+    for r, s in enumerate(scores):
+        def psi(x: float, z: float) -> float:
+            return 1.0 if x > z else 0.5 if x == z else 0.0
+
+        positives = [(patients[t], s[t]) for t in range(len(s)) if y[t]]
+        negatives = [(patients[t], s[t]) for t in range(len(s)) if not y[t]]
+        theta[r] = sum(psi(x, z) for _, x in positives for _, z in negatives) / (big_m * big_n)
+        for c, cluster in enumerate(clusters):
+            v10_sum[r, c] = sum(sum(psi(x, z) for _, z in negatives) / big_n for p, x in positives if p == cluster)
+            v01_sum[r, c] = sum(sum(psi(x, z) for _, x in positives) / big_m for p, z in negatives if p == cluster)
+    m_i = np.array([sum(1 for t in range(len(y)) if y[t] and patients[t] == c) for c in clusters])
+    n_i = np.array([sum(1 for t in range(len(y)) if not y[t] and patients[t] == c) for c in clusters])
+    i10, i01, i_all = int((m_i > 0).sum()), int((n_i > 0).sum()), len(clusters)
+    a = v10_sum - theta[:, None] * m_i[None, :]
+    b = v01_sum - theta[:, None] * n_i[None, :]
+    covariance = np.empty((k, k))
+    for r in range(k):
+        for q in range(k):
+            s10 = i10 / ((i10 - 1) * big_m) * np.sum(a[r] * a[q])
+            s01 = i01 / ((i01 - 1) * big_n) * np.sum(b[r] * b[q])
+            s11 = i_all / (i_all - 1) * np.sum(a[r] * b[q])
+            s11_swapped = i_all / (i_all - 1) * np.sum(a[q] * b[r])
+            covariance[r, q] = s10 / big_m + s01 / big_n + (s11 + s11_swapped) / (big_m * big_n)
+    return theta, covariance
+
+
+def test_clustered_variance_with_one_image_per_patient_is_delong_exactly() -> None:
+    rng = np.random.default_rng(4)
+    labels, scores_a, scores_b = _correlated_scores(rng, 120)
+    singletons = np.arange(labels.size)
+    clustered = delong_auroc(labels, scores_a, clusters=singletons).variance
+    assert clustered == pytest.approx(delong_auroc(labels, scores_a).variance, rel=0, abs=1e-12)
+    paired = delong_paired_test(labels, scores_a, scores_b, clusters=singletons)
+    assert paired.variance == pytest.approx(delong_paired_test(labels, scores_a, scores_b).variance, rel=0, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_clustered_variance_equals_obuchowskis_estimator_written_out(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    films = rng.integers(1, 6, 40)  # 1 to 5 films per patient
+    patients = np.repeat(np.arange(40), films)
+    tendency = rng.normal(size=40)[patients]
+    labels = (tendency + rng.normal(size=patients.size) > 0.8).astype(int)
+    scores = np.vstack([labels + tendency + rng.normal(size=patients.size),
+                        0.5 * labels + tendency + rng.normal(size=patients.size)])
+    scores[1] = np.round(scores[1], 1)  # ties within and across patients
+    aurocs, covariance = delong_covariance(labels, scores, clusters=patients)
+    expected_aurocs, expected = _obuchowski(labels, scores, patients)
+    np.testing.assert_allclose(aurocs, expected_aurocs, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(covariance, expected, rtol=0, atol=1e-10)
+    paired = delong_paired_test(labels, scores[0], scores[1], clusters=patients)
+    difference_variance = expected[0, 0] + expected[1, 1] - 2 * expected[0, 1]
+    assert paired.variance == pytest.approx(difference_variance, rel=0, abs=1e-10)
+
+
+def test_few_positive_patients_are_not_underestimated_any_more() -> None:
+    """5 positive patients with 2 films each among 60: one K/(K-1) factor made the variance too small."""
+    rng = np.random.default_rng(5)
+    patients = np.repeat(np.arange(60), 2)
+    labels = np.zeros(120, dtype=int)
+    labels[:10] = 1  # patients 0-4
+    scores = labels + rng.normal(size=120)
+    clustered = delong_auroc(labels, scores, clusters=patients).variance
+    _, expected = _obuchowski(labels, scores[None, :], patients)
+    assert clustered == pytest.approx(expected[0, 0], rel=1e-10)
+    y = labels.astype(bool)
+    aurocs, v10, v01 = structural_components(labels, scores)
+    codes = patients
+    a = np.bincount(codes[y], weights=v10[0] - aurocs[0], minlength=60)
+    b = np.bincount(codes[~y], weights=v01[0] - aurocs[0], minlength=60)
+    one_factor = 60 / 59 * np.sum((a / y.sum() + b / (~y).sum()) ** 2)  # the old estimator
+    assert clustered > 1.1 * one_factor
 
 
 def test_clustered_variance_matches_a_patient_bootstrap() -> None:

@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "commands": {"base", "data", "demo", "stats", "engine", "evaluate", "compare", "report"},
 }
 # Top-level modules that are command lines (python -m cxrutils.<name>) sit above everything.
-COMMANDS = {"train", "reports", "rehearsal"}
+COMMANDS = {"train", "reports", "rehearsal", "cache"}
 # Layers that must run without torch (their users include CPU-only tools and worker processes).
 TORCH_FREE = {"base", "data", "demo", "stats"}
 

@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from cxrutils.compare import txv
 from cxrutils.compare.comparison import LEAKAGE_CAVEAT
+from cxrutils.compare.provenance import CLEAN, DEFAULT_MODELS, MAY_HAVE_SEEN
 from cxrutils.compare.run import COMPARISON_NAME
 from cxrutils.data.cache import ImageCache
 from cxrutils.engine import run_folder
@@ -28,7 +29,7 @@ with warnings.catch_warnings():
 pytestmark = pytest.mark.notebook
 
 NOTEBOOK = "04_txv_comparison"
-MODEL = "densenet121-res224-nih"
+MODEL, CLEAN_MODEL = DEFAULT_MODELS  # the recipes' comparator, which may have seen the test films, and the clean one
 SPEC = txv.txv_spec(MODEL)
 # A part of the leakage caveat without quotes (the HTML escapes those).
 LEAKAGE_WORDS = "which overlap the official test list"
@@ -69,9 +70,12 @@ def test_without_weights_the_comparison_is_skipped_with_the_file_folder_and_url(
     assert "Comparison skipped" in page and "skipped" in page
     assert LEAKAGE_WORDS in page and "SYNTHETIC DATA" in page  # the caveat is shown even when skipped
     assert saved["status"] == "skipped" and saved["status_reason"] == "no weights"
+    # Each default model is skipped with its own file, the folder and the URL.
     assert saved["missing_weights"] == [
-        {"model": MODEL, "weights_file": SPEC.weights_file, "folder": str(weights_dir), "url": SPEC.weights_url}
+        {"model": name, "weights_file": txv.txv_spec(name).weights_file, "folder": str(weights_dir),
+         "url": txv.txv_spec(name).weights_url} for name in DEFAULT_MODELS
     ]
+    assert all(txv.txv_spec(name).weights_file in page for name in DEFAULT_MODELS)
     assert any("weights_dir" in step for step in saved["instructions"]) and saved["models"] == {}
     # Nothing after the skip touched the run: no test predictions were made.
     assert not (run_dir / run_folder.predictions_name("test")).exists()
@@ -88,6 +92,13 @@ def test_random_weights_run_the_whole_comparison_and_say_so(run_dir: Path, tmp_p
     assert txv.RANDOM_INIT_LABEL in page and "Comparison skipped" not in page
     assert saved["status"] == "ok" and saved["random_init"] is True
     assert saved["random_init_label"] == txv.RANDOM_INIT_LABEL
+    # Both default models are compared, each under the banner of what it may have seen; the clean one leads.
+    assert set(saved["models"]) == set(DEFAULT_MODELS) and saved["lead_model"] == CLEAN_MODEL
+    assert saved["models"][MODEL]["provenance"]["verdict"] == MAY_HAVE_SEEN
+    assert saved["models"][CLEAN_MODEL]["provenance"]["verdict"] == CLEAN
+    assert f"{MODEL}: {MAY_HAVE_SEEN}." in page and f"{CLEAN_MODEL}: {CLEAN}." in page
+    assert page.index(f"{CLEAN_MODEL}: {CLEAN}.") < page.index(f"{MODEL}: {MAY_HAVE_SEEN}.")
+    assert entry["headline"].index(CLEAN_MODEL) < entry["headline"].index(MODEL)
     record = saved["models"][MODEL]
     assert record["random_init"] is True and record["label"] == txv.RANDOM_INIT_LABEL
     assert txv.RANDOM_INIT_LABEL in record["display_name"] and record["weights_path"] is None
@@ -120,6 +131,10 @@ def test_a_weights_file_in_weights_dir_is_loaded_by_torchxrayvision_and_compared
     torch.save(xrv.models.DenseNet(), weights_dir / SPEC.weights_file)  # release format: a pickled whole module
     code, entry, page, saved = _run(run_dir, tmp_path / "reports", f"weights_dir={weights_dir}")
     assert code == 0 and entry["status"] == "ok" and entry["random_init"] is False
+    # Only the NIH model's file is there: it is compared, the clean one is skipped with its file named.
+    assert set(saved["models"]) == {MODEL} and saved["lead_model"] is None
+    assert [m["model"] for m in saved["missing_weights"]] == [CLEAN_MODEL]
+    assert f"skipped (no weights): {CLEAN_MODEL}" in entry["headline"]
     # (the narrative mentions the label; no output carries it)
     assert txv.RANDOM_INIT_LABEL not in page and "RANDOMLY INITIALISED" not in entry["headline"]
     record = saved["models"][MODEL]

@@ -71,6 +71,25 @@ def test_evaluation_reports_mean_auroc_with_its_interval_at_the_validation_thres
     assert "macro avg" in page and "samples avg" in page
     assert "meaningless" in page  # the published-results table is not a comparison on phantoms
 
+    # Radiologist labels: the tiny split's films that Google's panel labelled are scored, under the phantom warning.
+    from cxrutils.data.radiologist_labels import read_radiologist_labels
+
+    labelled = run_folder.read_predictions(run_dir, "test")["image"].isin(read_radiologist_labels().index).sum()
+    radiologist = metrics["radiologist_labels"]
+    if labelled:
+        assert radiologist["films"] == labelled and "measures nothing about the model" in page
+    else:
+        assert radiologist == {"available": False, "films": 0} and "so this section is empty" in page
+
+    # The runner wrote the run's model card from the run folder, and the index links it.
+    card = json.loads((reports_dir / "model_card.json").read_text())
+    assert card["synthetic"] is True and card["evaluation"]["mean_auroc"]["auroc"] == mean["auroc"]
+    assert card["data"]["split"]["patients_in_two_splits"] == 0
+    assert card["training"]["best_epoch"]["epoch"] >= 1 and card["model"]["initial_weights"]["kind"].startswith("none")
+    card_page = (reports_dir / "model_card.html").read_text()
+    assert "SYNTHETIC DATA" in card_page and card_page.count("TO BE WRITTEN BY A PERSON") == 4
+    assert "href='model_card.html'" in (reports_dir / "index.html").read_text()
+
     # The command line computes the same evaluation and writes the same file, number for number.
     from cxrutils.evaluate.__main__ import main as evaluate_main
 

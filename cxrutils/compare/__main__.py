@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cxrutils.compare.run import DEFAULT_MODELS, compare_run, write_comparison
+from cxrutils.compare.provenance import DEFAULT_MODELS
+from cxrutils.compare.run import compare_run, write_comparison
 from cxrutils.compare.txv import TXV_MODEL_NAMES
 from cxrutils.stats.thresholds import METHODS
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from cxrutils import files
 from cxrutils.compare.comparison import comparison_caveats, pair_with_txv
+from cxrutils.compare.provenance import DEFAULT_MODELS, headline_model, provenance
 from cxrutils.compare.txv import (
     RANDOM_INIT_LABEL,
     TxvModel,
@@ -33,9 +34,11 @@ from cxrutils.compare.txv import (
     weights_path,
 )
 from cxrutils.data.cache import ImageCache
+from cxrutils.data.radiologist_labels import read_radiologist_labels
 from cxrutils.engine import run_folder
 from cxrutils.engine.predict import predict_split
 from cxrutils.engine.runtime import select_device
+from cxrutils.evaluate.radiologist import RadiologistResult, score_against_radiologists
 from cxrutils.labels import FINDINGS
 from cxrutils.profiling import stage
 from cxrutils.stats.metrics import MEAN_ROW
@@ -52,7 +55,6 @@ from cxrutils.stats.thresholds import METHODS, ThresholdMethod
 COMPARISON_NAME = "comparison.json"
 NO_WEIGHTS_REASON = "no weights"
 SUBGROUPS: tuple[str, ...] = ("sex", "view")
-DEFAULT_MODELS: tuple[str, ...] = ("densenet121-res224-nih",)
 
 
 # --------------------------------------------------------------------------- the models
@@ -115,7 +117,7 @@ def models_table(loaded: LoadedModels) -> pd.DataFrame:
         else:
             status = RANDOM_INIT_LABEL if model.random_init else f"loaded from {model.weights_path}"
         rows.append({"model": name, "status": status, "weights file": spec.weights_file,
-                     "trained on": spec.trained_on, "has seen NIH images": spec.includes_nih_images,
+                     "trained on": spec.trained_on, "official test films": provenance(name).verdict,
                      "input px": spec.resolution, "NIH findings scored": len(spec.finding_outputs)})
     return pd.DataFrame(rows).set_index("model")
 
@@ -246,6 +248,7 @@ class ModelComparison:
     subgroups: pd.DataFrame
     split: str
     threshold_method: str
+    radiologist: RadiologistResult | None = None  # this model against radiologists' labels, on the same films
 
     @property
     def names(self) -> dict[str, str]:
@@ -279,6 +282,8 @@ class ModelComparison:
             "weights_path": self.model.weights_path,
             "trained_on": self.model.spec.trained_on,
             "includes_nih_images": self.model.spec.includes_nih_images,
+            "provenance": {"verdict": provenance(self.model.name).verdict, "why": provenance(self.model.name).why,
+                           "sources": list(provenance(self.model.name).sources)},
             "images": len(self.test),
             "patients": int(pd.unique(self.test.patient_ids).size),
             "validation_images": len(self.validation),
@@ -292,6 +297,7 @@ class ModelComparison:
             "subgroups": self.subgroups,
             "op_thresholds": self.model.op_thresholds,
             "caveats": list(self.auroc.caveats),
+            "radiologist_labels": None if self.radiologist is None else self.radiologist.to_document(),
         })
 
 
@@ -324,14 +330,16 @@ def compare_models(
     torch_device = select_device(device)
     metadata = run.dataset.metadata
     ours_name = f"DenseNet121 (run {run.name})"
+    radiologist_labels = read_radiologist_labels()
     results = []
     for model in models:
         model.to(torch_device)
-        paired = {}
+        paired, frames = {}, {}
         with stage("TXV predict", images=len(inputs.test) + len(inputs.validation)):
             for key, ours in (("test", inputs.test), ("val", inputs.validation)):
-                paired[key] = pair_with_txv(ours, _txv_frame(model, inputs.cache, ours, metadata),
-                                            txv_name=model.name, random_init=model.random_init, ours_name=ours_name)
+                frames[key] = _txv_frame(model, inputs.cache, ours, metadata)
+                paired[key] = pair_with_txv(ours, frames[key], txv_name=model.name, random_init=model.random_init,
+                                            ours_name=ours_name)
         test = paired["test"]
         method: ThresholdMethod = threshold_method  # type: ignore[assignment]
         with stage("comparison statistics", images=len(test), resamples=n_bootstrap):
@@ -340,9 +348,10 @@ def compare_models(
                                                        txv_op_thresholds=model.op_thresholds)
             subgroups = subgroup_comparison(test, metadata, by=SUBGROUPS, n_resamples=n_bootstrap,
                                             seed=bootstrap_seed)
+            radiologist = score_against_radiologists(frames["test"], radiologist_labels, n_bootstrap, bootstrap_seed)
         results.append(ModelComparison(model=model, test=test, validation=paired["val"], auroc=auroc,
                                        classification=classification, subgroups=subgroups, split=inputs.split,
-                                       threshold_method=threshold_method))
+                                       threshold_method=threshold_method, radiologist=radiologist))
     return results
 
 
@@ -355,6 +364,7 @@ class ComparisonResult:
     inputs: ComparisonInputs | None
     comparisons: list[ModelComparison]
     settings: dict[str, Any]
+    radiologist_ours: RadiologistResult | None = None  # our model against radiologists' labels, on the same films
 
     @property
     def skipped(self) -> bool:
@@ -366,20 +376,27 @@ class ComparisonResult:
                                   for c in comparison_caveats(name, self.loaded.random_init)))
 
     @property
+    def lead(self) -> ModelComparison | None:
+        """The comparison to lead with: against a model that never saw NIH films, when one was compared."""
+        clean = headline_model([c.model.name for c in self.comparisons])
+        return next((c for c in self.comparisons if c.model.name == clean), None)
+
+    @property
     def headline(self) -> str:
-        """One line for the report index."""
+        """One line for the report index, the clean comparison first."""
         if self.skipped:
             names = ", ".join(f"{m.model} ({m.weights_file})" for m in self.loaded.missing)
             return f"TorchXRayVision comparison skipped: no weights for {names}"
         parts = []
-        for result in self.comparisons:
+        lead = self.lead
+        for result in sorted(self.comparisons, key=lambda c: c is not lead):
             mean = result.mean_difference()
             label = f"{RANDOM_INIT_LABEL}: " if result.random_init else ""
             ci = (f" [{result.auroc.confidence:.0%} CI {mean['ci_low']:+.3f}, {mean['ci_high']:+.3f}]"
                   if mean["ci_low"] is not None else "")
             value = "n/a" if mean["difference"] is None else f"{mean['difference']:+.3f}"
-            parts.append(f"{label}mean AUROC diff ours - {result.model.name} {value}{ci} "
-                         f"over {len(mean['findings'])} findings")
+            parts.append(f"{label}mean AUROC diff ours - {result.model.name} ({provenance(result.model.name).verdict}) "
+                         f"{value}{ci} over {len(mean['findings'])} findings")
         if self.loaded.missing:
             parts.append(f"skipped (no weights): {', '.join(m.model for m in self.loaded.missing)}")
         return "; ".join(parts)
@@ -408,7 +425,9 @@ class ComparisonResult:
                 "compared": {self.inputs.split: len(self.inputs.test), "val": len(self.inputs.validation)},
                 "of": {split: sizes[0] for split, sizes in self.inputs.full_sizes.items()},
             },
+            "lead_model": None if self.lead is None else self.lead.model.name,
             "models": {result.model.name: result.to_document() for result in self.comparisons},
+            "radiologist_labels_ours": None if self.radiologist_ours is None else self.radiologist_ours.to_document(),
         })
 
     def summary_facts(self, comparison_json: Path) -> dict[str, Any]:
@@ -453,10 +472,14 @@ def compare_run(
     inputs = prepare_inputs(run, split, loaded, max_images=max_images, seed=bootstrap_seed)
     comparisons = compare_models(run, inputs, loaded.models, n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed,
                                  threshold_method=threshold_method)
+    radiologist_ours = (None if inputs is None else
+                        score_against_radiologists(inputs.test, read_radiologist_labels(), n_bootstrap,
+                                                   bootstrap_seed))
     settings = {"split": split, "txv_models": list(txv_models), "weights_dir": weights_dir,
                 "n_bootstrap": n_bootstrap, "bootstrap_seed": bootstrap_seed, "threshold_method": threshold_method,
                 "use_random_txv_weights_for_testing": random_init, "txv_max_images": max_images}
-    return ComparisonResult(run=run, loaded=loaded, inputs=inputs, comparisons=comparisons, settings=settings)
+    return ComparisonResult(run=run, loaded=loaded, inputs=inputs, comparisons=comparisons, settings=settings,
+                            radiologist_ours=radiologist_ours)
 
 
 def write_comparison(result: ComparisonResult) -> Path:

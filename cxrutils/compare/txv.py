@@ -50,6 +50,7 @@ import torchvision
 from torch import nn
 from tqdm import TqdmWarning
 
+from cxrutils.compare.provenance import PROVENANCE
 from cxrutils.data.cache import ImageCache
 from cxrutils.data.images import read_image
 from cxrutils.engine.model import WeightsNotFoundError
@@ -67,22 +68,8 @@ with warnings.catch_warnings():
 DEFAULT_TXV_MODEL = "densenet121-res224-nih"
 RANDOM_INIT_LABEL = "RANDOMLY INITIALISED (test only)"
 TXV_PATHOLOGIES: tuple[str, ...] = tuple(xrv.datasets.default_pathologies)
-
-# What each model was trained on, read off its release file name / description.
-# RSNA Pneumonia and Google's relabelled set are NIH ChestX-ray14 images, so every
-# model marked True has seen NIH images, possibly from the official test list.
-_TRAINING_DATA: dict[str, tuple[str, bool]] = {
-    "densenet121-res224-nih": ("NIH ChestX-ray14 (random split)", True),
-    "densenet121-res224-all": ("NIH, PadChest, CheXpert, MIMIC-CXR, Google (NIH images), OpenI, "
-                               "RSNA Pneumonia (NIH images)", True),
-    "densenet121-res224-chex": ("CheXpert", False),
-    "densenet121-res224-pc": ("PadChest", False),
-    "densenet121-res224-mimic_nb": ("MIMIC-CXR (NegBio labels)", False),
-    "densenet121-res224-mimic_ch": ("MIMIC-CXR (CheXpert labeler)", False),
-    "densenet121-res224-rsna": ("RSNA Pneumonia Challenge (NIH ChestX-ray14 images, new labels)", True),
-    "resnet50-res512-all": ("PadChest, NIH, RSNA Pneumonia (NIH images), SIIM-ACR Pneumothorax, VinDr-CXR", True),
-}
-TXV_MODEL_NAMES: tuple[str, ...] = tuple(_TRAINING_DATA)
+# What each model was trained on, and whether it has seen NIH films, lives in cxrutils.compare.provenance.
+TXV_MODEL_NAMES: tuple[str, ...] = tuple(PROVENANCE)
 
 
 class TxvWeightsNotFoundError(WeightsNotFoundError):
@@ -121,14 +108,14 @@ class TxvModelSpec:
 
 def txv_spec(name: str) -> TxvModelSpec:
     """The spec of one of ``TXV_MODEL_NAMES``; ValueError listing them otherwise."""
-    if name not in _TRAINING_DATA:
+    if name not in PROVENANCE:
         raise ValueError(f"unknown TorchXRayVision model {name!r}; choose one of {', '.join(TXV_MODEL_NAMES)}")
     entry = xrv.models.model_urls[name]
     pathologies = tuple(entry["labels"])
     if len(pathologies) != len(TXV_PATHOLOGIES) or any(p and p != d for p, d in zip(pathologies, TXV_PATHOLOGIES)):
         raise RuntimeError(f"torchxrayvision {xrv.__version__} lists outputs for {name} that are not in "
                            f"default_pathologies order: {pathologies}; this adapter needs updating")
-    trained_on, includes_nih = _TRAINING_DATA[name]
+    origin = PROVENANCE[name]
     return TxvModelSpec(
         name=name,
         architecture=name.split("-")[0],
@@ -136,8 +123,8 @@ def txv_spec(name: str) -> TxvModelSpec:
         resolution=int(entry["input_resolution"]),
         pathologies=pathologies,
         op_threshs=tuple(float(t) for t in entry["op_threshs"]),
-        trained_on=trained_on,
-        includes_nih_images=includes_nih,
+        trained_on=origin.trained_on,
+        includes_nih_images=origin.nih_films,
     )
 
 

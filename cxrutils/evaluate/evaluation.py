@@ -26,11 +26,13 @@ import torch
 
 from cxrutils import files
 from cxrutils.data.metadata import age_band
+from cxrutils.data.radiologist_labels import read_radiologist_labels
 from cxrutils.engine import run_folder
 from cxrutils.engine.model import GRAY_MEAN, GRAY_STD, gradcam_grid, gradcam_layer_for
 from cxrutils.engine.predict import SPLITS, TTA_SUFFIX, predict_split
 from cxrutils.engine.runtime import prepare_batch, select_device
 from cxrutils.evaluate import localization
+from cxrutils.evaluate.radiologist import RadiologistResult, score_against_radiologists
 from cxrutils.labels import FINDINGS
 from cxrutils.predictions import prediction_arrays
 from cxrutils.profiling import stage
@@ -128,6 +130,7 @@ class EvaluationResult:
     localization_note: str | None  # why there is no localization, when there is none
     gallery: Gallery
     context: pd.DataFrame  # published results with this run, each labelled with its split
+    radiologist: RadiologistResult | None  # against Majkowska et al.'s radiologist labels, where films have them
 
     @property
     def n_images(self) -> int:
@@ -287,6 +290,8 @@ class EvaluationResult:
                 "images_without_group": self.subgroups.attrs.get("images_without_group"),
             },
             "localization": located,
+            "radiologist_labels": ({"available": False, "films": 0} if self.radiologist is None else
+                                   {"available": True, **self.radiologist.to_document()}),
         }
         return files.plain(document)
 
@@ -348,6 +353,7 @@ def evaluate_run(
     gallery = gallery_panels(run, layer, gallery_examples(predictions, labels, probabilities, thresholds, run.dataset
                                                           .boxes, gallery_per_kind))
     context = context_table(run, split, auroc)
+    radiologist = score_against_radiologists(predictions, read_radiologist_labels(), n_bootstrap, bootstrap_seed)
     return EvaluationResult(
         run=run, split=split, tta_hflip=tta_hflip, threshold_method=threshold_method,
         thresholds_by_finding=thresholds_by_finding, n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed,
@@ -355,6 +361,7 @@ def evaluate_run(
         patient_ids=patient_ids, auroc=auroc, average_precision=average_precision, operating=operating,
         report=report, calibration=calibration, reliability=reliability, subgroups=subgroups,
         localization=located, localization_note=localization_note, gallery=gallery, context=context,
+        radiologist=radiologist,
     )
 
 

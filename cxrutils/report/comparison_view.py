@@ -12,9 +12,16 @@ import pandas as pd
 from IPython.display import HTML, Markdown, display
 from pandas.io.formats.style import Styler
 
-from cxrutils.compare.run import ComparisonInputs, LoadedModels, ModelComparison, enable_instructions
+from cxrutils.compare.provenance import headline_model, provenance
+from cxrutils.compare.run import (
+    ComparisonInputs,
+    ComparisonResult,
+    LoadedModels,
+    ModelComparison,
+    enable_instructions,
+)
 from cxrutils.compare.txv import RANDOM_INIT_LABEL
-from cxrutils.report.display import TONES, interval_text, p_text
+from cxrutils.report.display import TONES, box, interval_text, note, p_text
 from cxrutils.stats.metrics import MEAN_ROW
 from cxrutils.stats.paired import OURS, TXV, side_by_side
 
@@ -77,12 +84,24 @@ def cap_note(inputs: ComparisonInputs | None) -> HTML:
     )
 
 
+def provenance_banner(model: str) -> HTML:
+    """Green for a model that never saw an NIH film, red for one that may have trained on these test films."""
+    origin = provenance(model)
+    sources = "; ".join(origin.sources)
+    text = (f"<b>{html.escape(model)}: {html.escape(origin.verdict)}.</b> Trained on {html.escape(origin.trained_on)}: "
+            f"{html.escape(origin.why)}.<br><small>Sources: {html.escape(sources)}</small>")
+    return box(text, "red" if origin.nih_films else "green")
+
+
 def each_model(comparisons: Sequence[ModelComparison]) -> Iterator[ModelComparison]:
-    """Yield each comparison under a heading naming the model; say so once when there is none."""
+    """Yield each comparison under a heading naming the model and what it may have seen; the clean one first."""
     if not comparisons:
         display(Markdown("*Comparison skipped: no TorchXRayVision model was loaded (see section 1).*"))
-    for result in comparisons:
-        display(Markdown(f"### {result.names[TXV]}"))
+    clean = headline_model([c.model.name for c in comparisons])
+    for result in sorted(comparisons, key=lambda c: c.model.name != clean):
+        lead = " (the headline comparison)" if result.model.name == clean else ""
+        display(Markdown(f"### {result.names[TXV]}{lead}"))
+        display(provenance_banner(result.model.name))
         yield result
 
 
@@ -152,3 +171,27 @@ def mean_difference_text(result: ModelComparison) -> Markdown:
         f"{label}**Mean AUROC difference** (ours − TXV) over {len(result.auroc.mean_over)} findings: "
         f"**{mean['difference']:+.3f}** ({interval}); ours {mean['auroc_ours']:.3f}, TXV {mean['auroc_txv']:.3f}."
     )
+
+
+def radiologist_display(result: ComparisonResult, comparison: ModelComparison) -> Styler | HTML:
+    """Ours and this model against the radiologists' labels and against NIH's, on the same films."""
+    ours, theirs = result.radiologist_ours, comparison.radiologist
+    if ours is None or theirs is None:
+        return note("None of the compared films has radiologist labels (real NIH: 1,962 official-test films do).",
+                    tone="neutral")
+    rows = {}
+    for finding in ours.table.index:
+        a, b = ours.table.loc[finding], theirs.table.loc[finding]
+        rows[finding] = {
+            "films": int(a["films"]), "radiologist positives": int(a["radiologist positives"]),
+            "NIH / radiologist agreement": f"{a['agreement']:.3f}",
+            "ours vs radiologists": interval_text(a["AUROC (radiologists)"], a["radiologists CI low"],
+                                                  a["radiologists CI high"]),
+            "TXV vs radiologists": interval_text(b["AUROC (radiologists)"], b["radiologists CI low"],
+                                                 b["radiologists CI high"]),
+            "ours vs NIH labels": interval_text(a["AUROC (NIH labels)"], a["NIH CI low"], a["NIH CI high"]),
+            "TXV vs NIH labels": interval_text(b["AUROC (NIH labels)"], b["NIH CI low"], b["NIH CI high"]),
+            "TXV scored by": b["scored by"],
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("radiologist finding")
+    return table.style.set_caption(_caption(comparison, f"{ours.films:,} films with radiologist labels; {ours.source}"))

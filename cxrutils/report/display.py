@@ -16,6 +16,7 @@ TONES = {
     "red": _BOX + "background:#b00020;color:white;",
     "neutral": _BOX + "background:#f1f3f4;color:#222;border-left:6px solid #888;",
     "blue": _BOX + "background:#e8f0fe;color:#174ea6;",
+    "green": _BOX + "background:#e6f4ea;color:#0d652d;border-left:6px solid #188038;",
 }
 
 

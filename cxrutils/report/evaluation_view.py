@@ -5,12 +5,14 @@ Nothing here computes a statistic: every number comes from the result.
 
 from __future__ import annotations
 
+import pandas as pd
 from IPython.display import HTML
+from pandas.io.formats.style import Styler
 
 from cxrutils.engine import run_folder
 from cxrutils.evaluate.evaluation import EvaluationResult
 from cxrutils.labels import FINDINGS
-from cxrutils.report.display import note
+from cxrutils.report.display import interval_text, note
 
 
 def describe(result: EvaluationResult) -> str:
@@ -114,3 +116,38 @@ def context_note(result: EvaluationResult) -> HTML:
                     "splits have a healthier test set and score about 0.03 higher than the official split: only "
                     "the random-split rows are of the same kind, and the official-split rows are NOT comparable.")
     return note(f"This run's split kind is {kind!r}: it is comparable with none of these rows.")
+
+
+def radiologist_note(result: EvaluationResult) -> HTML:
+    """What the radiologist-label section can say here: nothing on phantoms, or why it is empty."""
+    if result.radiologist is None:
+        return note(f"None of the {result.n_images:,} scored films of the {result.split} split has radiologist labels "
+                    "(real NIH: 1,962 official-test films and 2,414 train_val films have them), so this section is "
+                    "empty.", tone="neutral")
+    if result.synthetic:
+        return note(
+            "SYNTHETIC phantoms: the films were drawn from NIH's text-mined labels, so scoring them against the "
+            "radiologists' labels measures nothing about the model. The table only shows that the section runs, and "
+            "how often the two label sets agree on these real rows.", tone="red")
+    return HTML("")
+
+
+def radiologist_table(result: EvaluationResult) -> Styler:
+    """Both AUROCs with their intervals, the positives under each label set, and their agreement."""
+    table = result.radiologist.table
+    shown = pd.DataFrame({
+        "scored by": table["scored by"],
+        "films": table["films"],
+        "radiologist positives": table["radiologist positives"],
+        "NIH positives": table["NIH positives"],
+        "agreement": table["agreement"],
+        "Cohen's kappa": table["kappa"],
+        "AUROC vs radiologists [95% CI]": [interval_text(*row) for row in table[
+            ["AUROC (radiologists)", "radiologists CI low", "radiologists CI high"]].itertuples(index=False)],
+        "AUROC vs NIH labels [95% CI]": [interval_text(*row) for row in table[
+            ["AUROC (NIH labels)", "NIH CI low", "NIH CI high"]].itertuples(index=False)],
+    }, index=table.index)
+    caption = (f"{result.radiologist.films:,} films of {result.radiologist.patients:,} patients with radiologist labels "
+               f"(sets: {result.radiologist.sets}); {result.radiologist.source}")
+    return shown.style.format({"films": "{:,}", "radiologist positives": "{:,}", "NIH positives": "{:,}",
+                               "agreement": "{:.3f}", "Cohen's kappa": "{:.3f}"}, na_rep="—").set_caption(caption)

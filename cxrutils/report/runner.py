@@ -37,7 +37,10 @@ SHARED_PARAMETERS = {"train_profile", "settings", "output_dir"}
 SUMMARY_NAME = "report_summary.json"
 INDEX_JSON_NAME = "index.json"
 # Pages other commands write into the reports folder, linked from the index when present.
-EXTRA_PAGES = {"rehearsal.html": "Full-size rehearsal: every stage's time and memory at 112,120 films (make rehearsal)"}
+EXTRA_PAGES = {
+    "model_card.html": "Model card: the trained run's data, training, evaluation and limitations, from its run folder",
+    "rehearsal.html": "Full-size rehearsal: every stage's time and memory at 112,120 films (make rehearsal)",
+}
 
 
 def write_summary(output_dir: str | os.PathLike[str], *, status: str = "ok", **facts: Any) -> Path:
@@ -288,9 +291,24 @@ def main(argv: list[str] | None = None) -> int:
         failed = entry["status"] == "failed"
         if failed:
             print(f"   error: {entry['status_reason']}", file=sys.stderr, flush=True)
+    if not failed:
+        write_card_if_trained(profile, reports_dir)
     index = write_index(entries, args.profile, reports_dir)
     print(f"index: {index}", flush=True)
     return 1 if failed else 0
+
+
+def write_card_if_trained(profile: dict[str, Any], reports_dir: Path) -> Path | None:
+    """The model card of the profile's run, when that run has been trained and evaluated."""
+    run_dir = profile_train_config(profile).run_dir
+    if not (run_dir / "metrics.json").is_file():
+        return None
+    from cxrutils.report.model_card import write_model_card  # imports torch: only when there is a run to describe
+
+    with stage("model card"):
+        page = write_model_card(run_dir, reports_dir)
+    print(f"model card: {page}", flush=True)
+    return page
 
 
 def _declared(notebooks: list[Path]) -> set[str]:

@@ -18,11 +18,24 @@ from the same formula, which gives the paired test of their difference.
 **Patients as clusters.** DeLong treats images as independent. NIH has about 3.6
 films per patient and a patient's films are alike, so image-level variances are
 too small. With ``clusters`` (patient ids) the variance is Obuchowski's (Biometrics
-1997) clustered form of the same statistic: each patient contributes the sum of
-its images' centred structural components, and patients are the independent
-units. With one image per patient it is DeLong's variance with each of its two
-terms scaled by K (m - 1) / ((K - 1) m) (K patients; n for m in the second), a
-small-sample factor near 1.
+1997, 53:567-578) clustered form of the same statistic. Per patient i, with m_i
+positive and n_i negative films, sum the structural components of its films:
+
+    A_i = sum over its positives of (V10 - AUROC)
+    B_i = sum over its negatives of (V01 - AUROC)
+
+and, with M positives and N negatives in all, I patients, I10 of them with a
+positive film and I01 with a negative one,
+
+    S10 = I10 / ((I10 - 1) M) * sum A_i^2
+    S01 = I01 / ((I01 - 1) N) * sum B_i^2
+    S11 = I / (I - 1) * sum A_i B_i
+    var(AUROC) = S10 / M + S01 / N + 2 S11 / (M N)
+
+Each sum has its own small-sample correction. With one film per patient every A_i
+B_i is 0 and I10 = M, I01 = N, so this is DeLong's variance exactly. Two models'
+covariance replaces each product by the product of their components (the cross term
+by both orders, A^a B^b + A^b B^a), which gives the paired test.
 """
 
 from __future__ import annotations
@@ -35,6 +48,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
+from cxrutils.stats.metrics import scorable
 
 AdjustMethod = Literal["holm", "bh"]
 
@@ -109,15 +124,21 @@ def _covariance(
     if pd.isna(pd.Series(ids)).any():
         raise ValueError("cluster ids hold missing values; every image needs its patient")
     codes, uniques = pd.factorize(ids)
-    n_clusters = len(uniques)
-    if n_clusters < 2:
-        raise ValueError("the clustered variance needs at least 2 clusters (patients)")
-    centred = np.zeros((aurocs.size, n_clusters))
-    # Each image's centred structural component, summed per patient.
-    for r in range(aurocs.size):
-        centred[r] += np.bincount(codes[labels], weights=v10[r] - aurocs[r], minlength=n_clusters) / m
-        centred[r] += np.bincount(codes[~labels], weights=v01[r] - aurocs[r], minlength=n_clusters) / n
-    return n_clusters / (n_clusters - 1) * (centred @ centred.T)
+    clusters_all = len(uniques)
+    with_positive = np.unique(codes[labels]).size  # I10
+    with_negative = np.unique(codes[~labels]).size  # I01
+    if with_positive < 2 or with_negative < 2:
+        raise ValueError(f"the clustered variance needs positive films from at least 2 patients and negative films "
+                         f"from at least 2; got {with_positive} and {with_negative}")
+    # Per patient, the sums of its films' centred structural components (Obuchowski's A_i and B_i).
+    a = np.stack([np.bincount(codes[labels], weights=v10[r] - aurocs[r], minlength=clusters_all)
+                  for r in range(aurocs.size)])
+    b = np.stack([np.bincount(codes[~labels], weights=v01[r] - aurocs[r], minlength=clusters_all)
+                  for r in range(aurocs.size)])
+    s10 = with_positive / ((with_positive - 1) * m) * (a @ a.T)
+    s01 = with_negative / ((with_negative - 1) * n) * (b @ b.T)
+    s11 = clusters_all / (clusters_all - 1) * (a @ b.T)
+    return s10 / m + s01 / n + (s11 + s11.T) / (m * n)
 
 
 def delong_covariance(labels: Any, scores: Any, clusters: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -225,18 +246,21 @@ def delong_per_class(
 
     Rows: one per class. Columns: auroc_a, auroc_b, difference, ci_low, ci_high
     (normal interval of the difference), z, p_value, positives, negatives, note.
-    A class without 2 positives and 2 negatives (or 2 patients) gets NaN and a note.
+    A class that is not ``metrics.scorable`` (2 positive and 2 negative films, from 2
+    patients each, the patients being the images without ``clusters``) gets NaN and a note.
     """
     y = np.asarray(labels)
     a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
     if not (y.ndim == 2 and y.shape == a.shape == b.shape and y.shape[1] == len(class_names)):
         raise ValueError(f"labels {y.shape}, scores_a {a.shape} and scores_b {b.shape} must all be "
                          f"(n_images, {len(class_names)})")
+    units = np.arange(y.shape[0]) if clusters is None else np.asarray(clusters).reshape(-1)
+    tested = scorable(y, units)
     rows = []
     for k, name in enumerate(class_names):
         positives, negatives = int((y[:, k] == 1).sum()), int((y[:, k] == 0).sum())
         row: dict[str, Any] = {"finding": name, "positives": positives, "negatives": negatives, "note": ""}
-        if positives < 2 or negatives < 2:
+        if not tested[k]:
             row.update(dict.fromkeys(("auroc_a", "auroc_b", "difference", "ci_low", "ci_high", "z", "p_value"),
                                      np.nan), note=f"not tested: {positives} positives, {negatives} negatives")
         else:
