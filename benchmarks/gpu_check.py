@@ -71,11 +71,12 @@ def machine() -> dict[str, Any]:
 
 
 def train_command(settings: dict[str, Any], root: Path, name: str, runs: Path, cache: Path, epochs: int,
-                  resume: bool = False, processes: int = 1) -> list[str]:
+                  resume: bool = False, processes: int | None = None) -> list[str]:
+    """The training command line; with ``processes``, under torchrun (even for one GPU: it is torchrun's path)."""
     sets = {**settings, "data_root": str(root), "name": name, "runs_dir": str(runs), "cache_dir": str(cache),
             "weights": "none", "epochs": epochs, "early_stopping_patience": epochs}
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-                if processes > 1 else [sys.executable])
+                if processes else [sys.executable])
     command = [*launcher, "-m", "cxrutils.train", "--config", "nih"]
     for key, value in sets.items():
         command += ["--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}"]
