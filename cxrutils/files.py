@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import Any
@@ -28,8 +28,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], dur
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
+    # Created like any file (0666 less the umask), not mkstemp's 0600: reports and records are shared and served.
+    temporary = str(path.parent / f".{path.name}.{secrets.token_hex(6)}")
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(temporary)
         if durable:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +59,47 @@ def tiny_run(tiny_phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) 
          "name": "tiny"},
     )
     return train(config).run_dir
+
+
+@dataclass
+class RenderedReports:
+    """Every notebook run once by the reports runner, as a user runs it: in its own process, on a terminal."""
+
+    reports_dir: Path
+    run_dir: Path
+    terminal: str  # what the runner's terminal showed: its stdout and stderr, and the kernels' stderr
+    returncode: int
+
+
+def _tiny_training_settings() -> list[str]:
+    """The tiny training profile (configs/train/tiny.yaml) as --set arguments for the demo report profile."""
+    import yaml
+
+    profile = yaml.safe_load((Path(__file__).parent.parent / "configs" / "train" / "tiny.yaml").read_text())
+    flat = {key: value for key, value in profile.items() if key not in ("name", "data_root", "augment")}
+    flat.update({f"augment.{key}": value for key, value in profile["augment"].items()})
+    return [f"{key}={'null' if value is None else str(value).lower() if isinstance(value, bool) else value}"
+            for key, value in flat.items()]
+
+
+@pytest.fixture(scope="session")
+def rendered_reports(tiny_phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> RenderedReports:
+    """``python -m cxrutils.reports`` over all four notebooks on the tiny phantom root, trained with the tiny profile.
+
+    A subprocess without pytest in its environment: ipykernel then captures the kernel's file
+    descriptors as it does for a user (inside pytest it does not), so what lands in the HTML and
+    what reaches the terminal are what a user gets. Read-only: copy before changing.
+    """
+    folder = tmp_path_factory.mktemp("rendered")
+    (folder / "no_weights").mkdir()
+    sets = [f"data_root={tiny_phantom_root}", f"runs_dir={folder / 'runs'}", f"cache_dir={folder / 'cache'}",
+            "name=tiny_reports", *_tiny_training_settings(), "n_bootstrap=50", f"weights_dir={folder / 'no_weights'}",
+            "integrity_check=quick"]
+    command = [sys.executable, "-m", "cxrutils.reports", "--profile", "demo", "--reports-dir", str(folder / "reports"),
+               *[arg for text in sets for arg in ("--set", text)]]
+    environment = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
+                                                              environment.get("PYTHONPATH")]))
+    finished = subprocess.run(command, cwd=Path(__file__).parent.parent, env=environment, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=900)
+    return RenderedReports(folder / "reports", folder / "runs" / "tiny_reports", finished.stdout, finished.returncode)

@@ -61,3 +61,32 @@ def test_same_seed_gives_identical_files_and_ensure_reuses_them(tmp_path, tiny_p
         tmp_path / "other", DemoSpec(**{**json.loads(json.dumps(spec.__dict__)), "seed": 4}), workers=1
     )
     assert _digest(other) != _digest(tiny_phantom_root)
+
+
+def test_a_notebook_on_a_declared_phantom_root_builds_it_and_a_missing_real_root_says_what_to_set(tmp_path):
+    """What notebooks (opened in JupyterLab, or run by the reports runner) call before reading their data."""
+    import pytest
+    import yaml
+
+    from cxrutils.demo.roots import prepare_data_root
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    spec = {"n_patients": 30, "image_size": 64, "seed": 3, "min_images_per_finding": 2, "max_images_per_patient": 3}
+    root = tmp_path / "data" / "demo"
+    (configs / "mine.yaml").write_text(yaml.safe_dump({"demo_data": {"root": str(root), **spec}}))
+    prepare_data_root(str(root), configs_dir=configs)
+    assert is_synthetic(root) and len(load_dataset(root).metadata) == len(list((root / "images").iterdir()))
+    marker = root / "images" / "marker.txt"
+    marker.write_text("kept")
+    prepare_data_root(str(root), configs_dir=configs)  # built with this spec already: left alone
+    assert marker.exists()
+
+    prepare_data_root("metadata-only", configs_dir=configs)  # nothing to build or find
+    with pytest.raises(FileNotFoundError) as missing:
+        prepare_data_root(str(tmp_path / "nih"), configs_dir=configs)
+    message = str(missing.value)
+    assert f"there is no folder {tmp_path / 'nih'}" in message
+    assert "--set data_root=" in message and "settings = {'data_root':" in message
+    with pytest.raises(ValueError, match="data_root is not set"):
+        prepare_data_root(None, configs_dir=configs)

@@ -15,30 +15,11 @@ from cxrutils.report import runner as reports
 pytestmark = pytest.mark.notebook
 
 
-def test_evaluation_reports_mean_auroc_with_its_interval_at_the_validation_thresholds(tiny_run, tmp_path):
-    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "runs" / tiny_run.name))
+def test_evaluation_reports_mean_auroc_with_its_interval_at_the_validation_thresholds(rendered_reports, tmp_path):
+    """Notebook 03 as the reports runner ran it after notebook 02 (``rendered_reports``: the tiny run, 50 resamples)."""
+    assert rendered_reports.returncode == 0, rendered_reports.terminal[-4000:]
+    run_dir, reports_dir = rendered_reports.run_dir, rendered_reports.reports_dir
     thresholds_file = run_dir / run_folder.THRESHOLDS_NAME
-    thresholds_before = thresholds_file.read_bytes()
-    reports_dir = tmp_path / "reports"
-    code = reports.main(
-        [
-            "--profile",
-            "demo",
-            "--only",
-            "03",
-            "--set",
-            f"runs_dir={run_dir.parent}",
-            "--set",
-            f"name={run_dir.name}",
-            "--set",
-            f"data_root={run_folder.read_config(run_dir)['data_root']}",
-            "--set",
-            "n_bootstrap=50",
-            "--reports-dir",
-            str(reports_dir),
-        ]
-    )
-    assert code == 0
 
     metrics = json.loads((run_dir / METRICS_NAME).read_text())
     mean = metrics["mean_auroc"]
@@ -48,9 +29,10 @@ def test_evaluation_reports_mean_auroc_with_its_interval_at_the_validation_thres
     assert (metrics["split"], metrics["synthetic"], metrics["images_match_training"]) == ("test", True, True)
     assert metrics["n_images"] == len(run_folder.read_predictions(run_dir, "test")) > 0
 
-    # The thresholds are the run's validation thresholds, used as they are; the file is untouched.
-    assert thresholds_file.read_bytes() == thresholds_before
-    validation = json.loads(thresholds_before)["youden"]
+    # The thresholds are the run's validation thresholds, used as they are; the file is as training left it
+    # (training writes it before each epoch's history, and nothing after).
+    assert thresholds_file.stat().st_mtime_ns <= (run_dir / run_folder.HISTORY_JSON).stat().st_mtime_ns
+    validation = json.loads(thresholds_file.read_text())["youden"]
     assert metrics["thresholds"]["method"] == "youden"
     assert metrics["thresholds"]["values"] == validation
     assert {f: p["threshold"] for f, p in metrics["operating_points"].items()} == validation
@@ -93,7 +75,9 @@ def test_evaluation_reports_mean_auroc_with_its_interval_at_the_validation_thres
     # The command line computes the same evaluation and writes the same file, number for number.
     from cxrutils.evaluate.__main__ import main as evaluate_main
 
-    (run_dir / METRICS_NAME).unlink()
-    assert evaluate_main(["--run", str(run_dir), "--n-bootstrap", "50"]) == 0
-    assert json.loads((run_dir / METRICS_NAME).read_text()) == metrics
+    copy = Path(shutil.copytree(run_dir, tmp_path / "runs" / run_dir.name))
+    (copy / METRICS_NAME).unlink()
+    assert evaluate_main(["--run", str(copy), "--n-bootstrap", "50"]) == 0
+    assert json.loads((copy / METRICS_NAME).read_text()) == json.loads(
+        (run_dir / METRICS_NAME).read_text().replace(str(run_dir), str(copy)))  # the same, but for where it is
 

@@ -59,6 +59,10 @@ def test_metadata_only_eda_reproduces_the_published_v2020_facts(tmp_path):
     counts = summary["label_counts"]
     assert (counts["No Finding"], counts["Infiltration"], counts["Hernia"]) == (60_361, 19_894, 227)
     assert summary["synthetic"] is False and summary["problems"] == []
+    page = (reports_dir / "01_eda.html").read_text()
+    # The report's tables print these counts as people read them (the summary keeps the numbers).
+    assert ">112,120</td>" in page and ">60,361</td>" in page and ">30,805</td>" in page
+    assert ">112120</td>" not in page and ">60361</td>" not in page
 
 
 def test_eda_on_a_full_size_root_without_images_reports_every_film_missing(tmp_path):

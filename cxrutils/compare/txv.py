@@ -411,7 +411,8 @@ def predict_txv(
     total = len(names) if isinstance(images, ImageCache) and names is not None else len(images)
     batches = _input_batches(images, names, batch_size, model.resolution, device, read_workers)
     outputs = []
-    bar = progress_bar(total=total, desc=f"{model.name} predictions", unit="img", disable=not show_progress)
+    bar = progress_bar(total=total, desc=f"{model.name} predictions", unit="img", disable=not show_progress,
+                       done=f"{model.name}: scored {{n:,}} films")
     model.module.eval()
     try:
         with torch.inference_mode():

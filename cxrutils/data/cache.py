@@ -441,7 +441,8 @@ def _build_cache(
         workers = available_cores() if todo_bytes >= _MIN_BYTES_FOR_POOL else 1
     workers = max(1, min(workers, todo.size))
     recorder = _ProgressRecorder(folder, progress, bad_records)
-    bar = progress_bar(total=n, initial=n - todo.size, desc=f"caching images at {size}px", unit="img")
+    bar = progress_bar(total=n, initial=n - todo.size, desc=f"caching images at {size}px", unit="img",
+                       done=f"cached {{n:,}} films at {size} px")
     results = _decode_rows(todo, row_paths, folder / PIXELS_NAME, (n, size, size), workers)
     try:
         for row, reason in results:

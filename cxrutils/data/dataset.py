@@ -167,7 +167,8 @@ def find_unreadable_images(paths: pd.Series, mode: IntegrityMode = "quick", work
     with stage(f"integrity check ({mode})", images=int(paths.size)), ThreadPoolExecutor(max_workers=workers) as pool:
         problems = list(
             progress_bar(
-                pool.map(check, paths.to_numpy()), total=paths.size, desc=f"{mode} integrity check", unit="img"
+                pool.map(check, paths.to_numpy()), total=paths.size, desc=f"{mode} integrity check", unit="img",
+                done=f"checked {{n:,}} files ({mode} integrity check)",
             )
         )
     report = pd.DataFrame({"image": paths.index, "path": paths.to_numpy(), "problem": problems})

@@ -43,7 +43,7 @@ import pandas as pd
 from PIL import Image
 
 from cxrutils.data.bboxes import to_bbox_frame, write_bbox_list
-from cxrutils.data.dataset import SYNTHETIC_MANIFEST_NAME
+from cxrutils.data.dataset import METADATA_ONLY, SYNTHETIC_MANIFEST_NAME
 from cxrutils.data.layout import BBOX_NAME, TEST_LIST_NAME, TRAIN_VAL_LIST_NAME
 from cxrutils.data.metadata import (
     SHIPPED_BBOX_NAME,
@@ -56,7 +56,10 @@ from cxrutils.data.splits import OFFICIAL_TEST_IMAGES, write_split_list
 from cxrutils.demo.phantoms import render_phantom
 from cxrutils.files import write_json
 from cxrutils.labels import FINDINGS, NO_FINDING
+from cxrutils.paths import CONFIGS_DIR, resolve
+from cxrutils.profiling import stage
 from cxrutils.progress import progress_bar
+from cxrutils.settings import available_profiles, load_profile
 
 # Bump when the rendering or sampling changes, so cached demo data is rebuilt.
 # 6: boxes are written in the 1024-px NIH frame, as BBox_List_2017.csv has them.
@@ -191,7 +194,8 @@ def _map_in_workers(
 ) -> Iterator[Any]:
     """``function`` over ``tasks`` in order, in spawned worker processes when ``workers`` > 1, with a bar."""
     workers = workers or min(4, os.cpu_count() or 1)
-    progress = progress_bar(total=len(tasks) if total is None else total, desc=desc, unit="img")
+    progress = progress_bar(total=len(tasks) if total is None else total, desc=desc, unit="img",
+                            done=f"{desc}: {{n:,}} films")
     try:
         if workers > 1 and len(tasks) > 1:
             context = multiprocessing.get_context("spawn")
@@ -469,3 +473,50 @@ def _write_rehearsal_images(rows: pd.DataFrame, spec: RehearsalSpec, folder: Pat
         total=len(rows),
     ):
         pass
+
+
+# --------------------------------------------------------------------------- the data a notebook or the runner reads
+
+
+def phantom_roots(configs_dir: Path | None = None) -> dict[Path, DemoSpec | RehearsalSpec]:
+    """The phantom roots the report profiles declare (``demo_data``, ``rehearsal_data``), by resolved folder."""
+    folder = configs_dir or CONFIGS_DIR
+    roots: dict[Path, DemoSpec | RehearsalSpec] = {}
+    for name in available_profiles(folder):
+        profile = load_profile(name, folder)
+        for key, spec_type in (("demo_data", DemoSpec), ("rehearsal_data", RehearsalSpec)):
+            if profile.get(key):
+                settings = dict(profile[key])
+                root = resolve(settings.pop("root"))
+                roots[root] = spec_type(**settings)
+    return roots
+
+
+def prepare_data_root(data_root: str | os.PathLike[str] | None, configs_dir: Path | None = None) -> None:
+    """Make the data root a notebook (or the reports runner) reads ready, or say what to set.
+
+    A phantom root that a report profile declares (``data/demo``) is built if it is
+    missing or was built from other settings; a real root that is not there stops here
+    with the folder it looked for and the setting that points elsewhere.
+    """
+    how = ("set data_root to your NIH ChestX-ray14 folder (the one holding Data_Entry_2017*.csv and the images): "
+           "in a notebook's parameters cell, settings = {'data_root': '/data/nih'}; with the reports runner, "
+           "--set data_root=/data/nih. data_root='data/demo' uses the phantom demo dataset (built on first use) and "
+           "'metadata-only' the metadata shipped in torchxrayvision, without images")
+    if not data_root:
+        raise ValueError(f"data_root is not set: {how}")
+    if str(data_root) == METADATA_ONLY:
+        return
+    root = resolve(data_root)
+    spec = phantom_roots(configs_dir).get(root)
+    if isinstance(spec, DemoSpec) and not _built_with(root, GENERATOR_VERSION, asdict(spec)):
+        print(f"building the phantom demo dataset in {root} (it is missing or was built from other settings)",
+              flush=True)
+        with stage("build root"):
+            build_demo_dataset(root, spec)
+    elif isinstance(spec, RehearsalSpec) and not rehearsal_root_is_built(root, spec):
+        print(f"building the full-size rehearsal root in {root}", flush=True)
+        with stage("build root"):
+            build_rehearsal_dataset(root, spec)
+    elif spec is None and not root.is_dir():
+        raise FileNotFoundError(f"data_root {str(data_root)!r}: there is no folder {root}. To read another folder, {how}")

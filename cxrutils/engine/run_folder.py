@@ -83,7 +83,11 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def read_history(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    return pd.DataFrame(json.loads((Path(run_dir) / HISTORY_JSON).read_text()))
+    """One row per epoch, every column numeric: an AUROC that was never defined (no validation positives) is NaN."""
+    history = pd.DataFrame(json.loads((Path(run_dir) / HISTORY_JSON).read_text()))
+    undefined = history.columns[history.dtypes == object]  # all null in the JSON: read back as None
+    history[undefined] = history[undefined].apply(pd.to_numeric)
+    return history
 
 
 def read_bad_files(run_dir: str | os.PathLike[str]) -> pd.DataFrame:

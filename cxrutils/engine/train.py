@@ -56,7 +56,7 @@ from cxrutils.engine.runtime import (
 from cxrutils.labels import FINDINGS
 from cxrutils.predictions import predictions_table
 from cxrutils.profiling import mark_once, stage
-from cxrutils.progress import progress_bar
+from cxrutils.progress import announce, duration_text, progress_bar
 from cxrutils.settings import TrainConfig, load_train_config
 from cxrutils.stats.metrics import per_class_auroc
 from cxrutils.stats.thresholds import METHODS, choose_thresholds
@@ -256,7 +256,9 @@ def train_one_epoch(
     seen = 0
     batches = len(loader) if config.limit_train_batches is None else min(len(loader), config.limit_train_batches)
     started = time.perf_counter()
-    bar = progress_bar(total=batches, desc=f"epoch {epoch} train", unit="batch", disable=not show_progress)
+    # Transient: the epoch's line (``announce`` in ``train``) is what stays.
+    bar = progress_bar(total=batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not show_progress,
+                       leave=False, done=False)
     for step, (pixels, targets) in enumerate(loader):
         if step >= batches:
             break
@@ -286,7 +288,7 @@ def validate(
     """
     share_main_buffers(model, ddp)
     logits, labels = predict_logits(model, loader, device, config.input_size, config.amp, config.channels_last,
-                                    desc="validate", show_progress=ddp.is_main)
+                                    desc="validate", show_progress=ddp.is_main, summarise=False)
     shards = gather_to_main((logits[0].numpy(), labels.numpy()), ddp)
     if shards is None:
         return None
@@ -348,8 +350,8 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
     start_process_group(ddp, device)
     data = training_data(config, dataset, cache, ddp)
     if ddp.is_main:
-        print(f"{describe_runtime(device, config.amp, config.channels_last, ddp)}; batch {config.batch_size} per "
-              f"process ({config.batch_size * ddp.world_size} in all), lr {config.lr:g}", flush=True)
+        announce(f"{describe_runtime(device, config.amp, config.channels_last, ddp)}; batch {config.batch_size} per "
+                 f"process ({config.batch_size * ddp.world_size} in all), lr {config.lr:g}")
 
     model = model.to(device)
     if config.channels_last:
@@ -378,6 +380,7 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
         _write_run_record(run_dir, config, dataset, cache, data, device, ddp, pos_weight)
 
     generator = torch.Generator(device=device)
+    epoch_seconds: list[float] = []  # this process's epochs (not a resumed run's earlier ones): the time-left estimate
     for epoch in range(state.epoch + 1, config.epochs + 1):
         if state.stale_epochs >= config.early_stopping_patience:
             break
@@ -410,15 +413,27 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
         if ddp.is_main:
             with stage("checkpoint"):
                 _save_epoch(run_dir, state, config, rng, cache.fingerprint, improved, data.val_rows, val)
-            print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
-                  f"val AUROC {val_mean:.4f}{' (best)' if improved else ''}, {row['train_images_per_second']:.0f} img/s",
-                  flush=True)
+            epoch_seconds.append(row["epoch_seconds"])
+            announce(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
+                     f"val AUROC {val_mean:.4f}{' (best)' if improved else ''}, "
+                     f"{row['train_images_per_second']:.0f} img/s, {duration_text(row['epoch_seconds'])}",
+                     live=_time_left(epoch_seconds, config.epochs - epoch, state.stale_epochs, config))
         if ddp.enabled:
             dist.barrier()
     if ddp.enabled:
         dist.destroy_process_group()
     return TrainResult(run_dir=run_dir, best_epoch=state.best_epoch, best_val_auroc_mean=state.best_val_auroc_mean,
                        epochs_run=len(state.history))
+
+
+def _time_left(epoch_seconds: list[float], epochs_left: int, stale_epochs: int, config: TrainConfig) -> str:
+    """"; up to 4 min 10 s left (5 more epochs)" from the mean epoch so far; early stopping may end sooner."""
+    if epochs_left <= 0:
+        return ""
+    if stale_epochs >= config.early_stopping_patience:
+        return f"; stopping early: no better validation AUROC in {stale_epochs} epochs"
+    left = duration_text(float(np.mean(epoch_seconds)) * epochs_left)
+    return f"; up to {left} left ({epochs_left} more epoch{'s' if epochs_left > 1 else ''}, fewer if it stops early)"
 
 
 def _check_resume(config: TrainConfig, resume: bool | str, ddp: Distributed) -> bool:

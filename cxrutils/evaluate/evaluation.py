@@ -336,7 +336,7 @@ def evaluate_run(
 
     with stage("bootstrap AUROC", images=len(predictions), resamples=n_bootstrap):
         auroc = metrics.bootstrap_auroc(labels, probabilities, patient_ids, n_resamples=n_bootstrap,
-                                        seed=bootstrap_seed, confidence=CONFIDENCE)
+                                        seed=bootstrap_seed, confidence=CONFIDENCE, progress="bootstrap AUROC")
     average_precision = metrics.per_class_average_precision(labels, probabilities)
     operating = metrics.operating_points(labels, probabilities, thresholds)
     report = (metrics.classification_report_table(labels, probabilities, thresholds)
@@ -382,7 +382,7 @@ def subgroup_table(
     with stage("subgroups", images=len(rows), resamples=n_resamples):
         tables = [
             metrics.subgroup_auroc(labels, probabilities, patient_ids, values.rename(name), n_resamples=n_resamples,
-                                   seed=seed, confidence=CONFIDENCE)
+                                   seed=seed, confidence=CONFIDENCE, progress=True)
             for name, values in groups.items()
         ]
     table = pd.concat(tables, ignore_index=True)
@@ -508,6 +508,7 @@ def gallery_panels(run: run_folder.Run, layer: str, examples: pd.DataFrame) -> G
         heatmaps = localization.box_heatmaps(
             model, run.image_cache(), examples[["image", "finding"]], size,
             device=select_device(run.config.device), batch_size=run.config.batch_size, layer=model.dense_block(layer),
+            desc="gallery Grad-CAM",
         )
     images = model_frame_images(run, examples["image"].tolist())
     boxes: list[tuple[float, float, float, float] | None] = [None] * len(examples)

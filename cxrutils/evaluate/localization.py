@@ -29,6 +29,7 @@ from torch import nn
 
 from cxrutils.data.bboxes import boxes_in_stored_frame
 from cxrutils.labels import FINDINGS
+from cxrutils.progress import progress_bar
 
 Box = tuple[float, float, float, float]  # x, y, w, h
 T_IOBB: tuple[float, ...] = (0.1, 0.25, 0.5)
@@ -284,6 +285,7 @@ def box_heatmaps(
     device: str | torch.device = "cpu",
     batch_size: int = 16,
     layer: nn.Module | None = None,
+    desc: str = "Grad-CAM",
 ) -> np.ndarray:
     """Grad-CAM (len(boxes), input_size, input_size) for each box's image and finding.
 
@@ -299,11 +301,14 @@ def box_heatmaps(
     rows = cache.rows(boxes["image"].tolist())
     classes = [_class_index(f) for f in boxes["finding"]]
     maps = []
+    bar = progress_bar(total=len(boxes), desc=desc, unit="map", done=f"{desc}: {{n:,}} heatmaps")
     for start in range(0, len(boxes), batch_size):
         chunk = rows[start : start + batch_size]
         batch = torch.from_numpy(np.asarray(pixels[chunk]))[:, None]
         images = prepare_batch(batch, device, input_size, channels_last=False)
         maps.append(gradcam(model, images, classes[start : start + batch_size], layer=layer).cpu().numpy())
+        bar.update(len(chunk))
+    bar.close()
     return np.concatenate(maps) if maps else np.zeros((0, input_size, input_size))
 
 

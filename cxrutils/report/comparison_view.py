@@ -21,7 +21,7 @@ from cxrutils.compare.run import (
     enable_instructions,
 )
 from cxrutils.compare.txv import RANDOM_INIT_LABEL
-from cxrutils.report.display import TONES, box, interval_text, note, p_text
+from cxrutils.report.display import TONES, box, interval_text, note, p_text, table
 from cxrutils.stats.metrics import MEAN_ROW
 from cxrutils.stats.paired import OURS, TXV, side_by_side
 
@@ -107,39 +107,37 @@ def each_model(comparisons: Sequence[ModelComparison]) -> Iterator[ModelComparis
 
 def auroc_display(result: ModelComparison) -> Styler:
     """Per-finding AUROC of both models with CIs, the difference with its CI and DeLong's p (raw, Holm, BH)."""
-    table = result.auroc.table
+    scores = result.auroc.table
     level = f"{result.auroc.confidence:.0%} CI"
     shown = pd.DataFrame({
-        "positives": table["positives"],
+        "positives": scores["positives"],
         f"ours AUROC [{level}]": [interval_text(*r) for r in
-                                  table[["auroc_ours", "ours_ci_low", "ours_ci_high"]].itertuples(index=False)],
+                                  scores[["auroc_ours", "ours_ci_low", "ours_ci_high"]].itertuples(index=False)],
         f"TXV AUROC [{level}]": [interval_text(*r) for r in
-                                 table[["auroc_txv", "txv_ci_low", "txv_ci_high"]].itertuples(index=False)],
+                                 scores[["auroc_txv", "txv_ci_low", "txv_ci_high"]].itertuples(index=False)],
         f"difference [{level}]": [interval_text(*r, signed=True) for r in
-                                  table[["difference", "diff_ci_low", "diff_ci_high"]].itertuples(index=False)],
-        "DeLong p": table["p_value"].map(p_text),
-        "p (Holm)": table["p_holm"].map(p_text),
-        "p (BH)": table["p_bh"].map(p_text),
-        "note": table["note"],
-    }, index=table.index)
-    return shown.style.format(na_rep="").set_caption(_caption(result, f"AUROC on {len(result.test)} {result.split} images, "
-                                                    f"{result.auroc.n_resamples} patient-bootstrap resamples"))
+                                  scores[["difference", "diff_ci_low", "diff_ci_high"]].itertuples(index=False)],
+        "DeLong p": scores["p_value"].map(p_text),
+        "p (Holm)": scores["p_holm"].map(p_text),
+        "p (BH)": scores["p_bh"].map(p_text),
+        "note": scores["note"],
+    }, index=scores.index)
+    return table(shown, caption=_caption(result, f"AUROC on {len(result.test):,} {result.split} images, "
+                                                 f"{result.auroc.n_resamples:,} patient-bootstrap resamples"))
 
 
 def classification_display(result: ModelComparison) -> Styler:
     """Both models side by side at validation-chosen thresholds, and TXV at its own op_threshs."""
     wide = side_by_side(result.classification, metrics=("threshold", "sensitivity", "specificity", "ppv", "f1"))
-    thresholds = [c for c in wide.columns if c[2] == "threshold"]
-    styled = wide.style.format("{:.2f}", na_rep="–").format("{:.3g}", subset=thresholds, na_rep="–")
-    return styled.set_caption(
-        _caption(result, f"thresholds: {result.threshold_method} on our validation images "
-                         f"({len(result.validation)}), or TorchXRayVision's published op_threshs"))
+    return table(wide, caption=_caption(result, f"thresholds: {result.threshold_method} on our validation images "
+                                                f"({len(result.validation):,}), or TorchXRayVision's published "
+                                                "op_threshs"))
 
 
 def subgroup_display(result: ModelComparison) -> Styler:
     """Mean AUROC of both models and their difference within each sex and view."""
-    table = result.subgroups
-    means = table[table["finding"] == MEAN_ROW]
+    groups = result.subgroups
+    means = groups[groups["finding"] == MEAN_ROW]
     shown = pd.DataFrame({
         "subgroup": means["subgroup"], "value": means["value"], "images": means["images"],
         "patients": means["patients"],
@@ -151,7 +149,7 @@ def subgroup_display(result: ModelComparison) -> Styler:
                             means[["difference", "diff_ci_low", "diff_ci_high"]].itertuples(index=False)],
         "note": means["note"],
     }).set_index(["subgroup", "value"])
-    return shown.style.set_caption(_caption(result, "mean over the findings scored in every group of a subgroup"))
+    return table(shown, caption=_caption(result, "mean over the findings scored in every group of a subgroup"))
 
 
 def _caption(result: ModelComparison, detail: str) -> str:
@@ -184,7 +182,7 @@ def radiologist_display(result: ComparisonResult, comparison: ModelComparison) -
         a, b = ours.table.loc[finding], theirs.table.loc[finding]
         rows[finding] = {
             "films": int(a["films"]), "radiologist positives": int(a["radiologist positives"]),
-            "NIH / radiologist agreement": f"{a['agreement']:.3f}",
+            "NIH / radiologist agreement": a["agreement"],
             "ours vs radiologists": interval_text(a["AUROC (radiologists)"], a["radiologists CI low"],
                                                   a["radiologists CI high"]),
             "TXV vs radiologists": interval_text(b["AUROC (radiologists)"], b["radiologists CI low"],
@@ -193,5 +191,5 @@ def radiologist_display(result: ComparisonResult, comparison: ModelComparison) -
             "TXV vs NIH labels": interval_text(b["AUROC (NIH labels)"], b["NIH CI low"], b["NIH CI high"]),
             "TXV scored by": b["scored by"],
         }
-    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("radiologist finding")
-    return table.style.set_caption(_caption(comparison, f"{ours.films:,} films with radiologist labels; {ours.source}"))
+    shown = pd.DataFrame.from_dict(rows, orient="index").rename_axis("radiologist finding")
+    return table(shown, caption=_caption(comparison, f"{ours.films:,} films with radiologist labels; {ours.source}"))

@@ -12,7 +12,7 @@ from pandas.io.formats.style import Styler
 from cxrutils.engine import run_folder
 from cxrutils.evaluate.evaluation import EvaluationResult
 from cxrutils.labels import FINDINGS
-from cxrutils.report.display import interval_text, note
+from cxrutils.report.display import interval_text, note, table
 
 
 def describe(result: EvaluationResult) -> str:
@@ -134,20 +134,19 @@ def radiologist_note(result: EvaluationResult) -> HTML:
 
 def radiologist_table(result: EvaluationResult) -> Styler:
     """Both AUROCs with their intervals, the positives under each label set, and their agreement."""
-    table = result.radiologist.table
+    scores = result.radiologist.table
     shown = pd.DataFrame({
-        "scored by": table["scored by"],
-        "films": table["films"],
-        "radiologist positives": table["radiologist positives"],
-        "NIH positives": table["NIH positives"],
-        "agreement": table["agreement"],
-        "Cohen's kappa": table["kappa"],
-        "AUROC vs radiologists [95% CI]": [interval_text(*row) for row in table[
+        "scored by": scores["scored by"],
+        "films": scores["films"],
+        "radiologist positives": scores["radiologist positives"],
+        "NIH positives": scores["NIH positives"],
+        "agreement": scores["agreement"],
+        "Cohen's kappa": scores["kappa"],
+        "AUROC vs radiologists [95% CI]": [interval_text(*row) for row in scores[
             ["AUROC (radiologists)", "radiologists CI low", "radiologists CI high"]].itertuples(index=False)],
-        "AUROC vs NIH labels [95% CI]": [interval_text(*row) for row in table[
+        "AUROC vs NIH labels [95% CI]": [interval_text(*row) for row in scores[
             ["AUROC (NIH labels)", "NIH CI low", "NIH CI high"]].itertuples(index=False)],
-    }, index=table.index)
+    }, index=scores.index)
     caption = (f"{result.radiologist.films:,} films of {result.radiologist.patients:,} patients with radiologist labels "
                f"(sets: {result.radiologist.sets}); {result.radiologist.source}")
-    return shown.style.format({"films": "{:,}", "radiologist positives": "{:,}", "NIH positives": "{:,}",
-                               "agreement": "{:.3f}", "Cohen's kappa": "{:.3f}"}, na_rep="—").set_caption(caption)
+    return table(shown, caption=caption)

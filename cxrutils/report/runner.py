@@ -11,6 +11,10 @@ where it writes ``report_summary.json`` (status, data source, headline figures).
 names. Executed copies and HTML go to ``reports/``; ``reports/index.html`` lists every
 report. The first failing notebook stops the run with a non-zero exit; its HTML keeps
 the error.
+
+The terminal shows what runs: each notebook's sections as they start, and the live
+progress of its long steps (``cxrutils.progress``: the kernels inherit this process's
+stderr and write their bars there), while the HTML keeps one line per step.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from cxrutils import files
-from cxrutils.data.dataset import METADATA_ONLY
+from cxrutils.demo.roots import prepare_data_root
 from cxrutils.paths import NOTEBOOKS_DIR, PROJ_ROOT, REPORTS_DIR, resolve
 from cxrutils.profiling import PeakSampler, stage, stage_context
+from cxrutils.progress import duration_text, progress_to_terminal
+from cxrutils.report.html_export import INDEX_PAGE, THUMBNAIL_NAME, export_html, write_thumbnail
 from cxrutils.settings import SettingsError, apply_overrides, available_profiles, load_profile, profile_train_config
 
 KERNEL_NAME = "cxrutils"
@@ -98,6 +104,38 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
+def kernel_options() -> dict[str, Any]:
+    """How the runner starts a kernel: the quiet transport, and stderr left to the terminal.
+
+    - Over TCP ipykernel warns that the kernel's traffic is unencrypted; over IPC (Unix
+      sockets, files only this user can open) there is no port to eavesdrop on and no
+      warning. Where zmq has no IPC (Windows), the kernel manager provisions CurveZMQ
+      keys instead, which encrypt the TCP traffic.
+    - ipykernel copies whatever the kernel writes to file descriptor 2 into the cell
+      (``capture_fd_output``); off, the progress bars that ``cxrutils.progress`` writes
+      there reach only the terminal, not the report. Python's own ``sys.stderr``
+      (warnings, tracebacks) still goes to the cell.
+    """
+    import zmq
+    from traitlets.config import Config
+
+    manager = {"transport": "ipc"} if zmq.has("ipc") else {"transport_encryption": "required"}
+    return {"config": Config({"KernelManager": manager}),
+            "extra_arguments": ["--IPKernelApp.capture_fd_output=False"]}
+
+
+def _section_printer(notebook: Path) -> Any:
+    """An nbclient ``on_cell_start`` hook that prints each ``##`` heading of the notebook to the terminal as it starts."""
+
+    def show(cell: Any, cell_index: int) -> None:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("## "):
+                    print(f"   {notebook.stem}: {line[3:].strip()}", flush=True)
+
+    return show
+
+
 def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, show_code: bool) -> dict[str, Any]:
     """Execute one notebook and export its HTML; return its index entry."""
     import papermill as pm
@@ -112,7 +150,9 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, 
     error: str | None = None
     # The kernel inherits the environment, so the stages it records (cxrutils.profiling) name this notebook.
     # The kernel and its workers are this process's descendants: their summed RSS is the notebook's memory.
-    with stage_context(notebook.stem):
+    # The terminal shows the notebook's sections and the live bars of its steps, so papermill's own bar
+    # (cells executed out of all) stays off: two processes redrawing one terminal line garble it.
+    with stage_context(notebook.stem), progress_to_terminal():
         with PeakSampler(descendants_only=True) as memory:
             try:
                 pm.execute_notebook(
@@ -121,13 +161,16 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, 
                     parameters=passed,
                     kernel_name=ensure_kernel(),
                     cwd=str(PROJ_ROOT),
-                    progress_bar=True,
+                    progress_bar=False,
+                    on_cell_start=_section_printer(notebook),
+                    **kernel_options(),
                 )
             except pm.PapermillExecutionError as err:
                 error = f"{err.ename}: {err.evalue}"
         elapsed = time.perf_counter() - started
         with stage("render HTML"):
             export_html(executed, reports_dir / f"{notebook.stem}.html", show_code=show_code)
+            thumbnail = write_thumbnail(executed, output_dir)
     summary_path = output_dir / SUMMARY_NAME
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() and error is None else {}
     status = "failed" if error else summary.pop("status", "ok")
@@ -139,20 +182,9 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, 
         "peak_rss_bytes": memory.peak,
         "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
         "parameters": passed,
+        "thumbnail": f"{notebook.stem}/{THUMBNAIL_NAME}" if thumbnail else None,
         **summary,
     }
-
-
-def export_html(executed: Path, html_path: Path, show_code: bool) -> None:
-    """HTML of an executed notebook; code cells hidden unless ``show_code``."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(
-        template_name="lab", exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True
-    )
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
-    html_path.write_text(body, encoding="utf-8")
 
 
 def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) -> Path:
@@ -177,15 +209,19 @@ def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) 
         source = html.escape(str(entry.get("data_source", "")))
         if entry.get("synthetic"):
             source = f"<span class='synthetic'>SYNTHETIC</span> {source}"
-        link = (
-            f"<a href='{html.escape(name)}.html'>{html.escape(name)}</a>"
-            if (reports_dir / f"{name}.html").is_file()
-            else html.escape(name)
-        )
+        report_page = html.escape(f"{name}.html")
+        has_page = (reports_dir / f"{name}.html").is_file()
+        link = f"<a href='{report_page}'>{html.escape(name)}</a>" if has_page else html.escape(name)
+        headline = f"<div class='headline'>{html.escape(str(entry.get('headline', '')))}</div>"
+        thumbnail = entry.get("thumbnail")
+        if thumbnail and (reports_dir / thumbnail).is_file():
+            image = f"<img class='thumbnail' src='{html.escape(thumbnail)}' alt='headline figure of {html.escape(name)}'>"
+            headline = (f"<a href='{report_page}'>{image}</a>" if has_page else image) + headline
+        run_time = duration_text(entry["run_seconds"]) if "run_seconds" in entry else ""
         rows.append(
             f"<tr><td>{link}</td><td class='status {status.replace(' ', '-')}'>{html.escape(status_text)}{reason}</td>"
-            f"<td>{entry.get('run_seconds', '')} s</td><td>{html.escape(str(entry.get('profile', '')))}</td>"
-            f"<td>{source}</td><td>{html.escape(str(entry.get('headline', '')))}</td>"
+            f"<td>{headline}</td><td>{source}</td><td>{run_time}</td>"
+            f"<td>{html.escape(str(entry.get('profile', '')))}</td>"
             f"<td>{html.escape(str(entry.get('finished_at', '')))}</td></tr>"
         )
     extras = [f"<li><a href='{name}'>{html.escape(title)}</a></li>" for name, title in EXTRA_PAGES.items()
@@ -193,9 +229,7 @@ def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) 
     others = f"<h2>Other pages</h2><ul>{''.join(extras)}</ul>" if extras else ""
     page = _INDEX_TEMPLATE.format(rows="\n".join(rows), generated=dt.datetime.now().isoformat(timespec="seconds"),
                                   others=others)
-    index_html = reports_dir / "index.html"
-    index_html.write_text(page, encoding="utf-8")
-    return index_html
+    return files.atomic_write_text(reports_dir / INDEX_PAGE, page)
 
 
 _INDEX_TEMPLATE = """<!doctype html>
@@ -210,37 +244,21 @@ th {{ background: #f4f4f4; }}
 .status.skipped, .status.not-run {{ color: #8a6d00; font-weight: 600; }}
 .reason {{ font-weight: normal; font-size: .85em; color: #555; }}
 .synthetic {{ background: #b00020; color: white; padding: 0 .3em; border-radius: 3px; font-size: .85em; }}
+.headline {{ font-weight: 600; }}
+.thumbnail {{ display: block; max-width: 240px; max-height: 160px; margin-bottom: .3rem; border: 1px solid #ddd; }}
 </style></head><body>
 <h1>cxrutils reports</h1>
 <p>Generated {generated} by <code>python -m cxrutils.reports</code>. Reports marked
 <span class="synthetic">SYNTHETIC</span> were computed on rendered phantoms and say
 nothing about real chest X-rays.</p>
-<table><thead><tr><th>Report</th><th>Status</th><th>Run time</th><th>Profile</th>
-<th>Data source</th><th>Summary</th><th>Finished</th></tr></thead>
+<table><thead><tr><th>Report</th><th>Status</th><th>Headline</th><th>Data source</th><th>Run time</th>
+<th>Profile</th><th>Finished</th></tr></thead>
 <tbody>
 {rows}
 </tbody></table>
 {others}
 </body></html>
 """
-
-
-def prepare_data(profile: dict[str, Any]) -> None:
-    """Build the phantom dataset of profiles that declare ``demo_data`` (or ``rehearsal_data``) if it is missing."""
-    from cxrutils.demo.roots import DemoSpec, RehearsalSpec, ensure_demo_dataset, ensure_rehearsal_dataset
-
-    for key, spec_type, ensure in (("demo_data", DemoSpec, ensure_demo_dataset),
-                                   ("rehearsal_data", RehearsalSpec, ensure_rehearsal_dataset)):
-        if not profile.get(key):
-            continue
-        settings = dict(profile[key])
-        root = resolve(settings.pop("root"))
-        data_root = profile_train_config(profile).data_root
-        if not data_root or data_root == METADATA_ONLY or resolve(data_root) != root:
-            continue  # --set data_root points elsewhere: this phantom root is not needed
-        print(f"{key.replace('_', ' ')}: {root}", flush=True)
-        with stage("build root"):
-            ensure(root, spec_type(**settings))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     reports_dir = resolve(args.reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    if "settings" in _declared(notebooks):  # notebooks that read the data need the phantom root built
-        prepare_data(profile)
+    if "settings" in _declared(notebooks):  # notebooks that read the data: a phantom root is built, a missing one named
+        try:
+            prepare_data_root(profile_train_config(profile).data_root)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
     parameters = {**profile["parameters"], "train_profile": profile["train_profile"], "settings": profile["settings"]}
     entries: list[dict[str, Any]] = []
     failed = False

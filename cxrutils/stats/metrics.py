@@ -36,6 +36,7 @@ from sklearn.metrics import (
 )
 
 from cxrutils.labels import FINDINGS
+from cxrutils.progress import progress_bar
 from cxrutils.stats.intervals import percentile_interval
 
 MEAN_ROW = "mean"
@@ -278,12 +279,13 @@ def _patient_draw_chunks(n_patients: int, n_resamples: int, seed: int) -> Iterat
 
 
 def bootstrap_resample_aurocs(
-    labels: Any, scores: Any, patient_ids: Any, n_resamples: int = 1000, seed: int = 0
+    labels: Any, scores: Any, patient_ids: Any, n_resamples: int = 1000, seed: int = 0, progress: str | None = None
 ) -> np.ndarray:
     """(n_resamples, n_classes) AUROCs of patient-bootstrap resamples (NaN: no positives or negatives).
 
     Each resample draws as many patients as there are, with replacement, and takes
-    all images of each drawn patient; same ``seed``, same resamples.
+    all images of each drawn patient; same ``seed``, same resamples. ``progress`` names
+    a transient progress bar over the resamples (none by default).
     """
     y, s = _check_inputs(labels, scores)
     if n_resamples < 1:
@@ -292,10 +294,14 @@ def bootstrap_resample_aurocs(
     ranked = [_rank_class(y[:, k].astype(bool), s[:, k], codes, n_patients) for k in range(y.shape[1])]
     aurocs = np.empty((n_resamples, y.shape[1]))
     row = 0
+    bar = progress_bar(total=n_resamples, desc=progress, unit="resample", disable=progress is None, leave=False,
+                       done=False)
     for counts in _patient_draw_chunks(n_patients, n_resamples, seed):
         for k, ranked_class in enumerate(ranked):
             aurocs[row : row + len(counts), k] = _weighted_aurocs(counts, ranked_class)
         row += len(counts)
+        bar.update(len(counts))
+    bar.close()
     return aurocs
 
 
@@ -308,8 +314,9 @@ def bootstrap_auroc(
     confidence: float = 0.95,
     class_names: Sequence[str] | None = None,
     mean_over: Sequence[str] | None = None,
+    progress: str | None = None,
 ) -> pd.DataFrame:
-    """AUROC per class with a patient-bootstrap percentile interval, and their mean.
+    """AUROC per class with a patient-bootstrap percentile interval, and their mean (``progress``: a bar's name).
 
     Rows: one per class, then ``"mean"``. Columns: ``auroc`` (on the full set),
     ``ci_low``, ``ci_high``, ``positives``, ``negatives``, ``n_resamples`` (the
@@ -330,7 +337,7 @@ def bootstrap_auroc(
     y, s = _check_inputs(labels, scores)
     names = _class_names(y.shape[1], class_names)
     point = np.where(scorable(y, patient_ids), per_class_auroc(y, s), np.nan)
-    resampled = bootstrap_resample_aurocs(y, s, patient_ids, n_resamples=n_resamples, seed=seed)
+    resampled = bootstrap_resample_aurocs(y, s, patient_ids, n_resamples=n_resamples, seed=seed, progress=progress)
     if mean_over is None:
         in_mean = np.isfinite(point)
     else:
@@ -609,6 +616,7 @@ def subgroup_auroc(
     confidence: float = 0.95,
     class_names: Sequence[str] | None = None,
     min_positives: int = MIN_POSITIVES,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """AUROC with a patient-bootstrap interval per (group value, class), plus the mean per group.
 
@@ -654,6 +662,7 @@ def subgroup_auroc(
             confidence=confidence,
             class_names=names,
             mean_over=mean_over or None,
+            progress=f"bootstrap {values.name or 'group'} = {level}" if progress else None,
         )
         unscored = [n for n, ok in zip(names, scored_by_level[level]) if not ok]
         table.loc[unscored, ["auroc", "ci_low", "ci_high"]] = np.nan
