@@ -71,3 +71,13 @@ class _LogitsAndProbabilities(torch.nn.Module):
     def forward(self, image):
         logits = self.model(image)
         return logits, torch.sigmoid(logits)
+
+
+def test_an_export_that_fails_its_verification_leaves_no_file(tiny_run, tiny_phantom_root, tmp_path, monkeypatch):
+    from cxrutils.inference import export
+
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no difference passes
+    films = sorted((tiny_phantom_root / "images").iterdir())[:2]
+    with pytest.raises(ExportVerificationError, match="the export is not kept"):
+        export.export_onnx(tiny_run, out=tmp_path / "model.onnx", films=films)
+    assert list(tmp_path.iterdir()) == []
