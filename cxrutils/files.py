@@ -8,6 +8,7 @@ null, so the files load in any JSON reader); ``write_json`` does both.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -44,6 +45,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], dur
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes, read in 1 MB blocks (checkpoints and exports are tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, durable: bool = False) -> Path:

@@ -84,7 +84,7 @@ def _tiny_training_settings() -> list[str]:
 
 @pytest.fixture(scope="session")
 def rendered_reports(tiny_phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> RenderedReports:
-    """``python -m cxrutils.reports`` over all four notebooks on the tiny phantom root, trained with the tiny profile.
+    """``python -m cxrutils.reports`` over every notebook on the tiny phantom root, trained with the tiny profile.
 
     A subprocess without pytest in its environment: ipykernel then captures the kernel's file
     descriptors as it does for a user (inside pytest it does not), so what lands in the HTML and

@@ -22,7 +22,7 @@ from cxrutils.report import runner as reports
 pytestmark = pytest.mark.notebook
 
 REQUIRE_VARIABLE = "CXRUTILS_REQUIRE_BROWSER"
-NOTEBOOKS = ["01_eda", "02_train", "03_evaluate", "04_txv_comparison"]
+NOTEBOOKS = ["01_eda", "02_train", "03_evaluate", "04_txv_comparison", "05_inference"]
 SCREENSHOTS = REPORTS_DIR / "browser_check"  # kept by CI as artefacts
 TQDM_REFRESH = re.compile(r"\d+%\|.*\|\s*\d+/\d+ \[")
 

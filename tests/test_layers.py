@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "cxrutils"
 
 # Each layer and the layers it may import (besides itself). The pipeline reads top to bottom:
-# files -> data -> statistics -> the training engine -> evaluation -> comparison -> reports.
+# files -> data -> statistics -> the training engine -> evaluation -> comparison and inference -> reports.
 ALLOWED: dict[str, set[str]] = {
     "base": set(),
     "data": {"base"},
@@ -17,11 +17,12 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"base", "data", "stats"},
     "evaluate": {"base", "data", "stats", "engine"},
     "compare": {"base", "data", "stats", "engine", "evaluate"},
-    "report": {"base", "data", "demo", "stats", "engine", "evaluate", "compare"},
-    "commands": {"base", "data", "demo", "stats", "engine", "evaluate", "compare", "report"},
+    "inference": {"base", "data", "stats", "engine", "evaluate"},
+    "report": {"base", "data", "demo", "stats", "engine", "evaluate", "compare", "inference"},
+    "commands": {"base", "data", "demo", "stats", "engine", "evaluate", "compare", "inference", "report"},
 }
 # Top-level modules that are command lines (python -m cxrutils.<name>) sit above everything.
-COMMANDS = {"train", "reports", "rehearsal", "cache"}
+COMMANDS = {"train", "reports", "rehearsal", "cache", "infer", "export"}
 # Layers that must run without torch (their users include CPU-only tools and worker processes).
 TORCH_FREE = {"base", "data", "demo", "stats"}
 

@@ -1,4 +1,4 @@
-"""Read one chest X-ray file, whatever its storage mode, as a 2-D uint8 array."""
+"""Read one chest X-ray file, PNG, JPEG or DICOM, whatever its storage mode, as a 2-D uint8 array."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+FILM_FORMATS = ("png", "jpeg", "dicom")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND_TRAILER = b"IEND\xaeB`\x82"
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
@@ -23,8 +25,29 @@ class ImageReadError(OSError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
+def film_format(path: str | os.PathLike[str]) -> str | None:
+    """``png``, ``jpeg`` or ``dicom`` from the file's first bytes, whatever its name; None for anything else.
+
+    PACS exports often have no suffix at all, so the content decides. A DICOM file
+    without its 128-byte preamble (older files) is recognised by its suffix.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    if head.startswith(_PNG_SIGNATURE):
+        return "png"
+    if head.startswith(_JPEG_START):
+        return "jpeg"
+    if head[128:132] == b"DICM" or os.fspath(path).lower().endswith(DICOM_SUFFIXES):
+        return "dicom"
+    return None
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode a PNG or JPEG into a (H, W) uint8 array.
+    """Decode a PNG, JPEG or DICOM into a (H, W) uint8 array.
+
+    DICOM goes through ``cxrutils.data.dicom.read_dicom`` (rescale, window,
+    MONOCHROME1, orientation); files named .png/.jpg/.jpeg are read by PIL without
+    looking at their content first. For PNG and JPEG:
 
     - ``L``: as stored. ``RGBA``/``LA``: the first channel (519 NIH films are RGBA
       with R=G=B; averaging in alpha would brighten them).
@@ -32,6 +55,10 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     - 16-bit: scaled from the smallest bit depth (10, 12, 14 or 16) that holds
       the image's maximum, so 12-bit data is not crushed into the dark end.
     """
+    if not os.fspath(path).lower().endswith(IMAGE_SUFFIXES) and _format_or_none(path) == "dicom":
+        from cxrutils.data.dicom import read_dicom  # pydicom loads only when a DICOM is read
+
+        return read_dicom(path)
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so truncation raises here and names the path
@@ -42,6 +69,31 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         if isinstance(err, ImageReadError):
             raise
         raise ImageReadError(path, f"{type(err).__name__}: {err}") from err
+
+
+def _format_or_none(path: str | os.PathLike[str]) -> str | None:
+    try:
+        return film_format(path)
+    except OSError:
+        return None  # PIL then names the problem (a missing file, a folder)
+
+
+def image_header(path: str | os.PathLike[str]) -> tuple[int, int, str]:
+    """(width, height, PIL mode) of a PNG or JPEG from its header alone; ``ImageReadError`` when unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.size[0], image.size[1], image.mode
+    except FileNotFoundError:
+        raise ImageReadError(path, "file does not exist") from None
+    except (UnidentifiedImageError, SyntaxError, ValueError, OSError) as err:
+        raise ImageReadError(path, f"{type(err).__name__}: {err}") from err
+
+
+def bits_of_mode(mode: str) -> int:
+    """Bits per grey sample of a PIL mode: 16 for the I;16 modes, 32 for I, else 8."""
+    if mode.startswith("I;16"):
+        return 16
+    return 32 if mode in ("I", "F") else 8
 
 
 def _to_uint8_gray(image: Image.Image) -> np.ndarray:

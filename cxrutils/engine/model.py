@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from cxrutils.files import sha256_of
 from cxrutils.labels import FINDINGS
 
 IMAGENET_DENSENET121_FILE = "densenet121-a639ec97.pth"
@@ -186,11 +186,7 @@ def initial_weights(weights: str) -> dict[str, str | None]:
         return {"kind": "none (random initialisation)", "file": None, "sha256": None}
     path = imagenet_weights_path() if weights == "imagenet" else Path(weights)
     kind = "torchvision ImageNet DenseNet121" if weights == "imagenet" else "a cxrutils checkpoint"
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return {"kind": kind, "file": str(path), "sha256": digest.hexdigest()}
+    return {"kind": kind, "file": str(path), "sha256": sha256_of(path)}
 
 
 def load_checkpoint_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:

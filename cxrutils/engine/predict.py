@@ -49,8 +49,9 @@ def predict_logits(
     model.eval()
     amp_dtype = autocast_dtype(device, amp)
     batches, labels = [], []
-    bar = progress_bar(total=len(loader.dataset), desc=desc, unit="img", disable=not show_progress, leave=summarise,
-                       done=f"{desc}: {{n:,}} films" if summarise else False)
+    # A caller may pass its own batches (an iterable, no dataset) with the bar off.
+    bar = progress_bar(total=len(loader.dataset) if show_progress else None, desc=desc, unit="img",
+                       disable=not show_progress, leave=summarise, done=f"{desc}: {{n:,}} films" if summarise else False)
     for pixels, targets in loader:
         images = prepare_batch(pixels, device, input_size, channels_last)
         views = (images, images.flip(-1)) if mirrored else (images,)

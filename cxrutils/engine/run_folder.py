@@ -115,6 +115,14 @@ def read_thresholds(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, floa
     return json.loads((Path(run_dir) / THRESHOLDS_NAME).read_text())
 
 
+def thresholds_of(run_dir: str | os.PathLike[str], method: str) -> dict[str, float | None]:
+    """One method's entry of a run's thresholds.json; KeyError naming the methods the file holds."""
+    chosen = read_thresholds(run_dir)
+    if method not in chosen:
+        raise KeyError(f"{Path(run_dir) / THRESHOLDS_NAME} has no {method!r} thresholds; it holds {sorted(chosen)}")
+    return dict(chosen[method])
+
+
 def write_predictions(path: Path, table: pd.DataFrame) -> None:
     """A predictions table (``cxrutils.predictions``) as CSV, probabilities to 6 significant digits."""
     files.atomic_write(path, lambda temporary: table.to_csv(temporary, index=False, float_format="%.6g"))
@@ -261,13 +269,26 @@ class Run:
 
     def thresholds(self, method: str) -> dict[str, float | None]:
         """One method's entry of thresholds.json (chosen on validation at training time)."""
-        chosen = read_thresholds(self.run_dir)
-        if method not in chosen:
-            raise KeyError(f"{self.run_dir / THRESHOLDS_NAME} has no {method!r} thresholds; it holds {sorted(chosen)}")
-        return dict(chosen[method])
+        return thresholds_of(self.run_dir, method)
 
     def predictions(self, split: str) -> pd.DataFrame:
         return read_predictions(self.run_dir, split)
+
+
+def finished_run_dir(run_dir: str | os.PathLike[str]) -> Path:
+    """The resolved run folder; ``NotATrainedRunError`` unless it holds what evaluation and inference need.
+
+    Inference on new films needs only this (settings, best checkpoint, thresholds), not
+    the data the run was trained on, which ``open_run`` also opens.
+    """
+    run_dir = resolve(run_dir)
+    missing = [name for name in FINISHED_RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise NotATrainedRunError(
+            f"{run_dir} has no {', '.join(missing)}: it is not a finished training run. Train it first "
+            "(notebook 02, or python -m cxrutils.train --config ...), or point at an existing run folder."
+        )
+    return run_dir
 
 
 def open_run(run_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None) -> Run:
@@ -279,13 +300,7 @@ def open_run(run_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] 
     ``DataChangedError`` that names it. A run from before runs recorded their split
     (no split.csv) gets its split recomputed from its settings, and says so.
     """
-    run_dir = resolve(run_dir)
-    missing = [name for name in FINISHED_RUN_FILES if not (run_dir / name).is_file()]
-    if missing:
-        raise NotATrainedRunError(
-            f"{run_dir} has no {', '.join(missing)}: it is not a finished training run. Train it first "
-            "(notebook 02, or python -m cxrutils.train --config ...), or point at an existing run folder."
-        )
+    run_dir = finished_run_dir(run_dir)
     config = read_run_config(run_dir)
     if data_root is not None:
         config.data_root = str(data_root)

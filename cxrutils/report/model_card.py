@@ -23,6 +23,7 @@ from typing import Any
 from cxrutils import files
 from cxrutils.engine import run_folder
 from cxrutils.engine.model import GRAY_MEAN, GRAY_STD
+from cxrutils.inference.export import ONNX_NAME, RECORD_NAME
 from cxrutils.labels import FINDINGS
 from cxrutils.paths import REPORTS_DIR, resolve
 
@@ -42,6 +43,16 @@ _SPLITS = ("train", "val", "test")
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _onnx_export(run_dir: Path) -> dict[str, Any]:
+    """The ONNX file's hash as it is now, and its verification when the record beside it is of this very file."""
+    digest = files.sha256_of(run_dir / ONNX_NAME)
+    record = _read_json(run_dir / RECORD_NAME) or {}
+    verification = record.get("verification") if record.get("sha256") == digest else None
+    return {"file": ONNX_NAME, "sha256": digest,
+            "verified_against_torch": verification or "no verification record for this file (python -m "
+                                                      "cxrutils.export writes one)"}
 
 
 def build_card(run_dir: str | Path) -> dict[str, Any]:
@@ -94,6 +105,8 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
         "initial_weights": config.get("initial_weights") or {"kind": config.get("weights")},
         "label_order": ", ".join(config.get("label_order", FINDINGS)),
     }
+    if (run_dir / ONNX_NAME).is_file():
+        model["onnx_export"] = _onnx_export(run_dir)
     preprocessing = {
         "decode": "PNG/JPEG to 8-bit grey (RGBA: first channel; 16-bit: scaled from its bit depth)",
         "geometry": f"padded to a centred square (nothing cropped), resized to {config.get('cache_size')} px "

@@ -547,3 +547,37 @@ def auroc_difference_forest(table: pd.DataFrame, names: dict[str, str], confiden
                  color="#c44e52" if "RANDOMLY INITIALISED" in names["txv"] else "black")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- inference on new films
+
+
+def inference_probabilities(
+    film: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray, findings: list[str], title: str = ""
+) -> Figure:
+    """A film beside its probabilities as bars, each against its validation threshold (black tick).
+
+    ``film`` (H, W) uint8 or [0, 1]; ``probabilities`` and ``thresholds`` (k,) in
+    ``findings`` order, a NaN threshold meaning none was chosen (no tick, grey bar).
+    Bars at or above their threshold (the finding is called) are red.
+    """
+    probabilities, thresholds = np.asarray(probabilities, dtype=float), np.asarray(thresholds, dtype=float)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1, 1.6]})
+    pixels = np.asarray(film)
+    left.imshow(pixels, cmap="gray", vmin=0, vmax=255 if pixels.dtype == np.uint8 else 1)
+    left.axis("off")
+    left.set_title(title, fontsize=8)
+    called = (probabilities >= thresholds) & ~np.isnan(thresholds)
+    colors = np.where(np.isnan(thresholds), "#bbbbbb", np.where(called, "#c44e52", "#4c72b0"))
+    rows = np.arange(len(findings))
+    right.barh(rows, probabilities, color=colors)
+    for row, cut in zip(rows, thresholds):
+        if not np.isnan(cut):
+            right.plot([cut, cut], [row - 0.4, row + 0.4], color="black", lw=1.6)
+    right.set_yticks(rows, findings, fontsize=7)
+    right.invert_yaxis()
+    right.set_xlim(0, 1)
+    right.set_xlabel("probability (black: validation threshold; red: called; grey: no threshold)", fontsize=7)
+    right.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    return fig

@@ -396,7 +396,7 @@ def bootstrap_auroc(
 # --------------------------------------------------------------------------- thresholded reports
 
 
-def _binarise(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+def binarise(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Positive where score >= threshold: the rule the threshold was chosen under."""
     return (scores >= thresholds[None, :]).astype(np.int8)
 
@@ -424,7 +424,7 @@ def classification_report_table(
     if not usable.any():
         raise ValueError("every threshold is NaN: there is nothing to binarise")
     kept = [n for n, u in zip(names, usable) if u]
-    predicted = _binarise(s[:, usable], cut[usable])
+    predicted = binarise(s[:, usable], cut[usable])
     if len(kept) > 1:
         report = classification_report(
             y[:, usable], predicted, target_names=kept, output_dict=True, zero_division=zero_division

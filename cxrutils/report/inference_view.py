@@ -1,0 +1,192 @@
+"""Inference on new films, drawn: each film as the network got it, a Grad-CAM overlay per positive call, one page.
+
+``FilmPictures`` is handed to ``infer_films(on_film=...)`` and writes each scored
+film's pictures under the output folder as its batch finishes, so no picture waits
+in memory: ``films/<n>_<name>.png`` (the film padded to a square and resized, as the
+network got it) and ``overlays/<n>_<name>__<finding>.png`` (its Grad-CAM heatmap over
+it, jet colours). ``write_page`` writes ``inference.html``: the summary, every
+refused file with its reason, and each scored film with its 14 probabilities against
+the thresholds, its calls, its overlays and what its header says.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from PIL import Image
+
+from cxrutils.inference.scoring import REFUSED, SCORED, InferenceResult, ScoredFilm, call_column
+from cxrutils.labels import FINDINGS
+from cxrutils.predictions import probability_column
+
+PAGE_NAME = "inference.html"
+FILMS_DIR, OVERLAYS_DIR = "films", "overlays"
+PICTURE_MIN_SIDE = 256  # small model inputs (the demo's 64 px) are enlarged to be seen
+HEATMAP_ALPHA = 0.35  # as in the evaluation report's gallery
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def picture_stem(number: int, image: str) -> str:
+    """A file name for a film's pictures: its number (unique) and its name made safe."""
+    return f"{number:05d}_{_UNSAFE.sub('_', Path(image).stem)[:80]}"
+
+
+def film_picture(pixels: np.ndarray) -> np.ndarray:
+    """(S, S) uint8 film, enlarged to at least ``PICTURE_MIN_SIDE`` px."""
+    side = pixels.shape[0]
+    if side >= PICTURE_MIN_SIDE:
+        return np.asarray(pixels, dtype=np.uint8)
+    scale = int(np.ceil(PICTURE_MIN_SIDE / side))
+    return np.asarray(Image.fromarray(np.asarray(pixels, dtype=np.uint8)).resize((side * scale, side * scale),
+                                                                               Image.Resampling.BILINEAR))
+
+
+def overlay_picture(pixels: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    """(D, D, 3) uint8: the film in grey with the [0, 1] heatmap over it in jet colours, at the film picture's size."""
+    grey = film_picture(pixels).astype(np.float32) / 255.0
+    side = grey.shape[0]
+    resized = np.asarray(Image.fromarray(np.asarray(heatmap, dtype=np.float32)).resize(
+        (side, side), Image.Resampling.BILINEAR)).clip(0, 1)
+    colours = colormaps["jet"](resized)[..., :3]
+    blended = (1 - HEATMAP_ALPHA) * grey[..., None] + HEATMAP_ALPHA * colours
+    return np.rint(blended * 255).clip(0, 255).astype(np.uint8)
+
+
+class FilmPictures:
+    """Writes a scored film's picture and overlays when called with it; ``films`` maps image -> its files."""
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.out_dir = Path(out_dir)
+        self.films: dict[str, dict[str, Any]] = {}
+        for folder in (FILMS_DIR, OVERLAYS_DIR):
+            (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, film: ScoredFilm) -> None:
+        stem = picture_stem(len(self.films), film.record.image)
+        picture = f"{FILMS_DIR}/{stem}.png"
+        Image.fromarray(film_picture(film.pixels)).save(self.out_dir / picture)
+        overlays = {}
+        for finding, heatmap in film.heatmaps.items():
+            overlays[finding] = f"{OVERLAYS_DIR}/{stem}__{finding}.png"
+            Image.fromarray(overlay_picture(film.pixels, heatmap)).save(self.out_dir / overlays[finding])
+        self.films[film.record.image] = {"film": picture, "overlays": overlays}
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _facts_line(row: pd.Series) -> str:
+    parts = [f"{row['source_format']}", f"{row['width']} x {row['height']} px", f"{row['bits_stored']}-bit",
+             f"grey levels: {row['intensity']}"]
+    if row["modality"]:
+        parts.append(f"modality {row['modality']}")
+    parts.append(f"view {row['view']} ({row['view_source']})" if row["view"] else "view not recorded")
+    if pd.notna(row["pixel_spacing_row_mm"]):
+        parts.append(f"pixel spacing {row['pixel_spacing_row_mm']:g} x {row['pixel_spacing_column_mm']:g} mm "
+                     f"({row['pixel_spacing_source']})")
+    if row["transfer_syntax"]:
+        parts.append(str(row["transfer_syntax"]))
+    return " · ".join(html.escape(str(part)) for part in parts)
+
+
+def _findings_table(row: pd.Series, thresholds: dict[str, float | None]) -> str:
+    lines = []
+    for finding in FINDINGS:
+        probability = row[probability_column(finding)]
+        cut = thresholds.get(finding)
+        call = row[call_column(finding)]
+        called = pd.notna(call) and call == 1
+        verdict = "POSITIVE" if called else ("negative" if pd.notna(call) else "no threshold")
+        lines.append(f"<tr class='{'positive' if called else ''}'><td>{html.escape(finding)}</td>"
+                     f"<td>{probability:.3f}</td><td>{'—' if cut is None else f'{cut:.3f}'}</td>"
+                     f"<td>{verdict}</td></tr>")
+    return ("<table class='findings'><tr><th>finding</th><th>probability</th><th>threshold</th><th>call</th></tr>"
+            + "".join(lines) + "</table>")
+
+
+def write_page(result: InferenceResult, out_dir: str | os.PathLike[str], pictures: dict[str, dict[str, Any]],
+               differences: pd.DataFrame | None = None) -> Path:
+    """``inference.html`` in ``out_dir``: summary, refused files, and every scored film (module docstring)."""
+    out = Path(out_dir)
+    table = result.table
+    summary = result.summary()
+    banner = ("<p class='synthetic'><b>SYNTHETIC TRAINING DATA.</b> This model was trained on rendered phantoms: its "
+              "outputs say nothing about real chest X-rays.</p>" if result.synthetic else "")
+    refused = table[table["status"] == REFUSED]
+    refused_html = ("<p>None: every file was scored.</p>" if refused.empty else
+                    "<table><tr><th>file</th><th>reason</th></tr>" + "".join(
+                        f"<tr><td>{html.escape(r.image)}<div class='path'>{html.escape(r.path)}</div></td>"
+                        f"<td>{html.escape(r.reason)}</td></tr>" for r in refused.itertuples()) + "</table>")
+    notes_by_image = {} if differences is None else dict(zip(differences["image"], differences["differs"]))
+    cards = []
+    for _, row in table[table["status"] == SCORED].iterrows():
+        files = pictures.get(row["image"], {})
+        film = f"<img class='film' src='{html.escape(files['film'])}' alt=''>" if files.get("film") else ""
+        overlays = "".join(
+            f"<figure><img src='{html.escape(path)}' alt=''><figcaption>{html.escape(finding)} "
+            f"{row[probability_column(finding)]:.3f}</figcaption></figure>"
+            for finding, path in files.get("overlays", {}).items())
+        positives = row["positive_findings"].replace("|", ", ") or "none"
+        extra = [row["notes"]] if row["notes"] else []
+        if row["image"] in notes_by_image:
+            extra.append(f"against the training films: {notes_by_image[row['image']]}")
+        cards.append(
+            f"<section class='card'><h3>{html.escape(row['image'])}</h3>"
+            f"<p class='facts'>{_facts_line(row)}</p>"
+            f"<p><b>Called positive:</b> {html.escape(positives)}</p>"
+            f"<div class='row'>{film}{_findings_table(row, result.thresholds)}</div>"
+            + (f"<div class='overlays'>{overlays}</div>" if overlays else "")
+            + "".join(f"<p class='note'>{html.escape(text)}</p>" for text in extra) + "</section>")
+    reasons = "".join(f"<li>{count} × {html.escape(reason)}</li>" for reason, count in
+                      summary["refused_by_reason"].items())
+    page = _PAGE.format(
+        run=html.escape(str(result.run_dir)), banner=banner, headline=html.escape(result.headline),
+        method=html.escape(result.threshold_method), input_size=result.input_size, cache_size=result.cache_size,
+        gradcam=html.escape(result.gradcam_layer or "not taken"), device=html.escape(result.device),
+        reasons=f"<ul>{reasons}</ul>" if reasons else "", refused=refused_html, cards="".join(cards),
+        epoch=html.escape(str(result.checkpoint.get("best_epoch", result.checkpoint.get("epoch", "")))),
+    )
+    path = out / PAGE_NAME
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Inference: {run}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 80rem; }}
+table {{ border-collapse: collapse; margin: .3rem 0; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: .2rem .6rem; text-align: left; vertical-align: top; }}
+th {{ background: #f4f4f4; }}
+.synthetic {{ background: #b00020; color: white; padding: .6em 1em; border-radius: 6px; }}
+.card {{ border: 1px solid #ddd; border-radius: 6px; padding: .5rem 1rem; margin: 1rem 0; }}
+.row {{ display: flex; gap: 1.5rem; align-items: flex-start; flex-wrap: wrap; }}
+img.film {{ width: 256px; height: 256px; image-rendering: auto; }}
+.overlays {{ display: flex; gap: .6rem; flex-wrap: wrap; }}
+figure {{ margin: 0; }} figure img {{ width: 200px; height: 200px; }}
+figcaption {{ font-size: .8em; text-align: center; }}
+tr.positive td {{ color: #b00020; font-weight: 600; }}
+.facts, .path, .note {{ font-size: .85em; color: #555; }}
+</style></head><body>
+<h1>Inference with run {run}</h1>
+{banner}
+<p><b>{headline}.</b> Calls at the run's <code>{method}</code> thresholds, chosen on its validation split at
+training time (a finding is called when its probability is at least its threshold). Best checkpoint (epoch {epoch}),
+films padded to a square, resized to {cache_size} px and then {input_size} px, as in training and evaluation;
+Grad-CAM on {gradcam}; device {device}. Written by <code>python -m cxrutils.infer</code>.</p>
+{reasons}
+<h2>Refused files</h2>
+{refused}
+<h2>Scored films</h2>
+<p>Each film as the network got it (padded to a square), its 14 probabilities against the thresholds, and a Grad-CAM
+overlay for each finding called positive: where the evidence for that finding was, not a diagnosis.</p>
+{cards}
+</body></html>
+"""
