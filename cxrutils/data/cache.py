@@ -34,8 +34,8 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,13 +44,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxrutils.data.images import ImageReadError, read_image
 from cxrutils.data.dataset import NIHDataset, listed_image_paths
+from cxrutils.data.images import ImageReadError, read_image
 from cxrutils.files import atomic_write_text, write_json
 from cxrutils.paths import DATA_DIR, resolve
-from cxrutils.settings import TrainConfig
 from cxrutils.profiling import stage
 from cxrutils.progress import progress_bar
+from cxrutils.settings import TrainConfig
 
 # Bump whenever decoding, padding or resizing changes: existing caches are then rebuilt.
 CACHE_CODE_VERSION = 1

@@ -22,9 +22,9 @@ from cxrutils.data.images import full_integrity_problem, quick_integrity_problem
 from cxrutils.data.layout import DatasetFiles, ImageIndex, index_images, locate_files
 from cxrutils.data.metadata import SHIPPED_BBOX_NAME, read_metadata, shipped_data_file
 from cxrutils.paths import resolve
-from cxrutils.settings import TrainConfig
 from cxrutils.profiling import stage
 from cxrutils.progress import progress_bar
+from cxrutils.settings import TrainConfig
 
 METADATA_ONLY = "metadata-only"
 # Written by cxrutils.demo.roots into every phantom dataset it builds.
