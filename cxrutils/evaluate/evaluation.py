@@ -330,9 +330,9 @@ def evaluate_run(
     run = run if isinstance(run, run_folder.Run) else run_folder.open_run(run, data_root=data_root)
     layer = gradcam_layer_for(run.config.input_size, gradcam_layer)
     thresholds_by_finding = run.thresholds(threshold_method)
+    thresholds = metrics.threshold_array(thresholds_by_finding)  # a finding missing from the file fails before scoring
     predictions = predict_split(run, split, tta_hflip=tta_hflip)
     labels, probabilities, patient_ids = prediction_arrays(predictions)
-    thresholds = metrics.threshold_array(thresholds_by_finding)
 
     with stage("bootstrap AUROC", images=len(predictions), resamples=n_bootstrap):
         auroc = metrics.bootstrap_auroc(labels, probabilities, patient_ids, n_resamples=n_bootstrap,
