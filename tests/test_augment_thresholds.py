@@ -41,8 +41,24 @@ def test_thresholds_come_from_validation_and_match_a_brute_force_youden():
             return tpr - fpr
         best = max(youden(t) for t in np.unique(scores[:, k]))
         assert youden(thresholds[k]) == pytest.approx(best)
-    f1 = choose_thresholds(labels, scores, "max_f1")
-    assert np.all((f1 > 0) & (f1 < 1))
+
+
+def test_max_f1_thresholds_maximise_f1_against_a_brute_force_search():
+    """Every class's threshold gives the highest F1 any cut on its scores gives (positives: score >= threshold)."""
+    rng = np.random.default_rng(4)
+    labels = (rng.random((400, 4)) < [0.05, 0.2, 0.5, 0.8]).astype(int)
+    scores = np.clip(labels * rng.uniform(0.1, 0.5, 4) + rng.random((400, 4)) * 0.7, 0, 1)
+    thresholds = choose_thresholds(labels, scores, "max_f1")
+    for k in range(labels.shape[1]):
+        def f1(t):
+            flagged = scores[:, k] >= t
+            true_positives = (flagged & (labels[:, k] == 1)).sum()
+            return 2 * true_positives / (flagged.sum() + labels[:, k].sum())
+
+        best = max(f1(t) for t in np.unique(scores[:, k]))
+        assert f1(thresholds[k]) == pytest.approx(best), k
+        assert thresholds[k] in scores[:, k]  # a cut at one of the scores, as the rule ">=" needs
+    assert len(set(np.round(thresholds, 6))) == labels.shape[1]  # not one value for every class
 
 
 def test_a_class_without_positives_gets_no_threshold():
