@@ -188,14 +188,14 @@ def test_a_build_with_two_workers_sigkilled_at_a_random_point_resumes_to_the_sam
     with open(log, "w") as output:
         process = subprocess.Popen([sys.executable, str(probe), str(tmp_path / "paths.json"), str(folder), "16"],
                                    stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    progress_file = folder / cache_lib.PROGRESS_NAME
+    pixels_file, progress_file = folder / cache_lib.PIXELS_NAME, folder / cache_lib.PROGRESS_NAME
     deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:  # until the first rows are committed
-        if progress_file.is_file() and np.fromfile(progress_file, np.uint8).any():
+    while process.poll() is None and time.monotonic() < deadline:  # until the decoders have written a film
+        if pixels_file.is_file() and np.fromfile(pixels_file, np.uint8).any():
             break
         time.sleep(0.01)
     assert process.poll() is None, log.read_text()[-2000:]
-    delay = random.uniform(0.0, 0.6)  # the build has about 1.2 s to go
+    delay = random.uniform(0.15, 0.6)  # the build has about 1.2 s to go, and commits every 50 ms
     time.sleep(delay)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
