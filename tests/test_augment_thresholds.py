@@ -46,8 +46,14 @@ def test_thresholds_come_from_validation_and_match_a_brute_force_youden():
 def test_max_f1_thresholds_maximise_f1_against_a_brute_force_search():
     """Every class's threshold gives the highest F1 any cut on its scores gives (positives: score >= threshold)."""
     rng = np.random.default_rng(4)
-    labels = (rng.random((400, 4)) < [0.05, 0.2, 0.5, 0.8]).astype(int)
-    scores = np.clip(labels * rng.uniform(0.1, 0.5, 4) + rng.random((400, 4)) * 0.7, 0, 1)
+    labels = (rng.random((400, 5)) < [0.05, 0.2, 0.5, 0.8, 0.0]).astype(int)
+    scores = np.clip(labels * rng.uniform(0.1, 0.5, 5) + rng.random((400, 5)) * 0.7, 0, 1)
+    # A rare finding with a few confident calls (5 positives among 20 films) and no signal otherwise: its best F1,
+    # about 0.28, lies among the confident films, where precision + recall < 1 (flagging every film gives 0.1).
+    labels[rng.choice(400, 20, replace=False), 4] = 1
+    confident = np.r_[rng.choice(np.flatnonzero(labels[:, 4] == 1), 5, replace=False),
+                      rng.choice(np.flatnonzero(labels[:, 4] == 0), 15, replace=False)]
+    scores[confident, 4] = 0.9 + 0.05 * rng.random(20)
     thresholds = choose_thresholds(labels, scores, "max_f1")
     for k in range(labels.shape[1]):
         def f1(t):
