@@ -61,7 +61,8 @@ TESTS = {
     "cxrutils/evaluate/evaluation.py": [
         "tests/test_report_numbers.py",
         "tests/test_evaluate.py::test_evaluate_run_computes_every_table_from_the_runs_own_predictions_and_thresholds"],
-    "cxrutils/predictions.py": ["tests/test_comparison.py", "tests/test_report_numbers.py"],
+    "cxrutils/predictions.py": ["tests/test_comparison.py", "tests/test_report_numbers.py",
+                                "tests/test_evaluate.py::test_a_predictions_csv_missing_columns_is_refused_naming_them"],
 }
 EQUIVALENT_FILE = Path(__file__).with_name("mutation_equivalent.json")
 COPIED = ("cxrutils", "tests", "configs", "notebooks", "pyproject.toml")

@@ -72,3 +72,13 @@ def test_a_class_without_positives_gets_no_threshold():
     labels[:5, 0] = 1
     thresholds = choose_thresholds(labels, np.random.default_rng(0).random((10, 2)), "max_f1")
     assert np.isfinite(thresholds[0]) and np.isnan(thresholds[1])
+
+
+def test_a_threshold_at_the_highest_score_can_be_chosen_and_mismatched_arrays_are_refused():
+    """When the one positive scores highest, the best cut is that top score (F1 1), the last point with a threshold."""
+    labels = np.array([[0], [0], [1], [0], [0]])
+    scores = np.array([[0.1], [0.4], [0.9], [0.3], [0.5]])
+    assert choose_thresholds(labels, scores, "max_f1")[0] == 0.9
+    assert choose_thresholds(labels, scores, "youden")[0] == 0.9
+    with pytest.raises(ValueError, match="same"):
+        choose_thresholds(np.zeros((5, 2)), np.zeros((5, 3)), "youden")

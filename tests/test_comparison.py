@@ -174,6 +174,10 @@ def test_unscorable_findings_are_reported_not_scored() -> None:
     table = compare_auroc(paired, n_resamples=50).table
     assert "1 positives" in table.loc["Hernia", "note"] and np.isnan(table.loc["Hernia", "p_value"])
     assert "Hernia" not in compare_auroc(paired, n_resamples=50).mean_over
+    assert table.loc["Hernia", "negatives"] == (ours["Hernia"] == 0).sum()
+    for not_scored in (["Hernia"], ["Edema", "Nodule"]):  # one not scorable here, one not scored by both models
+        with pytest.raises(ValueError, match="not scored here"):
+            compare_auroc(paired, n_resamples=10, mean_over=not_scored)
 
 
 def test_same_seed_same_intervals(paired, result) -> None:
@@ -224,7 +228,7 @@ def test_classification_uses_validation_thresholds_and_the_published_ones(frames
     tp, fp, fn = (int(at_published.loc["Effusion", c]) for c in ("tp", "fp", "fn"))
     assert at_published.loc["Effusion", "f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     wide = side_by_side(report)
-    assert wide.shape == (len(test.findings), 3 * 4)
+    assert wide.shape == (len(test.findings), 3 * 4) and list(wide.index) == test.findings
     assert wide.columns[0] == (test.names["ours"], "validation youden", "sensitivity")
     with pytest.raises(ValueError, match="no value for"):
         classification_comparison(test, validation, txv_op_thresholds=published.drop("Edema"))

@@ -35,8 +35,15 @@ def test_evaluate_run_computes_every_table_from_the_runs_own_predictions_and_thr
     assert result.operating["threshold"].drop(MEAN_ROW, errors="ignore").reindex(list(FINDINGS)).equals(
         result.operating["threshold"].reindex(list(FINDINGS)))
     assert result.localization is not None and len(result.localization.boxes) > 0
+    located = result.localization.table()
+    assert ("T(IoBB) 0.1", "Wang et al. 2017") in located.columns
+    assert ("T(IoBB) 0.25", "Wang et al. 2017") not in located.columns
+    for i, row in enumerate(result.gallery.examples.itertuples()):  # a film's box is drawn as x, y, w, h
+        box = result.gallery.boxes[i]
+        assert box is None if np.isnan(row.x) else len(box) == 4 and 0 <= box[0] < result.input_size
     document = json.loads(json.dumps(result.to_document(), allow_nan=False))  # strict JSON
     assert document["split"] == "test" and document["synthetic"] is True
+    assert document["localization"]["available"] is True and document["localization"]["boxes"] > 0
     assert document["mean_auroc"]["auroc"] == pytest.approx(result.auroc.loc[MEAN_ROW, "auroc"])
     assert "split.csv" in document["split_source"]
 
@@ -96,7 +103,7 @@ def test_a_predictions_csv_missing_columns_is_refused_naming_them(run_dir: Path,
     table = run_folder.read_predictions(run_dir, "val").drop(columns=["prob_Hernia", "Edema"])
     with pytest.raises(KeyError, match="prob_Hernia") as error:
         prediction_arrays(table)
-    assert "Edema" in str(error.value)
+    assert "Edema" in str(error.value) and "cxrutils.predictions" in str(error.value)
     path = run_dir / run_folder.predictions_name("test")
     table.to_csv(path, index=False)  # newer than the checkpoint: the comparison reads it, not scores the split
     with pytest.raises(ValueError, match="prob_Hernia") as error:

@@ -27,6 +27,7 @@ from cxrutils.data.metadata import age_band
 from cxrutils.engine import run_folder
 from cxrutils.evaluate import evaluation
 from cxrutils.labels import FINDINGS
+from cxrutils.predictions import predictions_table
 from cxrutils.stats.delong import delong_paired_test
 from cxrutils.stats.metrics import MEAN_ROW
 
@@ -99,10 +100,7 @@ class Design:
 
     def csv(self, path: Path, seed: int) -> list[str]:
         """Our predictions table, rows shuffled and columns in a random order; returns the column order."""
-        table = pd.DataFrame({"image": self.images, "patient_id": self.patients})
-        for k, finding in enumerate(FINDINGS):
-            table[f"prob_{finding}"] = self.ours[:, k]
-            table[finding] = self.labels[:, k]
+        table = predictions_table(self.images, self.patients, self.ours, self.labels)
         rng = np.random.default_rng(seed)
         table = table.iloc[rng.permutation(len(table)), rng.permutation(table.shape[1])]
         table.to_csv(path, index=False)  # full precision: what is read back is exactly self.ours
@@ -189,7 +187,7 @@ def test_per_finding_auroc_ap_and_their_intervals_follow_the_column_names(design
         row = result.auroc.loc[finding]
         assert close(row["auroc"], expected), finding
         assert close(document["per_class"][finding]["auroc"], expected), finding
-        assert row["positives"] == test.labels[:, k].sum()
+        assert (row["positives"], row["negatives"]) == (test.labels[:, k].sum(), (test.labels[:, k] == 0).sum())
         assert result.average_precision[k] == pytest.approx(average_precision_score(test.labels[:, k],
                                                                                     test.ours[:, k])), finding
         if np.isfinite(expected):
@@ -221,6 +219,7 @@ def test_operating_points_and_the_classification_report_use_the_runs_thresholds_
             continue
         expected = at_threshold(test.labels[:, k], test.ours[:, k], thresholds[finding])
         assert point["threshold"] == thresholds[finding]
+        assert (point["positives"], point["negatives"]) == (test.labels[:, k].sum(), (test.labels[:, k] == 0).sum())
         for column in ("tp", "fp", "tn", "fn", "sensitivity", "specificity", "ppv", "npv"):
             assert close(point[column], expected[column]), (finding, column)
         assert close(table.loc[finding, "sensitivity"], expected["sensitivity"])
@@ -249,7 +248,7 @@ def test_calibration_follows_the_column_names(designed, evaluated):
         row = evaluated.calibration.loc[finding]
         assert row["ece"] == pytest.approx(ece) and row["brier"] == pytest.approx(brier), finding
         assert row["mean_probability"] == pytest.approx(test.ours[:, k].mean())
-        assert row["prevalence"] == pytest.approx(test.labels[:, k].mean())
+        assert row["prevalence"] == pytest.approx(test.labels[:, k].mean()) and row["images"] == len(test.images)
     reliability = evaluated.reliability[evaluated.reliability["finding"] == CONSTANT]
     assert reliability["mean_probability"].tolist() == pytest.approx([CONSTANT_VALUE])
     assert reliability["fraction_positive"].tolist() == pytest.approx([test.labels[:, K[CONSTANT]].mean()])
@@ -310,6 +309,7 @@ def test_the_comparisons_aurocs_differences_and_p_values_follow_the_column_names
             assert np.isnan(table.loc[finding, "auroc_ours"]) and "not scored" in table.loc[finding, "note"]
             continue
         assert table.loc[finding, "auroc_ours"] == pytest.approx(roc_auc_score(y, ours)), finding
+        assert (table.loc[finding, "positives"], table.loc[finding, "negatives"]) == (y.sum(), (y == 0).sum())
         assert table.loc[finding, "auroc_txv"] == pytest.approx(roc_auc_score(y, txv)), finding
         assert table.loc[finding, "difference"] == pytest.approx(roc_auc_score(y, ours) - roc_auc_score(y, txv))
         # DeLong's statistic is checked against its definition in test_delong.py; here: on the right columns.
@@ -326,6 +326,9 @@ def test_the_comparisons_aurocs_differences_and_p_values_follow_the_column_names
         np.mean([roc_auc_score(test.labels[:, K[f]], test.ours[:, K[f]]) - roc_auc_score(test.labels[:, K[f]],
                                                                                          test.txv[:, K[f]])
                  for f in tested]))
+    from cxrutils.stats.paired import side_by_side
+
+    assert list(side_by_side(compared.classification).index) == list(FINDINGS)
     document = compared.to_document()
     per_class = {row["finding"]: row for row in document["per_class"]}
     assert per_class[PERFECT[0]]["auroc_ours"] == 1.0 and per_class[REVERSED[0]]["auroc_ours"] == 0.0
@@ -374,3 +377,160 @@ def test_the_comparison_by_sex_and_view_joins_each_film_to_its_own_metadata(desi
                 assert close(rows.loc[finding, "auroc_txv"], expected_txv), (variable, level, finding)
                 scored += np.isfinite(expected_ours)
     assert scored >= 20
+
+
+# --------------------------------------------------------------------------- what the report writes around the figures
+
+
+def test_the_intervals_are_95_percent_patient_bootstrap_intervals(designed, evaluated):
+    from cxrutils.stats.metrics import bootstrap_resample_aurocs
+
+    _, test, _, _ = designed
+    k = K["Infiltration"]
+    resampled = bootstrap_resample_aurocs(test.labels[:, [k]], test.ours[:, [k]], test.patients,
+                                          n_resamples=N_BOOTSTRAP, seed=0)[:, 0]
+    row = evaluated.auroc.loc["Infiltration"]
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(np.quantile(resampled, [0.025, 0.975])))
+    bootstrap = evaluated.to_document()["bootstrap"]
+    assert (bootstrap["n_resamples"], bootstrap["seed"], bootstrap["confidence"]) == (N_BOOTSTRAP, 0, 0.95)
+
+
+def test_metrics_json_holds_every_section_the_report_shows(designed, evaluated):
+    run_dir, test, _, thresholds = designed
+    path = evaluation.write_metrics(evaluated)
+    assert path == run_dir / "metrics.json"
+    document = json.loads(path.read_text())
+    assert document == json.loads(json.dumps(evaluated.to_document()))
+    assert document["n_images"] == len(test.images) and document["split"] == "test"
+    located = document["localization"]
+    assert located["available"] is False and "bounding-box" in located["note"]
+    assert evaluated.report.loc["macro avg", "note"] == f"over 13 of 14 classes (without {NO_THRESHOLD})"
+    assert document["classification_report"]["macro avg"]["f1-score"] == pytest.approx(
+        evaluated.report.loc["macro avg", "f1-score"])
+    radiologist = document["radiologist_labels"]
+    if evaluated.radiologist is None:
+        assert radiologist == {"available": False, "films": 0}
+    else:
+        assert radiologist["available"] is True and radiologist["films"] == evaluated.radiologist.to_document()["films"]
+    assert document["subgroups"]["images_without_group"] == {
+        "sex": 0, "view": 0, "age band": int(age_band(test.rows["age_years"]).isna().sum())}
+    means = evaluated.subgroup_means()
+    for (variable, _), row in means.iterrows():
+        assert row["findings in mean"] == len(evaluated.subgroups.attrs["mean_over"][variable])
+    assert len(means) == evaluated.subgroups[["subgroup", "value"]].drop_duplicates().shape[0]
+
+
+def test_the_summary_table_says_why_a_finding_has_no_figure(designed, evaluated):
+    import dataclasses
+
+    from cxrutils.stats import metrics
+
+    _, test, _, thresholds = designed
+    labels = test.labels.copy()
+    labels[:, K["Pneumonia"]] = 0  # no positives
+    labels[:, K["Fibrosis"]] = 1  # no negatives
+    labels[:, K["Edema"]] = 0
+    labels[np.flatnonzero(test.patients == test.patients[0]), K["Edema"]] = 1  # positives from one patient only
+    cut = metrics.threshold_array(thresholds)
+    variant = dataclasses.replace(
+        evaluated, labels=labels,
+        auroc=metrics.bootstrap_auroc(labels, test.ours, test.patients, n_resamples=10),
+        operating=metrics.operating_points(labels, test.ours, cut))
+    notes = variant.summary_table()["note"]
+    assert notes["Pneumonia"].startswith("no positives in this split")
+    assert notes["Fibrosis"] == "no negatives in this split"
+    assert notes["Edema"] == metrics.NOT_SCORABLE_NOTE
+    assert notes[NO_THRESHOLD] == "no validation threshold" and notes["Atelectasis"] == ""
+    assert notes[MEAN_ROW] == f"over {len(variant.auroc.attrs['mean_over'])} scorable findings"
+    mean = evaluated.auroc.loc[MEAN_ROW]
+    assert evaluated.headline == (f"mean AUROC {mean['auroc']:.3f} [{mean['ci_low']:.3f}, {mean['ci_high']:.3f}] "
+                                  f"(test, n={len(test.images):,} images)")
+    nothing = dataclasses.replace(evaluated, auroc=metrics.bootstrap_auroc(np.zeros_like(labels), test.ours,
+                                                                           test.patients, n_resamples=5))
+    assert nothing.headline.startswith("mean AUROC undefined")  # not "boolean value of NA is ambiguous"
+    assert nothing.to_document()["mean_auroc"]["auroc"] is None
+
+
+def test_the_gallery_shows_each_call_on_its_own_film(designed, evaluated):
+    from cxrutils.data.cache import ImageCache
+
+    _, test, _, thresholds = designed
+    gallery = evaluated.gallery
+    cache = ImageCache.open(evaluated.run.config.cache_dir)
+    films = np.asarray(cache.pixels[cache.rows(gallery.examples["image"].tolist())]) / 255.0
+    assert gallery.images.shape == films.shape  # the 32 px cache is the 32 px input: no resize
+    np.testing.assert_allclose(gallery.images, films, atol=1e-6)
+    assert gallery.heatmaps.shape == films.shape and len(gallery.titles) == len(gallery.examples)
+    for kind in ("TP", "FP", "FN"):
+        images, heatmaps, boxes, titles = gallery.of_kind(kind)
+        expected = gallery.examples["kind"] == kind
+        assert len(images) == len(titles) == expected.sum() > 0
+        assert all(title.startswith(f"{kind}: ") for title in titles)
+    empty = evaluation.gallery_panels(evaluated.run, evaluated.gradcam_layer, gallery.examples.iloc[:0])
+    assert empty.images.shape == empty.heatmaps.shape == (0, 32, 32)
+    assert evaluation.model_frame_images(evaluated.run, []).shape == (0, 32, 32)
+
+
+def test_gallery_examples_pick_the_most_confident_calls_one_finding_at_a_time_boxed_ones_first():
+    images = np.array([f"{i:08d}_000.png" for i in range(8)])
+    labels = np.zeros((8, len(FINDINGS)), dtype=int)
+    probabilities = np.full((8, len(FINDINGS)), 0.1)
+    a, b = K["Atelectasis"], K["Mass"]
+    labels[[0, 1, 2, 3], a] = 1
+    probabilities[:, a] = [0.9, 0.8, 0.3, 0.5, 0.7, 0.2, 0.6, 0.1]  # TP 0, 1; FN 2, 3 (at 0.5: flagged); FP 4, 6
+    labels[[4, 5], b] = 1
+    probabilities[:, b] = [0.1, 0.1, 0.1, 0.1, 0.95, 0.2, 0.97, 0.1]  # TP 4; FN 5; FP 6
+    thresholds = np.full(len(FINDINGS), np.nan)
+    thresholds[[a, b]] = 0.5
+    predictions = pd.DataFrame({"image": images})
+    boxes = pd.DataFrame({"image": [images[1]], "finding": ["Atelectasis"], "x": [10.0], "y": [20.0], "w": [30.0],
+                          "h": [40.0]})
+    picked = evaluation.gallery_examples(predictions, labels, probabilities, thresholds, boxes, per_kind=3)
+    by_kind = {kind: picked[picked["kind"] == kind] for kind in ("TP", "FP", "FN")}
+    # TP: the boxed film first (0.8 over 0.9), then Mass's best before Atelectasis's second.
+    assert list(zip(by_kind["TP"]["image"], by_kind["TP"]["finding"])) == [
+        (images[1], "Atelectasis"), (images[4], "Mass"), (images[0], "Atelectasis")]
+    assert by_kind["TP"][["x", "y", "w", "h"]].iloc[0].tolist() == [10.0, 20.0, 30.0, 40.0]
+    assert np.isnan(by_kind["TP"]["x"].iloc[1])
+    assert list(by_kind["FP"]["image"]) == [images[6], images[4], images[6]]  # most confident first, Mass then A.
+    assert list(by_kind["FP"]["finding"]) == ["Mass", "Atelectasis", "Atelectasis"]
+    assert list(zip(by_kind["FN"]["image"], by_kind["FN"]["finding"])) == [
+        (images[5], "Mass"), (images[2], "Atelectasis")]  # lowest probability first; a score at 0.5 is flagged
+    one = evaluation.gallery_examples(predictions, labels, probabilities, thresholds, boxes, per_kind=1)
+    assert one.groupby("kind").size().to_dict() == {"FN": 1, "FP": 1, "TP": 1}
+    assert evaluation.gallery_examples(predictions, labels, probabilities, thresholds, boxes, per_kind=0).empty
+    none = evaluation.gallery_examples(predictions, labels, probabilities, np.full(len(FINDINGS), np.nan), boxes, 2)
+    assert none.empty and list(none.columns) == ["kind", "image", "finding", "probability", "threshold", "x", "y",
+                                                 "w", "h"]
+
+
+def test_the_published_results_are_comparable_only_on_real_official_test_films(evaluated):
+    from types import SimpleNamespace
+
+    def run(kind, synthetic):
+        return SimpleNamespace(name="r", dataset=SimpleNamespace(split_kind=kind, synthetic=synthetic),
+                               config=SimpleNamespace(weights="imagenet", input_size=224))
+
+    auroc = evaluated.auroc
+    real = evaluation.context_table(run("official", False), "test", auroc)
+    this = real.iloc[0]
+    assert bool(this["comparable_to_official_split"]) and this["comparable with this run"] == "-"
+    published = real.iloc[1:]
+    assert (published["comparable with this run"] == np.where(published["split"] == "official", "yes, roughly",
+                                                             "no")).all()
+    random_split = evaluation.context_table(run("random", False), "test", auroc)
+    assert not random_split.iloc[0]["comparable_to_official_split"]
+    assert (random_split.iloc[1:]["comparable with this run"] == np.where(
+        random_split.iloc[1:]["split"] == "random patient split", "yes, roughly", "no")).all()
+    for other in (evaluation.context_table(run("official", False), "val", auroc),
+                  evaluation.context_table(run("official", True), "test", auroc)):
+        assert not other.iloc[0]["comparable_to_official_split"]
+        assert (other.iloc[1:]["comparable with this run"] == "no").all()
+    assert "SYNTHETIC" in evaluation.context_table(run("official", True), "test", auroc).iloc[0]["split"]
+
+
+def test_metrics_file_names_never_overwrite_each_other():
+    names = {(split, tta): evaluation.metrics_name(split, tta) for split in ("train", "val", "test")
+             for tta in (False, True)}
+    assert names[("test", False)] == "metrics.json" and names[("val", True)] == "metrics_val_hflip_tta.json"
+    assert names[("test", True)] == "metrics_test_hflip_tta.json" and len(set(names.values())) == 6
