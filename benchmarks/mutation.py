@@ -85,10 +85,12 @@ class Mutant:
     change: str
     source_line: str
 
+    occurrence: int = 0  # how many earlier mutants of the file have the same change on the same text
+
     @property
     def key(self) -> str:
-        """Stable across runs while the line is unchanged: how EQUIVALENT_FILE names it."""
-        return f"{self.file}:{self.line}:{self.change}:{self.source_line.strip()}"
+        """Stable while that line's text is unchanged, wherever it moves: how EQUIVALENT_FILE names it."""
+        return f"{self.file}:{self.change}:{self.source_line.strip()}:{self.occurrence}"
 
 
 # --------------------------------------------------------------------------- mutations
@@ -161,12 +163,16 @@ def possible_mutants(file: str) -> list[Mutant]:
     lines = source.splitlines()
     tree = ast.parse(source)
     skipped = _skipped_nodes(tree)
-    mutants = []
+    mutants: list[Mutant] = []
+    seen: dict[tuple[str, str], int] = {}
     for node in ast.walk(tree):
         if id(node) in skipped or not hasattr(node, "lineno"):
             continue
         for change, _ in _candidates(node):
-            mutants.append(Mutant(file, len(mutants), node.lineno, change, lines[node.lineno - 1]))
+            text = lines[node.lineno - 1].strip()
+            occurrence = seen.get((change, text), 0)
+            seen[(change, text)] = occurrence + 1
+            mutants.append(Mutant(file, len(mutants), node.lineno, change, lines[node.lineno - 1], occurrence))
     return mutants
 
 
