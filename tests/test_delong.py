@@ -315,6 +315,8 @@ def test_the_variance_needs_two_films_and_two_patients_on_each_side_and_no_more(
     scores = np.array([0.9, 0.4, 0.6, 0.1, 0.2])
     assert delong_auroc(labels, scores).auroc == pytest.approx(5 / 6)  # two positives: enough
     assert delong_auroc(labels, scores, clusters=[1, 2, 3, 4, 5]).variance >= 0  # two positive patients: enough
+    assert delong_auroc([1, 1, 1, 0, 0], scores).variance >= 0  # two negatives: enough
+    assert delong_auroc([1, 1, 1, 0, 0], scores, clusters=[1, 2, 3, 4, 5]).variance >= 0  # two negative patients
     for too_few in ([1, 0, 0, 0, 0], [1, 0, 1, 1, 1]):
         with pytest.raises(ValueError, match="at least 2"):
             delong_auroc(too_few, scores)
