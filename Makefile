@@ -42,7 +42,7 @@ metadata-report: $(INSTALLED)  ## the EDA on the metadata shipped in torchxrayvi
 test: $(INSTALLED)  ## run the test suite
 	$(VENV_PYTHON) -m pytest
 
-mutation: $(INSTALLED)  ## mutants of stats/ and the evaluation: do the tests catch them? (~1 h) -> reports/mutation.json
+mutation: $(INSTALLED)  ## mutants of stats/ and the evaluation: do the tests catch them? (~25 min) -> reports/mutation.json
 	nice -n 19 $(VENV_PYTHON) benchmarks/mutation.py $(MUTATION_ARGS)
 
 rehearsal: $(INSTALLED)  ## every notebook at the real dataset's size (112,120 phantom films), measured: reports/rehearsal.html

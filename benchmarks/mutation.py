@@ -1,6 +1,6 @@
 """Mutation check of the statistics and the evaluation glue: do the tests notice when this code is wrong?
 
-    nice -n 19 python benchmarks/mutation.py [--mutants 400] [--seed 0] [--budget-minutes 60] [--only FILE ...]
+    nice -n 19 python benchmarks/mutation.py [--mutants N] [--seed 0] [--budget-minutes 60] [--only FILE ...] [--rerun REPORT]
     make mutation
 
 A mutant changes one thing in one of ``TARGETS``: an arithmetic or comparison operator
