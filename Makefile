@@ -12,7 +12,7 @@ HEAVY_PINS := $(shell sed -n 's/^ *"\(torch[a-z]*==[^"]*\)".*/\1/p' pyproject.to
 PROFILE ?= demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reports metadata-report test bench gpu-check rehearsal lab clean-reports clean-demo clean-rehearsal
+.PHONY: help install demo reports metadata-report test bench gpu-check mutation rehearsal lab clean-reports clean-demo clean-rehearsal
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ metadata-report: $(INSTALLED)  ## the EDA on the metadata shipped in torchxrayvi
 
 test: $(INSTALLED)  ## run the test suite
 	$(VENV_PYTHON) -m pytest
+
+mutation: $(INSTALLED)  ## mutants of stats/ and the evaluation: do the tests catch them? (~25 min) -> reports/mutation.json
+	nice -n 19 $(VENV_PYTHON) benchmarks/mutation.py $(MUTATION_ARGS)
 
 rehearsal: $(INSTALLED)  ## every notebook at the real dataset's size (112,120 phantom films), measured: reports/rehearsal.html
 	$(VENV_PYTHON) -m cxrutils.rehearsal $(REHEARSAL_ARGS)

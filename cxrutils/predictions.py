@@ -65,12 +65,18 @@ def check_table(table: pd.DataFrame, which: str = "the") -> None:
         raise ValueError(f"{which} predictions list images twice: {repeated.head(3).tolist()}")
 
 
+def missing_columns(table: pd.DataFrame, findings: Sequence[str] = FINDINGS) -> list[str]:
+    """The columns of the layout for ``findings`` (image, patient_id, labels, probabilities) that ``table`` lacks."""
+    expected = ["image", "patient_id", *findings, *(probability_column(f) for f in findings)]
+    return [column for column in expected if column not in table.columns]
+
+
 def prediction_arrays(
     table: pd.DataFrame, findings: Sequence[str] = FINDINGS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels int8, probabilities float64, patient ids) with columns in ``findings`` order, found by name."""
     probability_columns = [probability_column(f) for f in findings]
-    missing = [c for c in ["patient_id", *findings, *probability_columns] if c not in table.columns]
+    missing = [c for c in missing_columns(table, findings) if c != "image"]
     if missing:
         raise KeyError(f"the predictions table lacks columns {missing}; expected cxrutils.predictions' layout")
     return (

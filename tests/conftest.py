@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,25 @@ import pytest
 from PIL import Image
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# benchmarks/mutation.py runs the same tests hundreds of times: it names a folder here, and the session fixtures'
+# data (built by unmutated code in its first run) is reused from it instead of being built again in every run.
+REUSE_VARIABLE = "CXRUTILS_TEST_FIXTURES"
+
+
+def built_once(name: str, tmp_path_factory: pytest.TempPathFactory, build: Callable[[Path], None]) -> Path:
+    """A folder that ``build`` fills: fresh for each session, or reused from $CXRUTILS_TEST_FIXTURES/<name>."""
+    reuse = os.environ.get(REUSE_VARIABLE)
+    if not reuse:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    folder = Path(reuse) / name
+    if not (folder / ".built").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        build(folder)
+        (folder / ".built").touch()
+    return folder
 
 
 def write_png(path: Path, size: int = 32, value: int = 128, mode: str = "L") -> Path:
@@ -37,7 +57,8 @@ def tiny_phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cxrutils.demo.roots import DemoSpec, build_demo_dataset
 
     spec = DemoSpec(n_patients=30, image_size=64, seed=3, min_images_per_finding=2, max_images_per_patient=3)
-    return build_demo_dataset(tmp_path_factory.mktemp("phantoms") / "demo", spec, workers=1)
+    return built_once("phantoms", tmp_path_factory, lambda folder: build_demo_dataset(folder / "demo", spec,
+                                                                                       workers=1)) / "demo"
 
 
 @pytest.fixture
@@ -52,13 +73,11 @@ def tiny_run(tiny_phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     from cxrutils.engine.train import train
     from cxrutils.settings import load_train_config
 
-    folder = tmp_path_factory.mktemp("tiny_run")
-    config = load_train_config(
-        "tiny",
-        {"data_root": str(tiny_phantom_root), "runs_dir": str(folder / "runs"), "cache_dir": str(folder / "cache"),
-         "name": "tiny"},
-    )
-    return train(config).run_dir
+    def build(folder: Path) -> None:
+        train(load_train_config("tiny", {"data_root": str(tiny_phantom_root), "runs_dir": str(folder / "runs"),
+                                         "cache_dir": str(folder / "cache"), "name": "tiny"}))
+
+    return built_once("tiny_run", tmp_path_factory, build) / "runs" / "tiny"
 
 
 @dataclass

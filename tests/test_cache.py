@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -164,6 +165,51 @@ def test_interrupted_build_resumes_only_the_remaining_rows(tmp_path, monkeypatch
     resumed = build_cache(paths, tmp_path / "cache", size=10, workers=1)
     assert calls == list(paths.iloc[4:])  # only the 5 rows not done
     np.testing.assert_array_equal(resumed.pixels, clean)
+
+
+def test_a_build_with_two_workers_sigkilled_at_a_random_point_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    """A real kill of the builder and its decoder processes: no exception, so no finally block commits anything.
+
+    What was committed before the kill must hold its pixels, the resume must decode only the rest, and the
+    result must be byte for byte an uninterrupted build.
+    """
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    paths = _noise_images(tmp_path / "img", 240)
+    clean = build_cache(paths, tmp_path / "clean", size=16, workers=1)
+    (tmp_path / "paths.json").write_text(json.dumps(paths.to_dict()))
+    folder = tmp_path / "killed"
+    probe = Path(__file__).parent / "cache_build_probe.py"
+    log = tmp_path / "build.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen([sys.executable, str(probe), str(tmp_path / "paths.json"), str(folder), "16"],
+                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    pixels_file, progress_file = folder / cache_lib.PIXELS_NAME, folder / cache_lib.PROGRESS_NAME
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:  # until the decoders have written a film
+        if pixels_file.is_file() and np.fromfile(pixels_file, np.uint8).any():
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, log.read_text()[-2000:]
+    delay = random.uniform(0.15, 0.6)  # the build has about 1.2 s to go, and commits every 50 ms
+    time.sleep(delay)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, f"the build finished before the kill {delay:.2f} s in"
+    assert json.loads((folder / cache_lib.MANIFEST_NAME).read_text())["state"] == "building"
+    committed = np.fromfile(progress_file, np.uint8) == cache_lib.DONE
+    assert 0 < committed.sum() < len(paths), f"{committed.sum()} rows committed, killed {delay:.2f} s in"
+
+    calls = _counting_decoder(monkeypatch)
+    resumed = build_cache(paths, folder, size=16, workers=1)
+    assert sorted(calls) == sorted(paths.to_numpy()[~committed])  # the committed rows were not decoded again
+    for name in (cache_lib.PIXELS_NAME, cache_lib.PROGRESS_NAME, cache_lib.INDEX_NAME, cache_lib.BAD_FILES_NAME):
+        assert (folder / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+    assert resumed.fingerprint == clean.fingerprint and resumed.manifest["state"] == "complete"
 
 
 def test_open_without_a_cache_says_to_build_it(tmp_path):

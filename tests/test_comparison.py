@@ -174,6 +174,10 @@ def test_unscorable_findings_are_reported_not_scored() -> None:
     table = compare_auroc(paired, n_resamples=50).table
     assert "1 positives" in table.loc["Hernia", "note"] and np.isnan(table.loc["Hernia", "p_value"])
     assert "Hernia" not in compare_auroc(paired, n_resamples=50).mean_over
+    assert table.loc["Hernia", "negatives"] == (ours["Hernia"] == 0).sum()
+    for not_scored in (["Hernia"], ["Edema", "Nodule"]):  # one not scorable here, one not scored by both models
+        with pytest.raises(ValueError, match="not scored here"):
+            compare_auroc(paired, n_resamples=10, mean_over=not_scored)
 
 
 def test_same_seed_same_intervals(paired, result) -> None:
@@ -224,7 +228,7 @@ def test_classification_uses_validation_thresholds_and_the_published_ones(frames
     tp, fp, fn = (int(at_published.loc["Effusion", c]) for c in ("tp", "fp", "fn"))
     assert at_published.loc["Effusion", "f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     wide = side_by_side(report)
-    assert wide.shape == (len(test.findings), 3 * 4)
+    assert wide.shape == (len(test.findings), 3 * 4) and list(wide.index) == test.findings
     assert wide.columns[0] == (test.names["ours"], "validation youden", "sensitivity")
     with pytest.raises(ValueError, match="no value for"):
         classification_comparison(test, validation, txv_op_thresholds=published.drop("Edema"))
@@ -293,3 +297,15 @@ def test_a_capped_comparison_keeps_whole_patients_and_is_seeded() -> None:
     assert capped.groupby("patient_id").size().eq(5).all()
     assert capped.equals(_patient_sample(frame, 42, seed=3)) and not capped.equals(_patient_sample(frame, 42, seed=4))
     assert _patient_sample(frame, 1_000, seed=3) is frame
+
+
+def test_f1_is_zero_not_undefined_when_the_only_positive_is_missed():
+    """tp = fp = 0 and fn = 1: F1 = 2 tp / (2 tp + fp + fn) = 0; it is undefined only with no film on either side."""
+    labels = np.array([[1], [0], [0], [0], [0], [0]], dtype=np.int8)
+    scores = np.array([[0.2], [0.1], [0.3], [0.4], [0.1], [0.2]])
+    pair = paired_stats.PairedPredictions(np.array([f"{i}.png" for i in range(6)]), np.arange(6), ["Edema"], labels,
+                                          scores, scores.copy(), {"ours": "ours", "txv": "txv"})
+    report = classification_comparison(pair, pair, txv_op_thresholds={"Edema": 0.99})
+    at_published = report[report["thresholds"] == "TorchXRayVision op_threshs"].iloc[0]
+    assert (at_published["tp"], at_published["fp"], at_published["fn"]) == (0, 0, 1)
+    assert at_published["f1"] == 0.0

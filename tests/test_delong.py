@@ -305,3 +305,62 @@ def test_holm_and_benjamini_hochberg_match_hand_computed_values() -> None:
         adjust_p_values(p, "bonferroni")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         adjust_p_values([1.5])
+
+
+# --------------------------------------------------------------------------- edges (each found by benchmarks/mutation.py)
+
+
+def test_the_variance_needs_two_films_and_two_patients_on_each_side_and_no_more() -> None:
+    labels = np.array([1, 1, 0, 0, 0])
+    scores = np.array([0.9, 0.4, 0.6, 0.1, 0.2])
+    assert delong_auroc(labels, scores).auroc == pytest.approx(5 / 6)  # two positives: enough
+    assert delong_auroc(labels, scores, clusters=[1, 2, 3, 4, 5]).variance >= 0  # two positive patients: enough
+    assert delong_auroc([1, 1, 1, 0, 0], scores).variance >= 0  # two negatives: enough
+    assert delong_auroc([1, 1, 1, 0, 0], scores, clusters=[1, 2, 3, 4, 5]).variance >= 0  # two negative patients
+    for too_few in ([1, 0, 0, 0, 0], [1, 0, 1, 1, 1]):
+        with pytest.raises(ValueError, match="at least 2"):
+            delong_auroc(too_few, scores)
+    with pytest.raises(ValueError, match="from at least 2"):
+        delong_auroc(labels, scores, clusters=[1, 1, 3, 4, 5])  # both positives from one patient
+    with pytest.raises(ValueError, match="from at least 2"):
+        delong_auroc([1, 1, 0, 0, 1], scores, clusters=[1, 2, 3, 3, 5])  # both negatives from one patient
+    single = structural_components([1, 0, 0], [0.9, 0.2, 0.5])
+    assert single[0][0] == 1.0  # one positive is enough for the AUROC itself
+    with pytest.raises(ValueError, match="scores must be"):
+        structural_components([1, 0, 0], np.zeros((2, 4)))
+
+
+def test_intervals_are_the_normal_ones_at_the_asked_confidence() -> None:
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(12)
+    labels, scores_a, scores_b = _correlated_scores(rng, 150)
+    z = norm.ppf(0.975)
+    estimate = delong_auroc(labels, scores_a)
+    assert estimate.ci_low == pytest.approx(estimate.auroc - z * np.sqrt(estimate.variance))
+    assert estimate.ci_high == pytest.approx(min(1.0, estimate.auroc + z * np.sqrt(estimate.variance)))
+    test = delong_paired_test(labels, scores_a, scores_b)
+    assert test.ci_low == pytest.approx(test.difference - z * np.sqrt(test.variance))
+    assert test.ci_high == pytest.approx(test.difference + z * np.sqrt(test.variance))
+    for confidence in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="confidence"):
+            delong_auroc(labels, scores_a, confidence=confidence)
+    # Different AUROCs with no variance at all (a perfect model against a constant one): an infinite z.
+    perfect = delong_paired_test(labels, labels.astype(float), np.zeros(labels.size))
+    assert (perfect.difference, perfect.z, perfect.p_value) == (0.5, np.inf, 0.0)
+
+
+def test_the_per_class_table_counts_its_films_and_refuses_mismatched_shapes() -> None:
+    rng = np.random.default_rng(13)
+    labels, scores_a, scores_b = _correlated_scores(rng, 90)
+    table = delong_per_class(labels[:, None], scores_a[:, None], scores_b[:, None], ["Edema"])
+    assert (table.loc["Edema", "positives"], table.loc["Edema", "negatives"]) == (labels.sum(), (labels == 0).sum())
+    with pytest.raises(ValueError, match="must all be"):
+        delong_per_class(labels[:, None], scores_a[:, None], scores_b[:-1, None], ["Edema"])
+
+
+def test_adjusting_one_p_value_or_a_zero_changes_nothing_it_should_not() -> None:
+    assert adjust_p_values([0.3], "holm").tolist() == [0.3] and adjust_p_values([0.3], "bh").tolist() == [0.3]
+    assert adjust_p_values([0.0, 0.5], "holm").tolist() == [0.0, 0.5]
+    with pytest.raises(ValueError, match="lie in"):
+        adjust_p_values([-0.1, 0.5])

@@ -73,3 +73,29 @@ def test_whole_files_pass_the_quick_check(tmp_path):
     Image.fromarray(_gradient(), mode="L").save(tmp_path / "ok.jpg")
     assert quick_integrity_problem(tmp_path / "ok.png") is None
     assert quick_integrity_problem(tmp_path / "ok.jpg") is None
+
+
+def test_the_full_check_passes_whole_files_of_every_mode_and_flags_damage_the_quick_check_cannot_see(tmp_path):
+    """The demo profile runs the full check: it must pass every whole file (8-bit, RGBA, RGB, 16-bit, JPEG) and
+    flag a file whose compressed data is damaged although its signature and end marker are intact."""
+    import pandas as pd
+
+    from cxrutils.data.dataset import find_unreadable_images
+
+    pixels = np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)
+    Image.fromarray(pixels, mode="L").save(tmp_path / "gray.png")
+    Image.fromarray(np.stack([pixels] * 3 + [np.full_like(pixels, 255)], -1), mode="RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(np.stack([pixels] * 3, -1), mode="RGB").save(tmp_path / "rgb.png")
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    Image.fromarray(pixels, mode="L").save(tmp_path / "film.jpg")
+    Image.fromarray(pixels, mode="L").save(tmp_path / "damaged.png")
+    data = bytearray((tmp_path / "damaged.png").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)  # inside the compressed image data
+    (tmp_path / "damaged.png").write_bytes(bytes(data))
+    paths = pd.Series({p.name: str(p) for p in sorted(tmp_path.iterdir())})
+
+    assert quick_integrity_problem(tmp_path / "damaged.png") is None  # the quick check cannot see it
+    assert find_unreadable_images(paths, "quick").empty
+    full = find_unreadable_images(paths, "full", workers=2)
+    assert full["image"].tolist() == ["damaged.png"] and full["problem"].iloc[0]

@@ -56,12 +56,16 @@ def test_bootstrap_resamples_are_whole_patients_scored_like_sklearn():
     labels, scores = tied_sample(4, n=120, k=2)
     patient_ids = np.random.default_rng(5).integers(1000, 1040, size=120)
     resampled = metrics.bootstrap_resample_aurocs(labels, scores, patient_ids, n_resamples=6, seed=11)
-    codes, patients = pd.factorize(patient_ids)
+    patients, codes = np.unique(patient_ids, return_inverse=True)  # patients numbered by id, not by row order
     draws = np.random.default_rng(11).integers(0, len(patients), size=(6, len(patients)))
     for r in range(6):
         rows = np.concatenate([np.flatnonzero(codes == p) for p in draws[r]])
         for k in range(2):
             assert resampled[r, k] == pytest.approx(roc_auc_score(labels[rows, k], scores[rows, k]), abs=1e-12)
+    # The same films in another row order (a reordered CSV) are the same resamples.
+    order = np.random.default_rng(6).permutation(120)
+    np.testing.assert_allclose(metrics.bootstrap_resample_aurocs(labels[order], scores[order], patient_ids[order],
+                                                                 n_resamples=6, seed=11), resampled, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- bootstrap intervals
@@ -361,3 +365,69 @@ def test_one_rule_says_which_findings_are_scorable():
     assert metrics.scorable(labels, patients).tolist() == [True, True, False, True]
     assert metrics.scorable(labels, one_patient).tolist() == [False, False, False, False]
     assert metrics.scorable(labels, patients, min_positives=3).tolist() == [False, False, False, True]
+
+
+# --------------------------------------------------------------------------- edges (each found by benchmarks/mutation.py)
+
+
+def test_weighted_auroc_is_undefined_without_both_classes_and_exact_with_one_of_each():
+    assert np.isnan(metrics.weighted_auroc([0, 0, 0], [0.1, 0.2, 0.3]))
+    assert np.isnan(metrics.weighted_auroc([1, 0], [0.9, 0.1], weights=[1, 0]))  # the negative weighs nothing
+    assert metrics.weighted_auroc([1, 0], [0.9, 0.1]) == 1.0
+    assert metrics.weighted_auroc([1, 0], [0.1, 0.9]) == 0.0
+    assert metrics.weighted_auroc([1, 0], [0.5, 0.5]) == 0.5
+    one_resample = metrics.bootstrap_resample_aurocs([[1], [0], [1], [0]], [[0.9], [0.1], [0.8], [0.2]], [1, 2, 3, 4],
+                                                     n_resamples=1)
+    assert one_resample.shape == (1, 1)
+    with pytest.raises(ValueError, match="n_resamples"):
+        metrics.bootstrap_resample_aurocs([[1], [0]], [[0.9], [0.1]], [1, 2], n_resamples=0)
+
+
+def test_intervals_refuse_a_confidence_outside_zero_to_one_and_say_when_nothing_was_scorable():
+    from cxrutils.stats.intervals import percentile_interval
+
+    for confidence in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="confidence"):
+            percentile_interval(np.arange(10.0), confidence)
+        with pytest.raises(ValueError, match="confidence"):
+            metrics.bootstrap_auroc([[1], [0], [1], [0]], [[0.9], [0.1], [0.8], [0.2]], [1, 2, 3, 4], n_resamples=5,
+                                    confidence=confidence, class_names=["x"])
+    low, high, used = percentile_interval(np.array([np.nan, np.nan]))
+    assert np.isnan(low) and np.isnan(high) and used == 0
+    nothing = metrics.bootstrap_auroc(np.zeros((6, 1)), np.arange(6.0)[:, None], np.arange(6), n_resamples=5,
+                                      class_names=["x"])
+    assert np.isnan(nothing.loc[metrics.MEAN_ROW, "auroc"]) and nothing.loc[metrics.MEAN_ROW, "n_resamples"] == 0
+    assert nothing.loc["x", "negatives"] == 6 and nothing.loc["x", "positives"] == 0
+
+
+def test_ratios_with_a_single_film_in_the_denominator_are_numbers_not_nan():
+    row = metrics.operating_points([[1], [0], [0]], [[0.9], [0.2], [0.7]], [0.5], ["x"]).loc["x"]
+    assert (row["sensitivity"], row["specificity"], row["ppv"], row["npv"]) == (1.0, 0.5, 0.5, 1.0)
+    assert (row["positives"], row["negatives"]) == (1, 2)
+
+
+def test_calibration_of_one_film_counts_and_probabilities_outside_zero_to_one_are_refused():
+    assert metrics.expected_calibration_error([1], [0.3]) == pytest.approx(0.7)
+    table = metrics.calibration_table([[1, 0], [0, 0], [1, 1]], [[0.8, 0.1], [0.3, 0.2], [0.6, 0.9]],
+                                      class_names=["a", "b"])
+    assert table["images"].tolist() == [3, 3]
+    for wrong in (-0.1, 1.2):
+        with pytest.raises(ValueError, match="probabilities must lie in"):
+            metrics.calibration_table([[1], [0]], [[0.5], [wrong]], class_names=["x"])
+
+
+def test_classification_report_notes_how_many_classes_its_averages_cover():
+    labels, scores = tied_sample(3, n=200, k=3)
+    every = metrics.classification_report_table(labels, scores, [0.5, 0.5, 0.5], ["a", "b", "c"])
+    assert every.loc["macro avg", "note"] == "over 3 of 3 classes"
+    some = metrics.classification_report_table(labels, scores, [0.5, np.nan, 0.5], ["a", "b", "c"])
+    assert some.loc["macro avg", "note"] == "over 2 of 3 classes (without b)"
+
+
+def test_subgroups_leave_out_a_category_no_film_has():
+    rng = np.random.default_rng(2)
+    labels = (rng.random((80, 1)) < 0.4).astype(int)
+    scores = labels + rng.normal(size=(80, 1))
+    groups = pd.Series(pd.Categorical(rng.choice(["a", "b"], 80), categories=["a", "b", "never"]), name="g")
+    table = metrics.subgroup_auroc(labels, scores, np.arange(80), groups, n_resamples=20, class_names=["x"])
+    assert set(table["value"]) == {"a", "b"}

@@ -29,8 +29,7 @@ def test_eda_on_a_damaged_phantom_root_names_the_missing_and_the_truncated_file(
             "01_eda",
             "--set",
             f"data_root={phantom_copy}",
-            "--set",
-            "integrity_check=quick",
+            # no integrity_check: the demo profile's own, the full decode that make demo runs
             "--reports-dir",
             str(reports_dir),
         ]
@@ -40,6 +39,8 @@ def test_eda_on_a_damaged_phantom_root_names_the_missing_and_the_truncated_file(
     problems = {p["image"]: p["problem"] for p in summary["problems"]}
     assert set(problems) == {deleted.name, truncated.name}
     assert "no file found" in problems[deleted.name] and "truncated" in problems[truncated.name]
+    entry = json.loads((reports_dir / reports.INDEX_JSON_NAME).read_text())["01_eda"]
+    assert entry["parameters"]["integrity_check"] == "full"
     assert summary["synthetic"] is True
     page = (reports_dir / "01_eda.html").read_text()
     assert deleted.name in page and truncated.name in page and "SYNTHETIC DATA" in page

@@ -63,14 +63,20 @@ def test_index_merges_runs_and_shows_status_and_source(tmp_path):
     assert set(json.loads((tmp_path / "index.json").read_text())) == {"01_eda", "04_txv"}
 
 
-def test_a_failing_notebook_is_reported_failed_with_its_error_in_the_html(tmp_path):
+def _notebook(path, *cells: str):
+    """A notebook in the project's shape: a parameters cell declaring output_dir, then ``cells``."""
     notebook = nbformat.v4.new_notebook()
     parameters = nbformat.v4.new_code_cell("output_dir = 'x'")
     parameters.metadata["tags"] = ["parameters"]
-    notebook.cells = [parameters, nbformat.v4.new_code_cell("raise RuntimeError('corrupt PNG: images/x.png')")]
+    notebook.cells = [parameters, *(nbformat.v4.new_code_cell(source) for source in cells)]
     notebook.metadata["kernelspec"] = {"name": "cxrutils", "display_name": "Python (cxrutils)", "language": "python"}
-    path = tmp_path / "09_broken.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, path)
+    return path
+
+
+def test_a_failing_notebook_is_reported_failed_with_its_error_in_the_html(tmp_path):
+    path = _notebook(tmp_path / "09_broken.ipynb", "raise RuntimeError('corrupt PNG: images/x.png')")
     entry = reports.run_notebook(path, {}, tmp_path / "reports", show_code=False)
     assert entry["status"] == "failed" and "corrupt PNG" in entry["status_reason"]
     assert "corrupt PNG: images/x.png" in (tmp_path / "reports" / "09_broken.html").read_text()
@@ -168,3 +174,22 @@ def test_pages_are_written_whole_and_readable_like_any_file(tmp_path):
         os.umask(mask)
     assert page.read_text() == "<html></html>" and page.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["index.html"]  # no temporary file left behind
+
+
+def test_a_notebook_that_never_writes_its_summary_fails_the_run_and_the_later_ones_are_not_run(tmp_path,
+                                                                                                monkeypatch):
+    """Finishing without report_summary.json (its last cells skipped or never reached) is not "ok"; like any
+    failure it stops the run with exit code 1 and the index marks the later notebooks "not run"."""
+    quiet = _notebook(tmp_path / "notebooks" / "01_quiet.ipynb", "finished = True  # but never reports")
+    later = _notebook(tmp_path / "notebooks" / "02_later.ipynb",
+                      "from cxrutils.report.runner import write_summary\nwrite_summary(output_dir, headline='ran')")
+    monkeypatch.setattr(reports, "notebook_paths", lambda: [quiet, later])
+    reports_dir = tmp_path / "reports"
+    assert reports.main(["--profile", "demo", "--reports-dir", str(reports_dir)]) == 1
+    index = json.loads((reports_dir / reports.INDEX_JSON_NAME).read_text())
+    assert index["01_quiet"]["status"] == "failed"
+    assert reports.SUMMARY_NAME in index["01_quiet"]["status_reason"]
+    assert index["02_later"]["status"] == "not run"
+    assert not (reports_dir / "02_later.html").exists() and not (reports_dir / "02_later").exists()
+    page = (reports_dir / "index.html").read_text()
+    assert "not run" in page and "failed" in page

@@ -58,7 +58,7 @@ def test_lists_that_share_a_patient_are_an_error(fixtures_dir):
     with pytest.raises(PatientOverlapError, match=r"patient_id \[1\]"):
         assign_official(
             metadata,
-            ["00000001_000.png", "00000002_000.png"],
+            ["00000001_000.png", "00000002_000.png", "00000013_005.png"],
             ["00000001_001.png", "00000003_000.png"],
             val_fraction=0.0,
         )
@@ -68,6 +68,30 @@ def test_lists_naming_unknown_images_are_an_error(fixtures_dir):
     metadata = read_metadata(fixtures_dir / "Data_Entry_2017_v2020.csv")
     with pytest.raises(ValueError, match="not in the metadata"):
         assign_official(metadata, ["00000001_000.png", "ghost.png"], ["00000003_000.png"])
+
+
+def test_an_image_in_both_lists_is_an_error_naming_it(fixtures_dir):
+    metadata = read_metadata(fixtures_dir / "Data_Entry_2017_v2020.csv")
+    everything = metadata["image"].tolist()
+    with pytest.raises(ValueError, match=r"1 image\(s\) are in both split lists.*00000003_000.png"):
+        assign_official(metadata, everything, ["00000003_000.png"])
+
+
+def test_images_in_neither_list_are_an_error_naming_them_not_a_silent_third_split(fixtures_dir, tmp_path):
+    """The official lists name every film; one in neither would be cached but never trained on or scored."""
+    metadata = read_metadata(fixtures_dir / "Data_Entry_2017_v2020.csv")
+    names = metadata["image"].tolist()
+    with pytest.raises(ValueError, match=r"2 image\(s\) in the metadata are in neither split list") as error:
+        assign_official(metadata, names[:2], names[2:3])
+    assert names[3] in str(error.value) and names[4] in str(error.value)
+
+    # Through load_dataset: the Kaggle CSV has one film more than these lists.
+    from cxrutils.data.dataset import load_dataset
+
+    for name in ("Data_Entry_2017.csv", "train_val_list.txt", "test_list.txt"):
+        (tmp_path / name).write_bytes((fixtures_dir / name).read_bytes())
+    with pytest.raises(ValueError, match="neither split list.*00020393_000.png"):
+        load_dataset(tmp_path)
 
 
 def test_random_split_is_patient_disjoint_and_seeded(nih_metadata):

@@ -15,7 +15,7 @@ import torch
 
 import cxrutils.engine.runtime as runtime_module
 from cxrutils.engine import run_folder
-from cxrutils.engine.model import IMAGENET_DENSENET121_FILE, WeightsNotFoundError
+from cxrutils.engine.model import IMAGENET_DENSENET121_FILE, WeightsNotFoundError, build_model
 from cxrutils.engine.train import train
 from cxrutils.labels import FINDINGS
 from cxrutils.settings import load_train_config
@@ -66,9 +66,35 @@ def test_the_same_seed_gives_the_same_metrics_on_the_cpu(tiny_phantom_root, tmp_
     pd.testing.assert_frame_equal(first[columns], second[columns])
 
 
-def test_a_run_killed_mid_epoch_resumes_with_identical_state(tiny_phantom_root, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_phantom_root, tmp_path_factory) -> Path:
+    """A 3-epoch run that nothing interrupted: what a killed and resumed run must end up identical to."""
+    return train(_config(tiny_phantom_root, tmp_path_factory.mktemp("uninterrupted"), name="whole",
+                         epochs=3)).run_dir
+
+
+def _assert_same_training_state(resumed_dir: Path, reference_dir: Path) -> None:
+    """History, scheduler, best epoch, every weight and every optimizer state tensor, exactly."""
+    history = run_folder.read_history(resumed_dir)
+    reference_history = run_folder.read_history(reference_dir)
+    assert history["epoch"].tolist() == reference_history["epoch"].tolist()  # no gap, no duplicate
+    columns = ["train_loss", "val_loss", "val_auroc_mean", "lr"]
+    pd.testing.assert_frame_equal(history[columns], reference_history[columns])
+    resumed, reference = _checkpoint(resumed_dir), _checkpoint(reference_dir)
+    assert resumed["epoch"] == reference["epoch"]
+    assert resumed["scheduler"] == reference["scheduler"]
+    assert resumed["best_epoch"] == reference["best_epoch"]
+    for key, tensor in reference["model"].items():
+        assert torch.equal(resumed["model"][key], tensor), key
+    assert resumed["optimizer"]["param_groups"] == reference["optimizer"]["param_groups"]
+    for index, state in reference["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(resumed["optimizer"]["state"][index][name], value), (index, name)
+
+
+def test_a_run_killed_mid_epoch_resumes_with_identical_state(tiny_phantom_root, tmp_path, monkeypatch, uninterrupted):
     epochs = 3
-    reference_dir = train(_config(tiny_phantom_root, tmp_path, name="whole", epochs=epochs)).run_dir
+    reference_dir = uninterrupted
 
     # Kill the second run in the middle of epoch 2: augmentation runs once per training batch.
     calls = {"n": 0}
@@ -91,28 +117,125 @@ def test_a_run_killed_mid_epoch_resumes_with_identical_state(tiny_phantom_root, 
         train(config)  # a fresh start would overwrite the run: refused
 
     train(config, resume=True)
-    history = run_folder.read_history(killed_dir)
-    assert history["epoch"].tolist() == list(range(1, epochs + 1))  # no gap, no duplicate
-    reference_history = run_folder.read_history(reference_dir)
-    columns = ["train_loss", "val_loss", "val_auroc_mean", "lr"]
-    pd.testing.assert_frame_equal(history[columns], reference_history[columns])
-
-    resumed, reference = _checkpoint(killed_dir), _checkpoint(reference_dir)
-    assert resumed["epoch"] == reference["epoch"] == epochs
-    assert resumed["scheduler"] == reference["scheduler"]
-    assert resumed["best_epoch"] == reference["best_epoch"]
-    for key, tensor in reference["model"].items():
-        assert torch.equal(resumed["model"][key], tensor), key
-    assert resumed["optimizer"]["param_groups"] == reference["optimizer"]["param_groups"]
-    for index, state in reference["optimizer"]["state"].items():
-        for name, value in state.items():
-            assert torch.equal(resumed["optimizer"]["state"][index][name], value), (index, name)
+    assert run_folder.read_history(killed_dir)["epoch"].tolist() == list(range(1, epochs + 1))
+    _assert_same_training_state(killed_dir, reference_dir)
 
 
-def test_resume_refuses_changed_settings(tiny_phantom_root, tmp_path):
-    train(_config(tiny_phantom_root, tmp_path, epochs=1))
+def test_a_run_sigkilled_from_outside_at_a_random_point_resumes_with_identical_state(tiny_phantom_root, tmp_path,
+                                                                                    uninterrupted):
+    """A real kill: no exception, no finally block, no atexit. It lands anywhere after the first epoch's
+    checkpoint: in the middle of an epoch, of validation or of writing a checkpoint."""
+    import random
+    import signal
+    import time
+
+    config = _config(tiny_phantom_root, tmp_path, name="sigkilled", epochs=3)
+    command = [sys.executable, "-m", "cxrutils.train", "--config", "tiny", "--set", f"data_root={tiny_phantom_root}",
+               "--set", f"runs_dir={config.runs_dir}", "--set", f"cache_dir={config.cache_dir}",
+               "--set", f"name={config.name}", "--set", "epochs=3"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the reference's arithmetic exactly
+    log = tmp_path / "train.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    history_file = config.run_dir / run_folder.HISTORY_JSON
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline and not history_file.is_file():
+        time.sleep(0.02)
+    assert process.poll() is None, log.read_text()[-3000:]
+    # Anywhere within the next epoch's length: epochs 2 and 3 are still to come, so the run is never finished.
+    delay = random.uniform(0.0, float(run_folder.read_history(config.run_dir)["epoch_seconds"].iloc[0]))
+    time.sleep(delay)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, f"finished before the kill {delay:.2f} s after epoch 1"
+    assert _checkpoint(config.run_dir)["epoch"] in (1, 2), f"killed {delay:.2f} s after epoch 1"
+
+    train(config, resume=True)
+    _assert_same_training_state(config.run_dir, uninterrupted)
+
+
+def test_the_best_checkpoint_and_its_validation_outputs_are_those_of_the_epoch_with_the_best_mean_auroc(
+        tiny_phantom_root, tmp_path, monkeypatch):
+    """Epoch 1 of 2 is made the best (the mean validation AUROC is scripted): the best checkpoint, the validation
+    predictions and the thresholds chosen on them must come from epoch 1, not from the last epoch."""
+    import cxrutils.engine.train as train_module
+    from cxrutils.data.cache import ImageCache
+    from cxrutils.engine.runtime import prepare_batch
+
+    scripted = iter([0.83, 0.61])
+    monkeypatch.setattr(train_module, "per_class_auroc", lambda labels, scores: np.full(len(FINDINGS),
+                                                                                        next(scripted)))
+    result = train(_config(tiny_phantom_root, tmp_path, epochs=2))
+    run_dir = result.run_dir
+    history = run_folder.read_history(run_dir)
+    assert history["val_auroc_mean"].tolist() == pytest.approx([0.83, 0.61])
+    assert result.best_epoch == 1 == int(history["epoch"][history["val_auroc_mean"].idxmax()])
+    best = run_folder.load_checkpoint(run_dir / run_folder.BEST_CHECKPOINT)
+    assert best["epoch"] == 1 and best["best_val_auroc_mean"] == pytest.approx(0.83)
+    assert _checkpoint(run_dir)["epoch"] == 2 and _checkpoint(run_dir)["best_epoch"] == 1
+
+    predictions = run_folder.read_predictions(run_dir, "val")
+    labels = predictions[list(FINDINGS)].to_numpy()
+    written = predictions[[f"prob_{f}" for f in FINDINGS]].to_numpy()
+    cache = ImageCache.open(run_folder.read_config(run_dir)["cache_dir"])
+    pixels = torch.from_numpy(np.asarray(cache.pixels[cache.rows(predictions["image"].tolist())]))[:, None]
+    inputs = prepare_batch(pixels, torch.device("cpu"), 32, channels_last=False)
+
+    def scored_by(checkpoint_name: str) -> np.ndarray:
+        model, _, _ = run_folder.load_run_model(run_dir, checkpoint_name)
+        with torch.no_grad():
+            return torch.sigmoid(model(inputs)).numpy()
+
+    np.testing.assert_allclose(written, scored_by(run_folder.BEST_CHECKPOINT), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(written, scored_by(run_folder.LAST_CHECKPOINT), rtol=1e-3, atol=1e-4)
+
+    # Thresholds chosen on exactly those predictions: each maximises its criterion over the validation scores.
+    thresholds = run_folder.read_thresholds(run_dir)
+    for k, finding in enumerate(FINDINGS):
+        y, s = labels[:, k], written[:, k]
+        if y.min() == y.max():
+            assert thresholds["youden"][finding] is None and thresholds["max_f1"][finding] is None
+            continue
+        def youden(t):
+            return (s[y == 1] >= t).mean() - (s[y == 0] >= t).mean()
+
+        def f1(t):
+            flagged = s >= t
+            return 2 * (flagged & (y == 1)).sum() / (flagged.sum() + (y == 1).sum())
+
+        def as_written(t):  # the CSV holds 6 significant digits; the thresholds were chosen on full precision
+            return float(f"{t:.6g}")
+
+        candidates = np.unique(s)
+        assert youden(as_written(thresholds["youden"][finding])) == pytest.approx(max(map(youden, candidates)))
+        assert f1(as_written(thresholds["max_f1"][finding])) == pytest.approx(max(map(f1, candidates)))
+
+
+def test_resume_refuses_changed_settings_a_missing_checkpoint_and_changed_images_and_auto_starts_or_returns(
+        phantom_copy, tmp_path):
+    """Notebook 02 trains with resume="auto": a fresh run starts, a finished one returns at once. resume=True with
+    other settings, with no checkpoint, or with images that changed since, is refused."""
+    config = _config(phantom_copy, tmp_path, epochs=1)
+    with pytest.raises(FileNotFoundError, match="cannot resume.*checkpoint_last.pt"):
+        train(config, resume=True)
+    assert not config.run_dir.exists()
+
+    assert train(config, resume="auto").epochs_run == 1
+    last = config.run_dir / run_folder.LAST_CHECKPOINT
+    written = last.stat().st_mtime_ns
+    assert train(config, resume="auto").epochs_run == 1  # finished: nothing trained again
+    assert last.stat().st_mtime_ns == written
+
     with pytest.raises(ValueError, match="lr"):
-        train(_config(tiny_phantom_root, tmp_path, epochs=2, lr=0.5), resume=True)
+        train(_config(phantom_copy, tmp_path, epochs=2, lr=0.5), resume=True)
+    changed = sorted((phantom_copy / "images").iterdir())[0]
+    from conftest import write_png
+
+    write_png(changed, size=64, value=3)  # another file of another size: the cache's fingerprint changes
+    config.epochs = 2
+    with pytest.raises(ValueError, match="fingerprint"):
+        train(config, resume=True)
+    assert last.stat().st_mtime_ns == written
 
 
 def test_absent_imagenet_weights_fail_before_anything_is_written(tiny_phantom_root, tmp_path, monkeypatch):
@@ -205,6 +328,84 @@ def test_torchrun_with_two_cpu_processes_trains_resumes_after_a_kill_and_only_ra
     assert history["epoch"].tolist() == [1, 2, 3]
     columns = ["train_loss", "val_loss", "val_auroc_mean", "lr"]
     pd.testing.assert_frame_equal(history[columns], whole[columns], rtol=1e-6)
+
+
+def test_two_processes_at_batch_b_take_the_step_one_process_takes_at_batch_2b(tiny_run, tiny_phantom_root, tmp_path):
+    """gloo on the CPU: the DistributedSampler gives the ranks disjoint shards that cover the epoch, DDP averages
+    their gradients, and the mean loss over ranks is the loss of both batches together.
+
+    BatchNorm is held in eval mode for the comparison: in training mode each process normalises by its own
+    batch's statistics (checked last), so no DenseNet step on B + B films equals one on 2B (SyncBatchNorm would).
+    """
+    from cxrutils.data.cache import open_image_cache
+    from cxrutils.data.dataset import load_training_dataset
+    from cxrutils.engine.runtime import Distributed, prepare_batch
+    from cxrutils.engine.train import TrainingState, training_data, training_step
+
+    settings = [f"data_root={tiny_phantom_root}", f"cache_dir={run_folder.read_config(tiny_run)['cache_dir']}",
+                f"runs_dir={tmp_path / 'runs'}"]
+    import socket
+
+    with socket.socket() as free:  # the variables torchrun sets, without its launcher process (one torch import less)
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    logs, processes = [], []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CXRUTILS_DDP_TIMEOUT_SECONDS": "60", "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        logs.append(open(tmp_path / f"rank{rank}.log", "w"))
+        processes.append(subprocess.Popen([sys.executable, str(TESTS_DIR / "ddp_numbers_probe.py"), str(tmp_path),
+                                           *settings], env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
+    for process, log in zip(processes, logs):
+        process.wait(timeout=300)
+        log.close()
+    assert [p.returncode for p in processes] == [0, 0], (tmp_path / "rank0.log").read_text()[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+
+    films = ranks[0]["train_films"]
+    for epoch in (1, 2):
+        first, second = set(ranks[0]["shards"][epoch]), set(ranks[1]["shards"][epoch])
+        assert not first & second, f"epoch {epoch}: films on both ranks"
+        assert len(first) == len(second) == films // 2 and first | second <= set(range(films))
+    assert ranks[0]["shards"][1] != ranks[0]["shards"][2]  # reshuffled each epoch
+
+    # One process, the same model and optimizer, both ranks' first batches as one batch of 2B.
+    config = load_train_config("tiny", settings)
+    dataset = load_training_dataset(config)
+    data = training_data(config, dataset, open_image_cache(dataset, config), Distributed())
+    both = ranks[0]["first_batch"] + ranks[1]["first_batch"]
+    pixels, targets = data.train_loader.dataset.__getitems__(both)
+    torch.manual_seed(0)
+    model = build_model("none")
+    model.train(False)
+    state = TrainingState.create(config, model, torch.device("cpu"))
+    images = prepare_batch(pixels, torch.device("cpu"), config.input_size, channels_last=False)
+    loss = float(training_step(model, images, targets, torch.nn.BCEWithLogitsLoss(), state.optimizer, state.scaler,
+                               None))
+    frozen = [r["frozen_batchnorm"] for r in ranks]
+    assert frozen[0]["loss"] != frozen[1]["loss"]  # the ranks really saw different films
+    assert frozen[0]["mean_loss"] == frozen[1]["mean_loss"] == pytest.approx(loss, rel=1e-6)
+    for name, parameter in model.named_parameters():
+        assert torch.equal(frozen[0]["gradients"][name], frozen[1]["gradients"][name]), name
+        scale = parameter.grad.abs().max().item()  # float32 sums in another order: errors relative to the tensor
+        torch.testing.assert_close(frozen[0]["gradients"][name], parameter.grad, rtol=0, atol=1e-5 * scale, msg=name)
+    for name, value in model.state_dict().items():
+        assert torch.equal(frozen[0]["weights"][name], frozen[1]["weights"][name]), name
+        # AdamW's first step is lr * g / (|g| + eps), about lr * sign(g): where |g| is near eps (1e-8), a last-bit
+        # difference in g moves the step by a few percent of lr; a wrong gradient moves it by up to 2 lr.
+        torch.testing.assert_close(frozen[0]["weights"][name], value, rtol=0, atol=0.1 * config.lr, msg=name)
+
+    # BatchNorm in training mode: each rank's statistics are its own batch's (momentum 0.1 from a zero mean).
+    torch.manual_seed(0)
+    stem = build_model("none").features.conv0
+    with torch.no_grad():
+        own = [stem(batch).mean(dim=(0, 2, 3)) for batch in images.split(config.batch_size)]
+        pooled = stem(images).mean(dim=(0, 2, 3))
+    for rank in (0, 1):
+        running_mean = ranks[rank]["training_batchnorm_running_mean"]
+        torch.testing.assert_close(running_mean, 0.1 * own[rank], rtol=1e-4, atol=1e-6)
+        assert not torch.allclose(running_mean, 0.1 * pooled, rtol=1e-3, atol=1e-5)
 
 
 def test_training_learns_the_phantoms(tmp_path_factory, monkeypatch):

@@ -18,7 +18,6 @@ import pandas as pd
 from cxrutils.labels import FINDINGS
 
 TRAIN, VAL, TEST = "train", "val", "test"
-UNASSIGNED = "unassigned"  # in the metadata but in neither official list
 SPLIT_ORDER = (TRAIN, VAL, TEST)
 # The official lists' sizes (NIH_FORMATS.md): what a full download's split table must show.
 OFFICIAL_TRAIN_VAL_IMAGES, OFFICIAL_TRAIN_VAL_PATIENTS = 86_524, 28_008
@@ -67,10 +66,18 @@ def assign_official(
             f"e.g. {list(unknown[:3])}: do the lists and the CSV come from the same release?"
         )
     images = metadata["image"]
-    side = np.full(len(metadata), UNASSIGNED, dtype=object)
+    # The official lists name all 112,120 films: a film in neither would be cached, never trained on and never
+    # scored, so it is an error, not a silent third side.
+    unlisted = images[~images.isin(listed)]
+    if len(unlisted):
+        raise ValueError(
+            f"{len(unlisted):,} image(s) in the metadata are in neither split list (train_val_list.txt, "
+            f"test_list.txt), e.g. {unlisted.head(3).tolist()}: do the lists and the CSV come from the same release? "
+            "Add them to one list, remove their rows from the metadata CSV, or remove both lists to split by patient"
+        )
+    side = np.full(len(metadata), TRAIN, dtype=object)
     side[images.isin(test).to_numpy()] = TEST
     in_train_val = images.isin(train_val).to_numpy()
-    side[in_train_val] = TRAIN
     val_patients = _draw_patients(metadata.loc[in_train_val, "patient_id"].unique(), val_fraction, seed)
     side[metadata["patient_id"].isin(val_patients).to_numpy() & in_train_val] = VAL
     split = pd.Series(side, index=metadata.index, name="split")

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -153,7 +154,7 @@ def load_imagenet_features(model: ChestXrayDenseNet, path: str | os.PathLike[str
             f"https://download.pytorch.org/models/{IMAGENET_DENSENET121_FILE}) into {path.parent}/, "
             f"or set weights: none to train from scratch."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path)
     renamed = {}
     for key, value in state.items():
         match = _LEGACY_KEY.match(key)
@@ -194,15 +195,26 @@ def load_checkpoint_weights(model: nn.Module, path: str | os.PathLike[str]) -> N
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, wrong format: say what the file is not
-        raise ValueError(
-            f"{path} is not a cxrutils checkpoint that loads with weights_only=True ({type(err).__name__}: {err})"
-        ) from err
+    checkpoint = load_tensors(path)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise ValueError(f"{path} has no 'model' entry: not a cxrutils checkpoint")
     model.load_state_dict(checkpoint["model"], strict=True)
+
+
+def load_tensors(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain values only, never code stored in the file.
+
+    Every checkpoint and weights file cxrutils reads comes through here. A file whose
+    unpickling would call anything else (a pickled module, a crafted file) or that is not
+    a torch file at all is refused with a ValueError naming it; nothing in it runs.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ValueError(
+            f"{path} is not a cxrutils checkpoint or weights file that loads with weights_only=True (tensors and "
+            f"plain values only; a pickled module or other code is never run): {type(err).__name__}: {err}"
+        ) from err
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -33,9 +33,10 @@ import torch
 from cxrutils import files
 from cxrutils.data.cache import ImageCache, open_image_cache
 from cxrutils.data.dataset import NIHDataset, load_training_dataset
-from cxrutils.engine.model import ChestXrayDenseNet
+from cxrutils.engine.model import ChestXrayDenseNet, load_tensors
 from cxrutils.labels import FINDINGS, NO_FINDING
 from cxrutils.paths import resolve
+from cxrutils.predictions import missing_columns
 from cxrutils.settings import TrainConfig
 
 CONFIG_NAME = "config.json"
@@ -74,7 +75,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """Load a cxrutils checkpoint with ``weights_only=True``: tensors and plain types only."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return load_tensors(path, map_location)
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -129,7 +130,16 @@ def write_predictions(path: Path, table: pd.DataFrame) -> None:
 
 
 def read_predictions(run_dir: str | os.PathLike[str], split: str) -> pd.DataFrame:
-    return pd.read_csv(Path(run_dir) / predictions_name(split))
+    """A run's ``predictions_<split>.csv``; every column of the layout must be there (a missing one is an error)."""
+    path = Path(run_dir) / predictions_name(split)
+    table = pd.read_csv(path)
+    missing = missing_columns(table)
+    if missing:
+        # The comparison pairs the findings both tables score: a lost probability column would drop a finding silently.
+        raise ValueError(f"{path} lacks the column(s) {missing} of a predictions table (image, patient_id, "
+                         "prob_<finding> and the label of each of the 14 findings); delete it and score the split "
+                         "again (cxrutils.engine.predict.predict_split)")
+    return table
 
 
 # --------------------------------------------------------------------------- the split, and the data it was drawn from

@@ -212,6 +212,15 @@ def gather(value: Any, ddp: Distributed) -> list[Any]:
     return gathered
 
 
+def mean_over_ranks(value: float, ddp: Distributed, device: torch.device) -> float:
+    """The mean of every rank's ``value`` (``value`` itself for one process)."""
+    if not ddp.enabled:
+        return value
+    total = torch.tensor([value], dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item() / ddp.world_size
+
+
 def share_main_buffers(model: torch.nn.Module, ddp: Distributed) -> None:
     """Give every rank rank 0's buffers (BatchNorm running statistics) before they score anything.
 

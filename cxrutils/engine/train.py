@@ -45,6 +45,7 @@ from cxrutils.engine.runtime import (
     environment,
     gather,
     gather_to_main,
+    mean_over_ranks,
     prepare_batch,
     rng_state,
     seed_everything,
@@ -237,6 +238,23 @@ def training_step(
     return loss.detach()
 
 
+def training_network(model: nn.Module, ddp: Distributed, device: torch.device, compile: bool = False) -> nn.Module:
+    """What ``training_step`` calls: the model, inside DDP under torchrun, compiled around that with ``compile``.
+
+    DDP averages the gradients over the processes during the backward pass, so N
+    processes at batch B take the step one process takes at batch N x B on the same
+    films (with BatchNorm in training mode, each process still normalises by its own
+    batch's statistics). Compiled around DDP, its all-reduce overlaps the backward pass.
+    """
+    network: nn.Module = model
+    if ddp.enabled:
+        network = nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        network = torch.compile(network)
+    return network
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: torch.utils.data.DataLoader,
@@ -370,12 +388,7 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
             )
         state.load_checkpoint(checkpoint, ddp)
 
-    network: nn.Module = model
-    if ddp.enabled:
-        network = nn.parallel.DistributedDataParallel(
-            network, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:  # compiled around DDP, so its all-reduce overlaps the backward pass
-        network = torch.compile(network)
+    network = training_network(model, ddp, device, config.compile)
     if ddp.is_main:
         _write_run_record(run_dir, config, dataset, cache, data, device, ddp, pos_weight)
 
@@ -391,10 +404,8 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
         with stage("train epoch", images=len(data.train_names)):
             train_stats = train_one_epoch(network, data.train_loader, criterion, state.optimizer, state.scaler,
                                           config, device, generator, epoch, show_progress=ddp.is_main)
-        if ddp.enabled:  # mean training loss over ranks
-            loss_tensor = torch.tensor([train_stats["train_loss"]], device=device)
-            dist.all_reduce(loss_tensor)
-            train_stats["train_loss"] = loss_tensor.item() / ddp.world_size
+        if ddp.enabled:  # every rank trained on as many films (DistributedSampler), so the mean of means is the mean
+            train_stats["train_loss"] = mean_over_ranks(train_stats["train_loss"], ddp, device)
             train_stats["train_images_per_second"] *= ddp.world_size
         with stage("validate", images=len(data.val_names)):
             val = validate(model, data.val_loader, val_criterion, config, device, ddp)

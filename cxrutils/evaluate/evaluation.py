@@ -164,7 +164,7 @@ class EvaluationResult:
     @property
     def headline(self) -> str:
         """``mean AUROC 0.812 [0.795, 0.829] (test, n=25,596 images)``, or say that it is undefined."""
-        mean = self.auroc.loc[metrics.MEAN_ROW]
+        mean = mean_auroc(self.auroc)
         where = f"({self.split}{', hflip TTA' if self.tta_hflip else ''}, n={self.n_images:,} images)"
         if not np.isfinite(mean["auroc"]):
             return f"mean AUROC undefined: no finding has both positives and negatives {where}"
@@ -220,7 +220,7 @@ class EvaluationResult:
 
     def to_document(self) -> dict[str, Any]:
         """Everything the report shows, as plain JSON: what ``write_metrics`` saves."""
-        mean = self.auroc.loc[metrics.MEAN_ROW]
+        mean = mean_auroc(self.auroc)
         per_class = {
             finding: {
                 "auroc": self.auroc.loc[finding, "auroc"],
@@ -296,6 +296,15 @@ class EvaluationResult:
         return files.plain(document)
 
 
+def mean_auroc(auroc: pd.DataFrame) -> pd.Series:
+    """The mean row's auroc, ci_low, ci_high and n_resamples as floats (NaN where undefined).
+
+    The whole row would be one nullable Float64 series (the table's count columns are Int64),
+    in which NaN reads as <NA>: ``np.isfinite`` of it raises instead of saying False.
+    """
+    return auroc.loc[metrics.MEAN_ROW, ["auroc", "ci_low", "ci_high", "n_resamples"]].astype(np.float64)
+
+
 def _by_row(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Row label -> {column: value}, each column keeping its own type (counts stay integers)."""
     return {str(index): values for index, values in table.to_dict(orient="index").items()}
@@ -330,9 +339,9 @@ def evaluate_run(
     run = run if isinstance(run, run_folder.Run) else run_folder.open_run(run, data_root=data_root)
     layer = gradcam_layer_for(run.config.input_size, gradcam_layer)
     thresholds_by_finding = run.thresholds(threshold_method)
+    thresholds = metrics.threshold_array(thresholds_by_finding)  # a finding missing from the file fails before scoring
     predictions = predict_split(run, split, tta_hflip=tta_hflip)
     labels, probabilities, patient_ids = prediction_arrays(predictions)
-    thresholds = metrics.threshold_array(thresholds_by_finding)
 
     with stage("bootstrap AUROC", images=len(predictions), resamples=n_bootstrap):
         auroc = metrics.bootstrap_auroc(labels, probabilities, patient_ids, n_resamples=n_bootstrap,
@@ -537,7 +546,7 @@ def context_table(run: run_folder.Run, split: str, auroc: pd.DataFrame) -> pd.Da
     kind = run.dataset.split_kind
     synthetic = run.dataset.synthetic
     this_split = {"official": "official", "random": "random patient split"}.get(kind, kind)
-    mean = auroc.loc[metrics.MEAN_ROW]
+    mean = mean_auroc(auroc)
     this_run = {
         "model": f"this run ({run.name}): DenseNet121, {run.config.weights} init",
         "input": f"{run.config.input_size} px",

@@ -172,7 +172,11 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, 
             export_html(executed, reports_dir / f"{notebook.stem}.html", show_code=show_code)
             thumbnail = write_thumbnail(executed, output_dir)
     summary_path = output_dir / SUMMARY_NAME
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() and error is None else {}
+    if error is None and not summary_path.is_file():
+        # Its last cells never ran or never reported: the index must not call that a success.
+        error = (f"the notebook finished without writing {SUMMARY_NAME}: its last cell must call "
+                 "cxrutils.report.runner.write_summary(output_dir, ...)")
+    summary = json.loads(summary_path.read_text()) if error is None else {}
     status = "failed" if error else summary.pop("status", "ok")
     return {
         "notebook": notebook.stem,

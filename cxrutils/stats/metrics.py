@@ -263,7 +263,7 @@ def _patient_codes(patient_ids: Any, n_images: int) -> tuple[np.ndarray, int]:
         raise ValueError(f"{ids.size} patient ids for {n_images} images")
     if pd.isna(pd.Series(ids)).any():
         raise ValueError("patient_ids hold missing values; every image needs its patient to resample by patient")
-    codes, uniques = pd.factorize(ids)
+    codes, uniques = pd.factorize(ids, sort=True)  # by patient id: the same resamples whatever the row order
     return codes.astype(np.int64), len(uniques)
 
 
