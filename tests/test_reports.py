@@ -63,6 +63,16 @@ def test_index_merges_runs_and_shows_status_and_source(tmp_path):
     assert set(json.loads((tmp_path / "index.json").read_text())) == {"01_eda", "04_txv"}
 
 
+def test_the_index_marks_a_synthetic_source_once(tmp_path):
+    # The dataset's description opens with "SYNTHETIC"; the index once showed "SYNTHETIC SYNTHETIC phantom ...".
+    entry = {"notebook": "01_eda", "status": "ok", "synthetic": True,
+             "data_source": "SYNTHETIC phantom dataset at data/demo (metadata: demo)"}
+    reports.write_index([entry], "demo", tmp_path)
+    page = (tmp_path / "index.html").read_text()
+    assert "<span class='synthetic'>SYNTHETIC</span> phantom dataset at data/demo" in page
+    assert page.count("SYNTHETIC</span> SYNTHETIC") == 0
+
+
 def _notebook(path, *cells: str):
     """A notebook in the project's shape: a parameters cell declaring output_dir, then ``cells``."""
     notebook = nbformat.v4.new_notebook()

@@ -212,7 +212,8 @@ def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) 
             status_text, reason = f"skipped ({entry['status_reason']})", ""
         source = html.escape(str(entry.get("data_source", "")))
         if entry.get("synthetic"):
-            source = f"<span class='synthetic'>SYNTHETIC</span> {source}"
+            # The dataset's own description already opens with the word; mark it rather than repeat it.
+            source = f"<span class='synthetic'>SYNTHETIC</span> {source.removeprefix('SYNTHETIC ')}"
         report_page = html.escape(f"{name}.html")
         has_page = (reports_dir / f"{name}.html").is_file()
         link = f"<a href='{report_page}'>{html.escape(name)}</a>" if has_page else html.escape(name)
