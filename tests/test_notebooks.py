@@ -1,10 +1,13 @@
 """Papermill runs of the notebooks through the reports runner, on tiny data."""
 
+import ast
 import json
 
+import nbformat
 import pandas as pd
 import pytest
 
+from cxrutils.paths import NOTEBOOKS_DIR
 from cxrutils.report import runner as reports
 
 pytestmark = pytest.mark.notebook
@@ -103,3 +106,33 @@ def test_a_split_setting_changes_the_eda_and_the_training_split_alike(tiny_phant
     for side in ("train", "val", "test"):
         assert shown[side]["images"] == int((trained["split"] == side).sum())
     assert shown["val"]["images"] != int((default["split"] == "val").sum())
+
+
+def _without_magics(source: str) -> str:
+    return "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+
+
+def test_notebook_02_continues_a_killed_run_by_default():
+    """Rerunning notebook 02 after a kill (or a closed laptop) must resume, not refuse or start over.
+
+    Its default is ``resume = "auto"`` handed to ``train``; what "auto" does is tested on
+    ``train`` itself (tests/test_train.py). Running the notebook twice would cost two trainings.
+    """
+    notebook = nbformat.read(NOTEBOOKS_DIR / "02_train.ipynb", as_version=4)
+    parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    defaults = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse(parameters.source).body
+        if isinstance(node, ast.Assign)
+    }
+    assert defaults["resume"] == "auto"
+    calls = [
+        node
+        for cell in notebook.cells if cell.cell_type == "code"
+        for node in ast.walk(ast.parse(_without_magics(cell.source)))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "train"
+    ]
+    assert calls, "notebook 02 no longer calls train()"
+    for call in calls:
+        passed = {k.arg: k.value for k in call.keywords}
+        assert isinstance(passed.get("resume"), ast.Name) and passed["resume"].id == "resume"
