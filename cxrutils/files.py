@@ -1,9 +1,13 @@
-"""Writing files so that a reader never sees half of one, and JSON that is always strict JSON.
+"""Writing files so that a reader never sees half of one, JSON that is always strict JSON, CSV a spreadsheet can open.
 
 Every file the pipeline writes for later steps (run folders, caches, reports) goes
 through ``atomic_write``: a temporary file in the same folder, then ``os.replace``.
 ``plain`` turns numpy, pandas and path values into JSON values (NaN and NA become
-null, so the files load in any JSON reader); ``write_json`` does both.
+null, so the files load in any JSON reader; text as ``cxrutils.text.printable``, so a
+file name that is not UTF-8 cannot stop the write); ``write_json`` does both.
+``write_csv`` writes a table for people and spreadsheets: atomically, in UTF-8, every
+text cell through ``cxrutils.text.spreadsheet_safe`` (no cell runs as a formula);
+``read_csv_text`` reads such a file back as it was given.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from cxrutils.text import from_spreadsheet, printable, spreadsheet_safe
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], durable: bool = False) -> Path:
@@ -63,11 +69,11 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, durable: bool = F
 def plain(value: Any) -> Any:
     """A JSON value: NaN, infinities, None and pandas' NA become null; numpy scalars and arrays, Python ones."""
     if isinstance(value, Mapping):
-        return {str(key): plain(item) for key, item in value.items()}
+        return {printable(key): plain(item) for key, item in value.items()}
     if isinstance(value, pd.DataFrame):
         return [plain(row) for row in value.to_dict(orient="records")]
     if isinstance(value, pd.Series):
-        return {str(key): plain(item) for key, item in value.items()}
+        return {printable(key): plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [plain(item) for item in value]
     if isinstance(value, np.ndarray):
@@ -81,10 +87,29 @@ def plain(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return None if math.isnan(value) or math.isinf(value) else float(value)
     if isinstance(value, PurePath):
-        return str(value)
+        return printable(str(value))
+    if isinstance(value, str):
+        return printable(value)
     return value
 
 
 def write_json(path: str | os.PathLike[str], payload: Any, durable: bool = False) -> Path:
     """``payload`` as strict, indented JSON (``plain`` first), written atomically."""
     return atomic_write_text(path, json.dumps(plain(payload), indent=2, allow_nan=False, default=str) + "\n", durable)
+
+
+def write_csv(path: str | os.PathLike[str], table: pd.DataFrame, durable: bool = False, **to_csv: Any) -> Path:
+    """``table`` as a UTF-8 CSV, written atomically, with no cell a spreadsheet would run (module docstring).
+
+    ``to_csv`` goes to ``DataFrame.to_csv`` (``index=False`` unless given).
+    """
+    safe = spreadsheet_safe(table)
+    to_csv.setdefault("index", False)
+    return atomic_write(path, lambda temporary: safe.to_csv(temporary, encoding="utf-8", **to_csv), durable)
+
+
+def read_csv_text(path: str | os.PathLike[str], **read_csv: Any) -> pd.DataFrame:
+    """A CSV written by ``write_csv``, every column as text and each cell as it was given (``read_csv`` to pandas)."""
+    read_csv.setdefault("dtype", str)
+    read_csv.setdefault("keep_default_na", False)
+    return from_spreadsheet(pd.read_csv(path, **read_csv))

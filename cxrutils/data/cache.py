@@ -46,7 +46,7 @@ from PIL import Image
 
 from cxrutils.data.dataset import NIHDataset, listed_image_paths
 from cxrutils.data.images import ImageReadError, read_image
-from cxrutils.files import atomic_write_text, write_json
+from cxrutils.files import atomic_write_text, read_csv_text, write_csv, write_json
 from cxrutils.paths import DATA_DIR, resolve
 from cxrutils.profiling import stage
 from cxrutils.progress import progress_bar
@@ -220,12 +220,12 @@ def _read_bad_files(folder: Path) -> pd.DataFrame:
     path = folder / BAD_FILES_NAME
     if not path.is_file():
         return pd.DataFrame(columns=BAD_FILES_COLUMNS)
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return read_csv_text(path)
 
 
 def _write_bad_files(folder: Path, records: dict[int, tuple[str, str, str]]) -> None:
     frame = pd.DataFrame([records[row] for row in sorted(records)], columns=BAD_FILES_COLUMNS)
-    atomic_write_text(folder / BAD_FILES_NAME, frame.to_csv(index=False), durable=True)
+    write_csv(folder / BAD_FILES_NAME, frame, durable=True)  # names and paths as text a spreadsheet does not run
 
 
 def _layout_intact(folder: Path, manifest: dict[str, Any]) -> bool:

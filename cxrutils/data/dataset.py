@@ -184,10 +184,15 @@ def load_training_dataset(config: TrainConfig) -> NIHDataset:
 
 
 def listed_image_paths(dataset: NIHDataset, config: TrainConfig) -> pd.Series:
-    """Every image the metadata lists, found or not: a missing file then stops the cache build
-    with its name, or (``skip_bad_images``) is listed in ``bad_files.csv``; it is never dropped silently."""
+    """Every image the metadata lists, found or not: a missing file (or a FIFO, a folder, ... in its place)
+    then stops the cache build with its name, or (``skip_bad_images``) is listed in ``bad_files.csv``;
+    it is never dropped silently."""
     if dataset.index is None:
         raise ValueError("training needs images: data_root is metadata-only; point it at a dataset folder")
     images_root = resolve(config.images_dir or config.data_root)
-    missing = pd.Series({name: str(images_root / name) for name in dataset.index.missing}, dtype=object)
+    listed_not_files = {name: path for name, (path, _) in dataset.index.not_files.items()}
+    listed_not_files = {name: listed_not_files[name]
+                        for name in pd.Index(dataset.metadata["image"]).intersection(list(listed_not_files))}
+    missing = pd.Series({**{name: str(images_root / name) for name in dataset.index.missing}, **listed_not_files},
+                        dtype=object)
     return pd.concat([dataset.index.paths, missing]) if len(missing) else dataset.index.paths

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrutils.data.images import ImageReadError
+from cxrutils.data.images import ImageReadError, describe_start, open_film_file, too_many_pixels
 
 # Stored values between these percentiles span black to white when the file has no window.
 PERCENTILE_WINDOW = (0.5, 99.5)
@@ -104,6 +104,15 @@ class DicomHeader:
             return f"image of {self.rows} x {self.columns} pixels"
         return None
 
+    def size_problem(self, max_pixels: int | None = None) -> str | None:
+        """Why the pixel data is too large to decode (``images.too_many_pixels``), from the header alone."""
+        pixels = self.rows * self.columns * self.frames
+        decoded_bytes = pixels * max(self.samples_per_pixel, 1) * max(-(-self.bits_allocated // 8), 1)
+        what = (f"Rows {self.rows:,} x Columns {self.columns:,} x {self.frames:,} frame(s) "
+                f"({self.bits_allocated} bits allocated: {decoded_bytes / 2**30:.1f} GiB decoded)")
+        # A film's bytes count as pixels at 16 bits: 8 bits or more per sample, or colour, cost accordingly more.
+        return too_many_pixels(max(pixels, decoded_bytes // 2), what, max_pixels)
+
     def facts(self) -> dict[str, Any]:
         """The header's facts as plain values, for a table of films."""
         spacing = self.pixel_spacing_mm or (None, None)
@@ -125,19 +134,21 @@ def read_dicom_header(path: str | os.PathLike[str]) -> DicomHeader:
     return header_of(_read_dataset(path, header_only=True), path)
 
 
-def read_dicom(path: str | os.PathLike[str]) -> np.ndarray:
+def read_dicom(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """A DICOM radiograph as a (H, W) uint8 film (module docstring); ``ImageReadError`` naming what is wrong."""
-    return read_dicom_film(path)[0]
+    return read_dicom_film(path, max_pixels)[0]
 
 
-def read_dicom_film(path: str | os.PathLike[str]) -> tuple[np.ndarray, DicomHeader]:
-    """``read_dicom``'s film and the file's header."""
+def read_dicom_film(path: str | os.PathLike[str], max_pixels: int | None = None) -> tuple[np.ndarray, DicomHeader]:
+    """``read_dicom``'s film and the file's header; a film above ``max_pixels`` is refused before its pixels are read."""
     from pydicom.pixels import apply_modality_lut
 
-    dataset = _read_dataset(path, header_only=False)
+    # The pixel data is deferred: read from the file only once the header has been judged.
+    dataset = _read_dataset(path, header_only=True)
     header = header_of(dataset, path)
-    if header.problem:
-        raise ImageReadError(path, header.problem)
+    problem = header.problem or header.size_problem(max_pixels)
+    if problem:
+        raise ImageReadError(path, problem)
     try:
         stored = dataset.pixel_array
         values = apply_modality_lut(stored, dataset)
@@ -160,12 +171,12 @@ def _read_dataset(path: str | os.PathLike[str], header_only: bool) -> Any:
 
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
+        with open_film_file(path) as handle:
             head = handle.read(132)
-    except FileNotFoundError:
-        raise ImageReadError(path, "file does not exist") from None
     except OSError as err:
-        raise ImageReadError(path, f"{type(err).__name__}: {err}") from err
+        if isinstance(err, ImageReadError):
+            raise
+        raise ImageReadError(path, f"{type(err).__name__}: {err.strerror or err}") from err
     has_preamble = head[128:132] == b"DICM"
     # pydicom warns (rather than raises) about much of what is wrong with a file: kept for the reason below,
     # and not printed once per film of a batch.
@@ -180,7 +191,7 @@ def _read_dataset(path: str | os.PathLike[str], header_only: bool) -> Any:
     if "SOPClassUID" not in dataset and "Rows" not in dataset:
         said = f" ({caught[0].message})" if caught else ""
         what = ("a damaged or truncated DICOM file" if has_preamble
-                else f"not a DICOM file (no DICM marker; starts with {head[:8]!r})")
+                else f"not a DICOM file (no DICM marker; {describe_start(head[:8])})")
         raise ImageReadError(path, f"{what}: no SOPClassUID, no Rows could be read{said}")
     return dataset
 

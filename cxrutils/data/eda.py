@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cxrutils.data.dataset import IntegrityMode, NIHDataset, find_unreadable_images
+from cxrutils.files import write_csv
 from cxrutils.labels import FINDINGS, NO_FINDING
 from cxrutils.paths import resolve
 
@@ -132,6 +133,7 @@ def integrity_problems(dataset: NIHDataset, mode: IntegrityMode = "quick") -> pd
     rows = [(name, MISSING_PROBLEM, "") for name in index.missing]
     unreadable = find_unreadable_images(index.paths, mode)
     rows += [(r.image, f"unreadable: {r.problem}", r.path) for r in unreadable.itertuples()]
+    rows += [(name, f"unreadable: {what}", path) for name, (path, what) in index.not_files.items()]
     rows += [(name, "file present, not in the metadata", "") for name in index.unlisted]
     rows += [
         (name, f"same file name in {len(paths)} folders", "; ".join(paths)) for name, paths in index.duplicates.items()
@@ -164,9 +166,8 @@ def problems_headline(problems: pd.DataFrame) -> str:
 
 
 def write_problems(problems: pd.DataFrame, output_dir: str | os.PathLike[str]) -> Path:
-    """Every file problem as ``file_problems.csv`` in ``output_dir`` (the report shows the first ones)."""
-    folder = resolve(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / PROBLEMS_CSV_NAME
-    problems.to_csv(path, index=False)
-    return path
+    """Every file problem as ``file_problems.csv`` in ``output_dir`` (the report shows the first ones).
+
+    File names and paths are written as text a spreadsheet does not run (``files.write_csv``).
+    """
+    return write_csv(resolve(output_dir) / PROBLEMS_CSV_NAME, problems)

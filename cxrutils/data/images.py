@@ -1,9 +1,30 @@
-"""Read one chest X-ray file, PNG, JPEG or DICOM, whatever its storage mode, as a 2-D uint8 array."""
+"""Read one chest X-ray file, PNG, JPEG or DICOM, whatever its storage mode, as a 2-D uint8 array.
+
+Every film is opened here (and in ``cxrutils.data.dicom``, which uses the same guards),
+and a file that must not be decoded is refused with ``ImageReadError`` and its reason
+before anything large is read:
+
+- anything but a regular file (a FIFO, a device, a socket, a folder named like a
+  film) is never opened: ``os.stat`` first, then the descriptor opened without
+  blocking is checked again, so a FIFO cannot hang a check and a device is not read;
+- an image larger than ``max_pixels`` (``DEFAULT_MAX_PIXELS``, or the environment
+  variable ``CXRUTILS_MAX_IMAGE_PIXELS``, or the caller's argument) is refused from
+  its header: PNG and JPEG width x height, DICOM rows x columns x frames (and the
+  bytes its bit depth implies), so a 600-byte PNG that declares 60000 x 60000 or a
+  DICOM header claiming 65535 x 65535 costs nothing; PIL's own decompression-bomb
+  guard is caught and reported the same way;
+- no reason quotes a file's bytes (a link to a private file must not leak it).
+"""
 
 from __future__ import annotations
 
 import os
+import stat
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -14,6 +35,13 @@ FILM_FORMATS = ("png", "jpeg", "dicom")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND_TRAILER = b"IEND\xaeB`\x82"
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+# The largest film decoded, in pixels: 40 MP is 6,300 px square, above every chest detector and digitiser in use
+# (NIH 1024 px, CheXpert and MIMIC about 3,000 px, 43 cm at 100 um is 4,300 px). Decoding one such film takes
+# at most about 1 GB (16-bit values and their float64 windowing).
+DEFAULT_MAX_PIXELS = 40_000_000
+MAX_PIXELS_VARIABLE = "CXRUTILS_MAX_IMAGE_PIXELS"
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
 class ImageReadError(OSError):
@@ -25,13 +53,81 @@ class ImageReadError(OSError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
+def max_pixels_allowed(max_pixels: int | None = None) -> int:
+    """``max_pixels``, else ``$CXRUTILS_MAX_IMAGE_PIXELS``, else ``DEFAULT_MAX_PIXELS``."""
+    if max_pixels is not None:
+        return int(max_pixels)
+    value = os.environ.get(MAX_PIXELS_VARIABLE, "").strip().replace("_", "")
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        return int(float(value))
+    except ValueError:
+        raise ValueError(f"{MAX_PIXELS_VARIABLE}={value!r} is not a number of pixels (e.g. 40000000)") from None
+
+
+def too_many_pixels(pixels: int, what: str, max_pixels: int | None = None) -> str | None:
+    """The refusal for an image of ``pixels`` pixels (``what`` says how they were counted); None when it is allowed."""
+    limit = max_pixels_allowed(max_pixels)
+    if pixels <= limit:
+        return None
+    return (f"{what} = {pixels:,} pixels, above the limit of {limit:,}: not decoded (a decompression bomb, or a "
+            f"film far larger than any chest radiograph; raise {MAX_PIXELS_VARIABLE} if it is genuine)")
+
+
+def not_a_regular_file(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` must not be opened as a film (missing, a folder, a FIFO, a device, ...); None for a regular file.
+
+    ``os.stat`` follows a symbolic link: what counts is what it points to.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "file does not exist" if not os.path.islink(path) else "symbolic link to a file that does not exist"
+    except OSError as err:
+        return f"cannot be read: {type(err).__name__}: {err.strerror or err}"
+    return _kind_problem(mode)
+
+
+def _kind_problem(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"{kind}, not a regular file: never opened as a film"
+
+
+def open_film_file(path: str | os.PathLike[str]) -> BinaryIO:
+    """``path`` opened for reading, or ``ImageReadError`` when it is not a regular file (never blocks on a FIFO).
+
+    The descriptor is opened without blocking and checked again, so a file swapped for a
+    FIFO after the first check cannot hang the read either.
+    """
+    problem = not_a_regular_file(path)
+    if problem:
+        raise ImageReadError(path, problem)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as err:
+        raise ImageReadError(path, f"cannot be opened: {type(err).__name__}: {err.strerror or err}") from err
+    try:
+        problem = _kind_problem(os.fstat(descriptor).st_mode)
+        if problem:
+            raise ImageReadError(path, problem)
+        os.set_blocking(descriptor, True)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return os.fdopen(descriptor, "rb")
+
+
 def film_format(path: str | os.PathLike[str]) -> str | None:
     """``png``, ``jpeg`` or ``dicom`` from the file's first bytes, whatever its name; None for anything else.
 
     PACS exports often have no suffix at all, so the content decides. A DICOM file
     without its 128-byte preamble (older files) is recognised by its suffix.
+    ``ImageReadError`` when the path is not a regular file.
     """
-    with open(path, "rb") as handle:
+    with open_film_file(path) as handle:
         head = handle.read(132)
     if head.startswith(_PNG_SIGNATURE):
         return "png"
@@ -42,8 +138,11 @@ def film_format(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """Decode a PNG, JPEG or DICOM into a (H, W) uint8 array.
+
+    A file that is not a regular file, or whose header declares more than
+    ``max_pixels`` (module docstring), is refused with ``ImageReadError`` before decoding.
 
     DICOM goes through ``cxrutils.data.dicom.read_dicom`` (rescale, window,
     MONOCHROME1, orientation); files named .png/.jpg/.jpeg are read by PIL without
@@ -55,38 +154,44 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     - 16-bit: scaled from the smallest bit depth (10, 12, 14 or 16) that holds
       the image's maximum, so 12-bit data is not crushed into the dark end.
     """
-    if not os.fspath(path).lower().endswith(IMAGE_SUFFIXES) and _format_or_none(path) == "dicom":
+    max_pixels = max_pixels_allowed(max_pixels)  # a wrong setting stops here, not as every film's refusal
+    if not os.fspath(path).lower().endswith(IMAGE_SUFFIXES) and film_format(path) == "dicom":
         from cxrutils.data.dicom import read_dicom  # pydicom loads only when a DICOM is read
 
-        return read_dicom(path)
-    try:
-        with Image.open(path) as image:
+        return read_dicom(path, max_pixels=max_pixels)
+    with open_film_file(path) as handle, _pil_errors(path):
+        with Image.open(handle) as image:
+            problem = too_many_pixels(image.size[0] * image.size[1],
+                                      f"{image.size[0]:,} x {image.size[1]:,} declared in the header", max_pixels)
+            if problem:
+                raise ImageReadError(path, problem)
             image.load()  # decode now, so truncation raises here and names the path
             return _to_uint8_gray(image)
-    except FileNotFoundError:
-        raise ImageReadError(path, "file does not exist") from None
-    except (UnidentifiedImageError, SyntaxError, ValueError, OSError) as err:
-        if isinstance(err, ImageReadError):
+
+
+@contextmanager
+def _pil_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Whatever PIL raises on a damaged or hostile file, as ``ImageReadError`` naming the path."""
+    with warnings.catch_warnings():
+        # PIL warns above its own limit (89 MP); the caller's limit, checked from the header, decides instead.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            yield
+        except ImageReadError:
             raise
-        raise ImageReadError(path, f"{type(err).__name__}: {err}") from err
-
-
-def _format_or_none(path: str | os.PathLike[str]) -> str | None:
-    try:
-        return film_format(path)
-    except OSError:
-        return None  # PIL then names the problem (a missing file, a folder)
+        except Image.DecompressionBombError as err:  # above twice PIL's limit: not an OSError, so named here
+            raise ImageReadError(path, f"refused by PIL's decompression-bomb guard: {err}") from err
+        except (UnidentifiedImageError, SyntaxError, ValueError, OSError, EOFError) as err:
+            raise ImageReadError(path, f"{type(err).__name__}: {err}") from err
+        except MemoryError as err:
+            raise ImageReadError(path, "MemoryError while decoding: the file needs more memory than is free") from err
 
 
 def image_header(path: str | os.PathLike[str]) -> tuple[int, int, str]:
     """(width, height, PIL mode) of a PNG or JPEG from its header alone; ``ImageReadError`` when unreadable."""
-    try:
-        with Image.open(path) as image:
+    with open_film_file(path) as handle, _pil_errors(path):
+        with Image.open(handle) as image:
             return image.size[0], image.size[1], image.mode
-    except FileNotFoundError:
-        raise ImageReadError(path, "file does not exist") from None
-    except (UnidentifiedImageError, SyntaxError, ValueError, OSError) as err:
-        raise ImageReadError(path, f"{type(err).__name__}: {err}") from err
 
 
 def bits_of_mode(mode: str) -> int:
@@ -126,27 +231,35 @@ def quick_integrity_problem(path: str | os.PathLike[str]) -> str | None:
     affordable on 112k files. Returns a reason, or None when the file looks whole.
     """
     try:
-        with open(path, "rb") as handle:
+        with open_film_file(path) as handle:
             head = handle.read(8)
             handle.seek(0, os.SEEK_END)
             size = handle.tell()
             handle.seek(max(0, size - 12))
             tail = handle.read()
-    except FileNotFoundError:
-        return "file does not exist"
+    except ImageReadError as err:
+        return err.reason
     except OSError as err:
-        return f"{type(err).__name__}: {err}"
+        return f"{type(err).__name__}: {err.strerror or err}"
     if head.startswith(_PNG_SIGNATURE):
         return None if tail.endswith(_PNG_IEND_TRAILER) else "PNG is truncated (no IEND chunk)"
     if head.startswith(_JPEG_START):
         return None if tail.rstrip(b"\x00").endswith(_JPEG_END) else "JPEG is truncated"
-    return f"not a PNG or JPEG (starts with {head[:8]!r})"
+    return f"not a PNG or JPEG ({describe_start(head)})"
 
 
-def full_integrity_problem(path: str | os.PathLike[str]) -> str | None:
+def describe_start(head: bytes) -> str:
+    """What a file's first bytes are, without quoting them (a link to a private file must not leak its content)."""
+    if not head:
+        return "the file is empty"
+    printable = sum(32 <= byte < 127 or byte in (9, 10, 13) for byte in head) == len(head)
+    return "it starts with text" if printable else "it starts with bytes of no image format"
+
+
+def full_integrity_problem(path: str | os.PathLike[str], max_pixels: int | None = None) -> str | None:
     """Full decode; slower, but also catches corrupt data inside the file."""
     try:
-        read_image(path)
+        read_image(path, max_pixels)
     except ImageReadError as err:
         return err.reason
     return None

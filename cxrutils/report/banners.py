@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import html
-
 from IPython.display import HTML
 
 from cxrutils.data.dataset import NIHDataset
 from cxrutils.report.display import box
+from cxrutils.text import html_text
 
 SYNTHETIC_TEXT = (
     "SYNTHETIC DATA. The images in this report are rendered phantoms, not chest X-rays "
@@ -18,7 +17,7 @@ SYNTHETIC_TEXT = (
 
 def dataset_banner(dataset: NIHDataset) -> HTML:
     """A red banner for phantom data, a neutral one otherwise."""
-    source = html.escape(dataset.description)
+    source = html_text(dataset.description)
     if dataset.synthetic:
         return box(f"<b>{SYNTHETIC_TEXT}</b><br><small>{source}</small>", "red")
     if dataset.metadata_only:

@@ -5,7 +5,6 @@ Nothing here computes a statistic: every number comes from the result.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterator, Sequence
 
 import pandas as pd
@@ -24,6 +23,7 @@ from cxrutils.compare.txv import RANDOM_INIT_LABEL
 from cxrutils.report.display import TONES, box, interval_text, note, p_text, table
 from cxrutils.stats.metrics import MEAN_ROW
 from cxrutils.stats.paired import OURS, TXV, side_by_side
+from cxrutils.text import html_text
 
 
 def skipped_section(loaded: LoadedModels) -> HTML:
@@ -31,12 +31,12 @@ def skipped_section(loaded: LoadedModels) -> HTML:
     if not loaded.missing:
         return HTML("")
     rows = "".join(
-        f"<tr><td>{html.escape(m.model)}</td><td><code>{html.escape(m.weights_file)}</code></td>"
-        f"<td><code>{html.escape(str(m.folder))}</code></td>"
-        f"<td><a href='{html.escape(m.url)}'>{html.escape(m.url)}</a></td></tr>"
+        f"<tr><td>{html_text(m.model)}</td><td><code>{html_text(m.weights_file)}</code></td>"
+        f"<td><code>{html_text(str(m.folder))}</code></td>"
+        f"<td><a href='{html_text(m.url)}'>{html_text(m.url)}</a></td></tr>"
         for m in loaded.missing
     )
-    steps = "".join(f"<li>{html.escape(step)}</li>" for step in enable_instructions(loaded.missing))
+    steps = "".join(f"<li>{html_text(step)}</li>" for step in enable_instructions(loaded.missing))
     if loaded.skipped:
         title = "Comparison skipped: no TorchXRayVision weights"
         lead = "None of the requested models' weights files is present, so nothing below is computed."
@@ -44,7 +44,7 @@ def skipped_section(loaded: LoadedModels) -> HTML:
         title = f"{len(loaded.missing)} model(s) skipped: no weights"
         lead = "These models are left out; the others are compared below."
     return HTML(
-        f"<div style='{TONES['amber']}'><h3 style='margin-top:0'>{html.escape(title)}</h3><p>{html.escape(lead)}</p>"
+        f"<div style='{TONES['amber']}'><h3 style='margin-top:0'>{html_text(title)}</h3><p>{html_text(lead)}</p>"
         "<table><thead><tr><th>model</th><th>weights file</th><th>expected in folder</th><th>download URL</th>"
         f"</tr></thead><tbody>{rows}</tbody></table><p><b>To enable the comparison:</b></p><ol>{steps}</ol>"
         "<p>The test-only switch <code>use_random_txv_weights_for_testing=True</code> runs the pipeline on "
@@ -61,11 +61,11 @@ def caveats_banner(caveats: Sequence[str], random_init: bool) -> HTML:
     caveats = list(caveats)
     parts = []
     if random_init:
-        parts.append(f"<div style='{TONES['red']}'><b>{html.escape(RANDOM_INIT_LABEL)}.</b> Every TorchXRayVision "
+        parts.append(f"<div style='{TONES['red']}'><b>{html_text(RANDOM_INIT_LABEL)}.</b> Every TorchXRayVision "
                      "number in this report comes from random weights (use_random_txv_weights_for_testing=True), "
                      "for testing the pipeline only.</div>")
         caveats = [c for c in caveats if not c.startswith(RANDOM_INIT_LABEL)]
-    items = "".join(f"<li>{html.escape(c)}</li>" for c in caveats)
+    items = "".join(f"<li>{html_text(c)}</li>" for c in caveats)
     parts.append(f"<div style='{TONES['amber']}'><b>Read this comparison with these caveats:</b><ul>{items}</ul></div>")
     return HTML("".join(parts))
 
@@ -88,8 +88,8 @@ def provenance_banner(model: str) -> HTML:
     """Green for a model that never saw an NIH film, red for one that may have trained on these test films."""
     origin = provenance(model)
     sources = "; ".join(origin.sources)
-    text = (f"<b>{html.escape(model)}: {html.escape(origin.verdict)}.</b> Trained on {html.escape(origin.trained_on)}: "
-            f"{html.escape(origin.why)}.<br><small>Sources: {html.escape(sources)}</small>")
+    text = (f"<b>{html_text(model)}: {html_text(origin.verdict)}.</b> Trained on {html_text(origin.trained_on)}: "
+            f"{html_text(origin.why)}.<br><small>Sources: {html_text(sources)}</small>")
     return box(text, "red" if origin.nih_films else "green")
 
 

@@ -4,12 +4,13 @@
 everywhere: counts with thousands separators (``112,120``), proportions, AUROCs and
 other measures to 3 decimals, an estimate with its interval in one column
 (``0.811 [0.789, 0.836]``), percentages to 2 decimals, p-values to 2 significant
-digits, and a dash where there is no value.
+digits, and a dash where there is no value. Every cell, row label, column label and
+caption is shown as text (``cxrutils.text.html_text``): a file name, a metadata field
+or a DICOM header that holds ``<script>`` or ``onerror=`` is never live markup.
 """
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
 from cxrutils.stats.intervals import CONFIDENCE
+from cxrutils.text import html_text
 
 MISSING = "—"
 # Whole numbers that name something rather than count it: shown as they are, without separators.
@@ -47,7 +49,7 @@ def box(inner_html: str, tone: str = "amber") -> HTML:
 
 def note(text: str | None, tone: str = "amber") -> HTML:
     """A short boxed note shown in place of (or beside) a section; nothing when ``text`` is empty."""
-    return box(html.escape(text), tone) if text else HTML("")
+    return box(html_text(text), tone) if text else HTML("")
 
 
 def show_figure(figure: Figure) -> None:
@@ -146,6 +148,10 @@ def table(
                              for label, value in zip(shown.index, shown[column])]
 
     def formatter(column: Any) -> Callable[[Any], str]:
+        shown_as = _cell_text(column)
+        return lambda value: html_text(shown_as(value))  # numbers hold no markup; text from outside may
+
+    def _cell_text(column: Any) -> Callable[[Any], str]:
         special = overrides.get(column, overrides.get(_column_name(column)))
         if callable(special):
             return lambda value: MISSING if _missing(value) else special(value)
@@ -160,6 +166,7 @@ def table(
         return lambda value: number_text(value, name)
 
     styler = shown.style.format({column: formatter(column) for column in shown.columns})
+    styler = styler.format_index(html_text, axis=0).format_index(html_text, axis=1)
     if not index:
         styler = styler.hide(axis="index")
-    return styler.set_caption(caption) if caption else styler
+    return styler.set_caption(html_text(caption)) if caption else styler

@@ -14,7 +14,6 @@ scaled down, saved beside the report's summary.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import re
 from html.parser import HTMLParser
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrutils import files
+from cxrutils.text import html_text
 
 HEADLINE_FIGURE_TAG = "headline-figure"
 THUMBNAIL_NAME = "thumbnail.png"
@@ -89,9 +89,9 @@ def section_headings(page: str) -> list[tuple[str, str]]:
 
 def navigation(headings: list[tuple[str, str]], index_href: str = INDEX_PAGE) -> str:
     """The block at the top of a report: back to the index, then the sections."""
-    items = "".join(f"<li><a href='#{html.escape(anchor)}'>{html.escape(text)}</a></li>" for anchor, text in headings)
+    items = "".join(f"<li><a href='#{html_text(anchor)}'>{html_text(text)}</a></li>" for anchor, text in headings)
     contents = f"<span class='cxr-toc-title'>Contents:</span><ul>{items}</ul>" if items else ""
-    return (f"<nav class='cxr-nav' aria-label='Report navigation'><a class='cxr-index' href='{html.escape(index_href)}'>"
+    return (f"<nav class='cxr-nav' aria-label='Report navigation'><a class='cxr-index' href='{html_text(index_href)}'>"
             f"&larr; All reports</a>{contents}</nav>")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import html
 import json
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from cxrutils.engine.model import GRAY_MEAN, GRAY_STD
 from cxrutils.inference.export import ONNX_NAME, RECORD_NAME
 from cxrutils.labels import FINDINGS
 from cxrutils.paths import REPORTS_DIR, resolve
+from cxrutils.text import html_text
 
 CARD_NAME = "model_card"
 TO_BE_WRITTEN = "TO BE WRITTEN BY A PERSON"
@@ -179,12 +179,12 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
 
 def _render_value(value: Any) -> str:
     if isinstance(value, dict):
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_render_value(v)}</td></tr>" for k, v in value.items())
+        rows = "".join(f"<tr><th>{html_text(str(k))}</th><td>{_render_value(v)}</td></tr>" for k, v in value.items())
         return f"<table>{rows}</table>"
     if isinstance(value, list):
         if value and all(isinstance(item, dict) for item in value):
             keys = list(dict.fromkeys(k for item in value for k in item))
-            head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
+            head = "".join(f"<th>{html_text(str(k))}</th>" for k in keys)
             body = "".join("<tr>" + "".join(f"<td>{_render_value(item.get(k))}</td>" for k in keys) + "</tr>"
                            for item in value)
             return f"<table><tr>{head}</tr>{body}</table>"
@@ -195,7 +195,7 @@ def _render_value(value: Any) -> str:
         return f"{value:,}"
     if value is None:
         return "<span class='missing'>not recorded</span>"
-    text = html.escape(str(value))
+    text = html_text(str(value))
     return f"<span class='blank'>{text}</span>" if text == TO_BE_WRITTEN else text
 
 
@@ -206,10 +206,10 @@ def render_card(card: dict[str, Any]) -> str:
                 ("Training", card["training"]), ("Evaluation", card["evaluation"]),
                 ("Comparison with TorchXRayVision", card["comparison"]), ("Software and hardware", card["software"]),
                 ("Code", card["code"]), ("Limitations", card["limitations"])]
-    body = "".join(f"<h2>{html.escape(title)}</h2>{_render_value(content)}" for title, content in sections)
+    body = "".join(f"<h2>{html_text(title)}</h2>{_render_value(content)}" for title, content in sections)
     banner = ("<p class='synthetic'><b>SYNTHETIC DATA.</b> This run was trained and evaluated on rendered phantoms: "
               "nothing here says anything about real chest X-rays.</p>" if card["synthetic"] else "")
-    return _PAGE.format(title=html.escape(card["title"]), created=html.escape(card["created"]), banner=banner,
+    return _PAGE.format(title=html_text(card["title"]), created=html_text(card["created"]), banner=banner,
                         body=body)
 
 

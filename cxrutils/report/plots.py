@@ -17,6 +17,7 @@ from matplotlib.patches import Rectangle
 
 from cxrutils.data.bboxes import BBOX_FRAME_PX
 from cxrutils.labels import NO_FINDING
+from cxrutils.text import figure_text
 
 sns.set_theme(context="notebook", style="whitegrid")
 
@@ -160,7 +161,7 @@ def gallery(
             ax = axes[r, c]
             pixels = load(image_name)
             ax.imshow(pixels, cmap="gray", vmin=0, vmax=255)
-            ax.set_title(image_name, fontsize=7)
+            ax.set_title(figure_text(image_name), fontsize=7)
             image_boxes = boxes[(boxes["image"] == image_name) & (boxes["finding"] == finding)]
             scale_y, scale_x = pixels.shape[0] / BBOX_FRAME_PX, pixels.shape[1] / BBOX_FRAME_PX
             for box in image_boxes.itertuples():
@@ -215,7 +216,7 @@ def image_grid(images: np.ndarray, titles: list[str], columns: int = 4, title: s
         ax.axis("off")
     for ax, image, name in zip(axes.flat, pixels, titles):
         ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name, fontsize=7)
+        ax.set_title(figure_text(name), fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -440,7 +441,7 @@ def localization_gallery(
                   extent=(0, image.shape[1], image.shape[0], 0))
         if box is not None:
             ax.add_patch(Rectangle((box[0], box[1]), box[2], box[3], fill=False, edgecolor="white", lw=1.4))
-        ax.set_title(title, fontsize=7)
+        ax.set_title(figure_text(title), fontsize=7)  # titles hold film names: a $ is not mathtext
         ax.axis("off")
     fig.tight_layout()
     return fig
@@ -566,7 +567,7 @@ def inference_probabilities(
     pixels = np.asarray(film)
     left.imshow(pixels, cmap="gray", vmin=0, vmax=255 if pixels.dtype == np.uint8 else 1)
     left.axis("off")
-    left.set_title(title, fontsize=8)
+    left.set_title(figure_text(title), fontsize=8)  # a film's name: a $ is not mathtext
     called = (probabilities >= thresholds) & ~np.isnan(thresholds)
     colors = np.where(np.isnan(thresholds), "#bbbbbb", np.where(called, "#c44e52", "#4c72b0"))
     rows = np.arange(len(findings))

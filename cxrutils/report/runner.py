@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import html
 import json
 import os
 import sys
@@ -36,6 +35,7 @@ from cxrutils.profiling import PeakSampler, stage, stage_context
 from cxrutils.progress import duration_text, progress_to_terminal
 from cxrutils.report.html_export import INDEX_PAGE, THUMBNAIL_NAME, export_html, write_thumbnail
 from cxrutils.settings import SettingsError, apply_overrides, available_profiles, load_profile, profile_train_config
+from cxrutils.text import html_text
 
 KERNEL_NAME = "cxrutils"
 # Parameters the runner fills for every notebook from the profile; --set reaches them through the settings.
@@ -204,32 +204,32 @@ def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) 
         status = entry["status"]
         status_text = status
         reason = (
-            f"<div class='reason'>{html.escape(str(entry.get('status_reason', '')))}</div>"
+            f"<div class='reason'>{html_text(str(entry.get('status_reason', '')))}</div>"
             if entry.get("status_reason")
             else ""
         )
         if status == "skipped" and entry.get("status_reason"):  # e.g. "skipped (no weights)": not a failure
             status_text, reason = f"skipped ({entry['status_reason']})", ""
-        source = html.escape(str(entry.get("data_source", "")))
+        source = html_text(str(entry.get("data_source", "")))
         if entry.get("synthetic"):
             # The dataset's own description already opens with the word; mark it rather than repeat it.
             source = f"<span class='synthetic'>SYNTHETIC</span> {source.removeprefix('SYNTHETIC ')}"
-        report_page = html.escape(f"{name}.html")
+        report_page = html_text(f"{name}.html")
         has_page = (reports_dir / f"{name}.html").is_file()
-        link = f"<a href='{report_page}'>{html.escape(name)}</a>" if has_page else html.escape(name)
-        headline = f"<div class='headline'>{html.escape(str(entry.get('headline', '')))}</div>"
+        link = f"<a href='{report_page}'>{html_text(name)}</a>" if has_page else html_text(name)
+        headline = f"<div class='headline'>{html_text(str(entry.get('headline', '')))}</div>"
         thumbnail = entry.get("thumbnail")
         if thumbnail and (reports_dir / thumbnail).is_file():
-            image = f"<img class='thumbnail' src='{html.escape(thumbnail)}' alt='headline figure of {html.escape(name)}'>"
+            image = f"<img class='thumbnail' src='{html_text(thumbnail)}' alt='headline figure of {html_text(name)}'>"
             headline = (f"<a href='{report_page}'>{image}</a>" if has_page else image) + headline
         run_time = duration_text(entry["run_seconds"]) if "run_seconds" in entry else ""
         rows.append(
-            f"<tr><td>{link}</td><td class='status {status.replace(' ', '-')}'>{html.escape(status_text)}{reason}</td>"
+            f"<tr><td>{link}</td><td class='status {status.replace(' ', '-')}'>{html_text(status_text)}{reason}</td>"
             f"<td>{headline}</td><td>{source}</td><td>{run_time}</td>"
-            f"<td>{html.escape(str(entry.get('profile', '')))}</td>"
-            f"<td>{html.escape(str(entry.get('finished_at', '')))}</td></tr>"
+            f"<td>{html_text(str(entry.get('profile', '')))}</td>"
+            f"<td>{html_text(str(entry.get('finished_at', '')))}</td></tr>"
         )
-    extras = [f"<li><a href='{name}'>{html.escape(title)}</a></li>" for name, title in EXTRA_PAGES.items()
+    extras = [f"<li><a href='{name}'>{html_text(title)}</a></li>" for name, title in EXTRA_PAGES.items()
               if (reports_dir / name).is_file()]
     others = f"<h2>Other pages</h2><ul>{''.join(extras)}</ul>" if extras else ""
     page = _INDEX_TEMPLATE.format(rows="\n".join(rows), generated=dt.datetime.now().isoformat(timespec="seconds"),
