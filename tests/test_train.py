@@ -18,6 +18,7 @@ from cxrutils.engine import run_folder
 from cxrutils.engine.model import IMAGENET_DENSENET121_FILE, WeightsNotFoundError, build_model
 from cxrutils.engine.train import train
 from cxrutils.labels import FINDINGS
+from cxrutils.locks import LOCK_NAME, FolderLocked
 from cxrutils.settings import load_train_config
 
 TESTS_DIR = Path(__file__).parent
@@ -238,6 +239,46 @@ def test_resume_refuses_changed_settings_a_missing_checkpoint_and_changed_images
     assert last.stat().st_mtime_ns == written
 
 
+def test_a_training_into_a_run_folder_another_process_writes_is_refused_before_it_writes_anything(
+        tiny_phantom_root, tmp_path, monkeypatch, capfd):
+    """Two trainings with one name (two notebook renders with resume="auto") would mix one model's thresholds with
+    the other's checkpoint: the second is refused at once, whatever its resume, before the folder's checks (a racing
+    start could pass them too). A SIGKILLed writer's lock is no obstacle, and a training holds the lock until its
+    last write (probed from another process) and releases it when it ends."""
+    from test_locks import HOLDER_SCRIPT, PROJECT, held_elsewhere
+
+    config = _config(tiny_phantom_root, tmp_path, epochs=1)
+
+    def second_writer() -> subprocess.CompletedProcess:
+        """Another process that tries to take the run folder's lock (and lets it go at once if it gets it)."""
+        return subprocess.run([sys.executable, "-c", HOLDER_SCRIPT, str(config.run_dir), "until-told"], input="go\n",
+                              cwd=PROJECT, capture_output=True, text=True, timeout=120)
+
+    with held_elsewhere(config.run_dir) as holder:
+        for resume in (False, "auto", True):  # True: refused as locked, not as "no checkpoint to resume"
+            with pytest.raises(FolderLocked, match=rf"process {holder.pid} on .* since 20.*a test holder"):
+                train(config, resume=resume)
+        assert [p.name for p in config.run_dir.iterdir()] == [LOCK_NAME]
+        assert not (tmp_path / "cache").exists()  # not even the image cache was built
+        holder.kill()  # no cleanup: its lock file, with its name, stays in the run folder
+
+    probes = []
+    real_write_history = run_folder.write_history
+
+    def write_history_then_probe(run_dir, history):  # the last write of each epoch
+        real_write_history(run_dir, history)
+        probes.append(second_writer())
+
+    monkeypatch.setattr(run_folder, "write_history", write_history_then_probe)
+    assert train(config).epochs_run == 1  # the leftover lock file is not taken for "a run already there"
+    assert f"taking over the lock of {config.run_dir} from process {holder.pid}" in capfd.readouterr().err
+    assert len(probes) == 1 and probes[0].returncode != 0
+    assert f"{config.run_dir} is being written by process {os.getpid()}" in probes[0].stderr
+    assert "training run 'run'" in probes[0].stderr
+    assert not (config.run_dir / LOCK_NAME).exists()
+    assert second_writer().returncode == 0  # released when training ended
+
+
 def test_absent_imagenet_weights_fail_before_anything_is_written(tiny_phantom_root, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     config = _config(tiny_phantom_root, tmp_path, weights="imagenet")
@@ -328,6 +369,27 @@ def test_torchrun_with_two_cpu_processes_trains_resumes_after_a_kill_and_only_ra
     assert history["epoch"].tolist() == [1, 2, 3]
     columns = ["train_loss", "val_loss", "val_auroc_mean", "lr"]
     pd.testing.assert_frame_equal(history[columns], whole[columns], rtol=1e-6)
+
+
+def test_a_second_torchrun_launch_into_a_run_folder_being_written_ends_on_every_rank_and_writes_nothing(
+        tiny_phantom_root, tmp_path):
+    """Rank 0 is refused the run folder's lock at once; torchrun then stops rank 1, which would otherwise wait for
+    rank 0 at the process group for its whole timeout (30 minutes, longer than this test waits)."""
+    from test_locks import held_elsewhere
+
+    write_log = tmp_path / "writes.log"
+    env = {**os.environ, "CXRUTILS_WRITE_LOG": str(write_log), "OMP_NUM_THREADS": "1"}
+    env.pop("CXRUTILS_DDP_TIMEOUT_SECONDS", None)
+    run_dir = tmp_path / "runs" / "taken"
+    with held_elsewhere(run_dir) as holder:
+        launch = subprocess.run(_torchrun(tiny_phantom_root, tmp_path, "taken", env), env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert [p.name for p in run_dir.iterdir()] == [LOCK_NAME]
+    output = launch.stdout + launch.stderr
+    assert launch.returncode != 0, output[-3000:]
+    assert f"{run_dir} is being written by process {holder.pid}" in output, output[-3000:]
+    writes = write_log.read_text().splitlines() if write_log.exists() else []
+    assert not [line for line in writes if str(run_dir) in line], writes
 
 
 def test_two_processes_at_batch_b_take_the_step_one_process_takes_at_batch_2b(tiny_run, tiny_phantom_root, tmp_path):

@@ -11,6 +11,8 @@ Training writes, and every later step (evaluation, comparison, inference) reads:
     predictions_val.csv the best epoch's validation predictions, and thresholds.json
                         (decision thresholds chosen on them)
     bad_files.csv       films that could not be decoded (with skip_bad_images)
+    .lock               only while a training writes the folder (or after one was
+                        killed): who it is (``cxrutils.locks``); not part of the run
 
 ``open_run`` opens a finished run: its settings from config.json, its data from its
 ``data_root`` checked against split.csv (a changed root is an error that says what
@@ -94,7 +96,7 @@ def read_history(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
 def read_bad_files(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """image, path, reason of every image skipped as unreadable (empty when none was)."""
     path = Path(run_dir) / BAD_FILES_NAME
-    return pd.read_csv(path, dtype=str) if path.is_file() else pd.DataFrame(columns=["image", "path", "reason"])
+    return files.read_csv_text(path) if path.is_file() else pd.DataFrame(columns=["image", "path", "reason"])
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ from cxrutils.engine.runtime import (
     start_process_group,
 )
 from cxrutils.labels import FINDINGS
+from cxrutils.locks import folder_lock
 from cxrutils.predictions import predictions_table
 from cxrutils.profiling import mark_once, stage
 from cxrutils.progress import announce, duration_text, progress_bar
@@ -346,8 +348,21 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
     ``resume=True`` continues from the run's last checkpoint (its config must match);
     ``"auto"`` does so when the run folder has one and starts afresh otherwise, so
     re-running a finished run returns at once.
+
+    One writer per run folder: the process that writes it (rank 0) holds its lock
+    (``cxrutils.locks.folder_lock``) from before the folder is first checked (for a
+    checkpoint to resume, or a run already there) until training ends, so of two
+    trainings started with one name, the second raises ``FolderLocked`` at once, naming
+    the first, before it reads or writes anything there. The other ranks write nothing
+    to the run folder; torchrun stops them as soon as rank 0 fails.
     """
     ddp = Distributed.from_environment()
+    writer = folder_lock(config.run_dir, purpose=f"training run {config.name!r}") if ddp.is_main else nullcontext()
+    with writer:
+        return _train(config, resume, dataset, ddp)
+
+
+def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, ddp: Distributed) -> TrainResult:
     device = select_device(config.device, ddp)
     if device.type == "cpu" and ddp.enabled:  # processes on one machine share its cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ddp.world_size))
@@ -491,7 +506,7 @@ def _write_run_record(
         "code": code_version(),
     })
     if len(cache.bad_files):
-        cache.bad_files.to_csv(run_dir / run_folder.BAD_FILES_NAME, index=False)
+        files.write_csv(run_dir / run_folder.BAD_FILES_NAME, cache.bad_files)  # as text: no formula runs
 
 
 def _save_epoch(
