@@ -151,7 +151,7 @@ def test_paths_are_walked_named_under_their_folder_and_never_scored_twice(tmp_pa
         (tmp_path / relative).write_bytes(b"")
     films, twice = collect_films([tmp_path / "a", tmp_path / "a" / "sub" / "y.png", tmp_path / "b",
                                   tmp_path / "missing.png"])
-    names = [name for _, name in films]
+    names = [film.image for film in films]
     assert names == ["sub/y.png", str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png"), "missing.png"]
     assert twice == [str(tmp_path / "a" / "sub" / "y.png")]
 

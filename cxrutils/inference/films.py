@@ -4,7 +4,13 @@
 other file too: nothing found is left out); ``inspect_film`` reads each file's header
 without decoding its pixels and says why it must not be scored, if it must not:
 
+- anything but a regular file (a FIFO, a device, a socket), which is never opened;
+- a symbolic link inside a folder given that points outside it (or to a folder), which
+  is not followed: a shared folder must not make inference read ``/etc/passwd`` (a
+  file named on the command line is read wherever its link points: the user chose it);
 - a file that is not PNG, JPEG or DICOM, or does not exist, or is truncated;
+- an image whose header declares more pixels than the limit (``images.DEFAULT_MAX_PIXELS``):
+  a decompression bomb is refused before a byte of pixel data is decoded;
 - a DICOM that is not one grey film (no pixel data, several frames, colour);
 - a DICOM whose header says it is not a frontal chest radiograph: a modality other
   than CR, DX, RG (or an unspecific OT / SC / none, which is scored with a note), or a
@@ -19,10 +25,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,11 +39,14 @@ from cxrutils.data.dicom import RADIOGRAPH_MODALITIES, UNSPECIFIC_MODALITIES, Di
 from cxrutils.data.images import (
     ImageReadError,
     bits_of_mode,
+    describe_start,
     film_format,
     image_header,
     quick_integrity_problem,
     read_image,
+    too_many_pixels,
 )
+from cxrutils.locks import is_lock_file
 from cxrutils.paths import resolve
 from cxrutils.progress import progress_bar
 
@@ -70,65 +79,107 @@ class FilmRecord:
         return self.refusal is not None
 
 
-def collect_films(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[tuple[Path, str]], list[str]]:
-    """Every file under ``paths`` as (path, image name), in order; and the files that were given twice.
+class FoundFile(NamedTuple):
+    """A file found under the paths given: where it is, its name in every output, and why it is refused at once."""
+
+    path: Path
+    image: str
+    refusal: str | None = None
+
+
+def collect_films(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[FoundFile], list[str]]:
+    """Every file under ``paths``, in order; and the files that were given twice.
 
     A folder is walked (sorted, hidden files included: nothing is left out silently)
     and its files are named by their path under it; a file is named by its file name.
     Two files with the same name from different arguments are named by their full
     path. A file reached twice (a folder and a file in it) is kept once and listed in
     the second list. A path that does not exist is kept: ``inspect_film`` refuses it.
+    Inside a folder, a symbolic link is followed only to a file inside that folder; a
+    link to a folder, or out of the folder, is found with its refusal (module docstring).
     """
-    found: list[tuple[Path, str]] = []
+    found: list[FoundFile] = []
     for argument in paths:
         root = resolve(argument)
         if root.is_dir():
-            found.extend((path, path.relative_to(root).as_posix())
-                         for path in sorted(p for p in root.rglob("*") if p.is_file()))
+            found.extend(sorted(_walk(root), key=lambda item: item.path))
         else:
-            found.append((root, root.name))
-    unique: dict[Path, str] = {}
+            found.append(FoundFile(root, root.name))
+    unique: dict[Path, FoundFile] = {}
     repeated: list[str] = []
-    for path, image in found:
-        if path in unique:
-            repeated.append(str(path))
+    for item in found:
+        if item.path in unique:
+            repeated.append(str(item.path))
         else:
-            unique[path] = image
-    uses = Counter(unique.values())
-    return [(path, str(path) if uses[image] > 1 else image) for path, image in unique.items()], repeated
+            unique[item.path] = item
+    uses = Counter(item.image for item in unique.values())
+    return [item._replace(image=str(item.path)) if uses[item.image] > 1 else item for item in unique.values()], \
+        repeated
 
 
-def inspect_film(path: Path, image: str) -> FilmRecord:
+def _walk(root: Path) -> Iterator[FoundFile]:
+    """Every entry under ``root`` that is not a folder; linked folders are not entered, so no loop is walked."""
+    inside = os.path.realpath(root)
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if is_lock_file(entry.path):  # an output folder's lock, when --out lies inside the folder given
+                    continue
+                path = Path(entry.path)
+                image = path.relative_to(root).as_posix()
+                if entry.is_symlink():
+                    yield FoundFile(path, image, _link_refusal(path, inside))
+                elif entry.is_dir(follow_symlinks=False):
+                    folders.append(path)
+                else:
+                    yield FoundFile(path, image)
+
+
+def _link_refusal(path: Path, inside: str) -> str | None:
+    """None for a link to a file inside the folder walked; else why the link is not followed."""
+    target = os.path.realpath(path)
+    if os.path.commonpath([inside, target]) != inside:
+        return "symbolic link to a file outside the folder given: not followed"
+    if os.path.isdir(target):
+        return "symbolic link to a folder: not followed (films inside the folder given are scored where they are)"
+    return None
+
+
+def inspect_film(path: Path, image: str, max_pixels: int | None = None) -> FilmRecord:
     """A file's header facts and, if it must not be scored, why (module docstring); its pixels are not decoded."""
     facts: dict[str, Any] = dict.fromkeys(FACT_COLUMNS)
     record = FilmRecord(path=path, image=image, facts=facts)
-    if not path.is_file():
-        record.refusal = "file does not exist" if not path.exists() else "not a file"
-        return record
     try:
         kind = film_format(path)
+    except ImageReadError as err:
+        record.refusal = err.reason
+        return record
     except OSError as err:
-        record.refusal = f"cannot be opened: {type(err).__name__}: {err}"
+        record.refusal = f"cannot be opened: {type(err).__name__}: {err.strerror or err}"
         return record
     facts["source_format"] = kind
     if kind is None:
-        with open(path, "rb") as handle:
+        with open(path, "rb") as handle:  # a regular file: film_format has checked
             head = handle.read(8)
-        record.refusal = f"not a PNG, JPEG or DICOM file (starts with {head!r})"
+        record.refusal = f"not a PNG, JPEG or DICOM file ({describe_start(head)})"
     elif kind == "dicom":
-        _inspect_dicom(record)
+        _inspect_dicom(record, max_pixels)
     else:
-        _inspect_png_or_jpeg(record)
+        _inspect_png_or_jpeg(record, max_pixels)
     return record
 
 
-def _inspect_png_or_jpeg(record: FilmRecord) -> None:
+def _inspect_png_or_jpeg(record: FilmRecord, max_pixels: int | None) -> None:
     problem = quick_integrity_problem(record.path)
     try:
         width, height, mode = image_header(record.path)
     except ImageReadError as err:
         problem = problem or err.reason
     else:
+        problem = too_many_pixels(width * height, f"{width:,} x {height:,} declared in the header",
+                                  max_pixels) or problem
         bits = bits_of_mode(mode)
         intensity = _PIL_INTENSITY.get(mode, f"{bits}-bit values scaled from their bit depth")
         record.facts.update(width=width, height=height, bits_stored=bits, photometric=mode, intensity=intensity)
@@ -137,7 +188,7 @@ def _inspect_png_or_jpeg(record: FilmRecord) -> None:
     record.refusal = problem
 
 
-def _inspect_dicom(record: FilmRecord) -> None:
+def _inspect_dicom(record: FilmRecord, max_pixels: int | None) -> None:
     try:
         header = read_dicom_header(record.path)
     except ImageReadError as err:
@@ -145,7 +196,7 @@ def _inspect_dicom(record: FilmRecord) -> None:
         return
     record.facts.update(header.facts())
     record.notes.extend(header.notes)
-    record.refusal = header.problem or not_a_frontal_chest_radiograph(header)
+    record.refusal = header.problem or header.size_problem(max_pixels) or not_a_frontal_chest_radiograph(header)
     if record.refusal is None and header.modality in UNSPECIFIC_MODALITIES:
         record.notes.append(f"Modality {header.modality or 'missing'} ({UNSPECIFIC_MODALITIES[header.modality]}) "
                             "does not say this is a radiograph: check that it is a chest film")
@@ -162,16 +213,18 @@ def not_a_frontal_chest_radiograph(header: DicomHeader) -> str | None:
     return None
 
 
-def inspect_films(films: Sequence[tuple[Path, str]], show_progress: bool = True) -> list[FilmRecord]:
-    """``inspect_film`` for each (path, image name), with a progress bar."""
-    return [inspect_film(path, image)
-            for path, image in progress_bar(films, desc="reading headers", unit="film", disable=not show_progress)]
+def inspect_films(films: Sequence[FoundFile], show_progress: bool = True,
+                  max_pixels: int | None = None) -> list[FilmRecord]:
+    """``inspect_film`` for each file found (a file refused as it was found keeps that refusal), with a progress bar."""
+    return [FilmRecord(path=found.path, image=found.image, facts=dict.fromkeys(FACT_COLUMNS), refusal=found.refusal)
+            if found.refusal else inspect_film(found.path, found.image, max_pixels)
+            for found in progress_bar(films, desc="reading headers", unit="film", disable=not show_progress)]
 
 
-def decode_failure(path: Path) -> str:
+def decode_failure(path: Path, max_pixels: int | None = None) -> str:
     """Why a film that passed inspection could not be decoded (read again in this process, for its reason)."""
     try:
-        read_image(path)
+        read_image(path, max_pixels)
     except ImageReadError as err:
         return err.reason
     return "could not be decoded in a loader process, though it reads now: the file may have changed meanwhile"
@@ -185,16 +238,17 @@ class FilmDataset(Dataset):
     (``decode_failure`` names the reason). ``__getitems__`` serves a whole batch.
     """
 
-    def __init__(self, paths: Sequence[Path], size: int) -> None:
+    def __init__(self, paths: Sequence[Path], size: int, max_pixels: int | None = None) -> None:
         self.paths = [str(path) for path in paths]
         self.size = size
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def _decode(self, index: int) -> tuple[np.ndarray, float]:
         try:
-            return to_square(read_image(self.paths[index]), self.size), 1.0
+            return to_square(read_image(self.paths[index], self.max_pixels), self.size), 1.0
         except ImageReadError:
             return np.zeros((self.size, self.size), dtype=np.uint8), 0.0
 

@@ -12,8 +12,11 @@ one row per file, scored or refused with its reason; ``write_results`` saves it 
 ``cxrutils.report.inference_view``.
 
 Films stream through: each scored film is handed to ``on_film`` as its batch
-finishes, and with ``keep_films=False`` its pixels and heatmaps are not kept, so a
-folder of 100,000 films needs the memory of one batch.
+finishes, and with ``keep_films=False`` (or a number: the first films only) its
+pixels and heatmaps are not kept, so a folder of 100,000 films needs the memory of
+one batch. With a ``journal`` (``cxrutils.inference.journal``) every film is on disk
+as soon as its batch is done, and a re-run into the same folder continues where a
+crash stopped it.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from cxrutils.inference.films import (
     decode_failure,
     inspect_films,
 )
+from cxrutils.inference.journal import InferenceJournal, restored_arrays
 from cxrutils.labels import FINDINGS
 from cxrutils.predictions import predictions_table
 from cxrutils.profiling import stage
@@ -119,6 +123,7 @@ class ScoredFilm:
     calls: np.ndarray  # (14,) 1.0 positive, 0.0 negative, NaN where the run has no threshold
     pixels: np.ndarray  # (cache_size, cache_size) uint8: the film padded to a square and resized
     heatmaps: dict[str, np.ndarray] = field(default_factory=dict)  # finding -> (input_size, input_size) in [0, 1]
+    resumed: bool = False  # taken from the journal of an unfinished run: no pixels, no heatmaps
 
     @property
     def positive_findings(self) -> list[str]:
@@ -142,6 +147,11 @@ class InferenceResult:
     films: list[ScoredFilm]  # the scored films with pixels and heatmaps (empty with keep_films=False)
     given_twice: list[str]  # files reached through two of the paths given, scored once
     seconds: dict[str, float]
+
+    @property
+    def threshold_array(self) -> np.ndarray:
+        """(14,) in FINDINGS order; NaN where validation could choose none."""
+        return np.array([np.nan if self.thresholds.get(f) is None else self.thresholds[f] for f in FINDINGS])
 
     @property
     def n_scored(self) -> int:
@@ -193,32 +203,48 @@ def infer_films(
     num_workers: int = 0,
     device: str = "auto",
     with_gradcam: bool = True,
-    keep_films: bool = True,
-    on_film: Callable[[ScoredFilm], None] | None = None,
+    keep_films: bool | int = True,
+    on_film: Callable[[ScoredFilm], Any] | None = None,
     show_progress: bool = True,
+    max_pixels: int | None = None,
+    journal: InferenceJournal | None = None,
 ) -> InferenceResult:
     """Score every film under ``paths`` with the run's best checkpoint (module docstring).
 
     ``run`` is a run folder or an ``InferenceModel`` already loaded (its own threshold
     method and device then apply). ``num_workers`` loader processes decode films
     (0: in this process). ``on_film`` receives each scored film as its batch
-    finishes; ``keep_films=False`` then drops its pixels and heatmaps.
+    finishes (and each film taken from the ``journal``, with ``resumed`` set);
+    ``keep_films`` keeps every film's pixels and heatmaps (True), none (False) or
+    those of the first ``keep_films`` films scored. ``max_pixels``: the largest film
+    decoded (``cxrutils.data.images.max_pixels_allowed``).
     """
     loaded = run if isinstance(run, InferenceModel) else load_inference_model(run, threshold_method, device)
     started = time.perf_counter()
     found, given_twice = collect_films(paths)
     with stage("inference headers", films=len(found)):
-        records = inspect_films(found, show_progress=show_progress)
+        records = inspect_films(found, show_progress=show_progress, max_pixels=max_pixels)
     inspected = time.perf_counter()
-    to_score = [record for record in records if not record.refused]
     scored: dict[int, ScoredFilm] = {}
+    to_score = [record for record in records if not record.refused]
+    if journal is not None:
+        journal.start(_identity(loaded, with_gradcam, max_pixels))
+        to_score = _resume(journal, to_score, scored, on_film)
+    keep = len(records) if keep_films is True else int(keep_films)
     kept: list[ScoredFilm] = []
     with stage("inference", films=len(to_score)):
-        for film in _score(loaded, to_score, batch_size, num_workers, with_gradcam, show_progress):
-            scored[id(film.record)] = film
+        for record, film in _score(loaded, to_score, batch_size, num_workers, with_gradcam, show_progress,
+                                   max_pixels):
+            if film is None:
+                if journal is not None:
+                    journal.add(record.path, refusal=record.refusal)
+                continue
+            scored[id(record)] = film
             if on_film is not None:
                 on_film(film)
-            if keep_films:
+            if journal is not None:
+                journal.add(record.path, film.probabilities, film.calls)
+            if len(kept) < keep:
                 kept.append(film)
             else:
                 film.pixels, film.heatmaps = np.empty((0, 0), np.uint8), {}
@@ -233,15 +259,42 @@ def infer_films(
     )
 
 
+def _identity(loaded: InferenceModel, with_gradcam: bool, max_pixels: int | None) -> dict[str, Any]:
+    """What must be the same for a journal's films to stand in a new run's results."""
+    return {"run_dir": str(loaded.run_dir), "checkpoint": loaded.checkpoint, "threshold_method": loaded.threshold_method,
+            "thresholds": loaded.thresholds, "input_size": loaded.config.input_size,
+            "cache_size": loaded.config.cache_size, "gradcam_layer": loaded.gradcam_layer if with_gradcam else None,
+            "max_pixels": max_pixels}
+
+
+def _resume(journal: InferenceJournal, records: list[FilmRecord], scored: dict[int, ScoredFilm],
+            on_film: Callable[[ScoredFilm], Any] | None) -> list[FilmRecord]:
+    """Take the journal's films into ``scored`` (or refuse them as it says); the records still to score."""
+    remaining = []
+    for record in records:
+        entry = journal.prior(record.path)
+        if entry is None:
+            remaining.append(record)
+        elif "refusal" in entry:
+            record.refusal = entry["refusal"]
+        else:
+            probabilities, calls = restored_arrays(entry)
+            film = ScoredFilm(record, probabilities, calls, np.empty((0, 0), np.uint8), resumed=True)
+            scored[id(record)] = film
+            if on_film is not None:
+                on_film(film)
+    return remaining
+
+
 def _score(
     loaded: InferenceModel, records: list[FilmRecord], batch_size: int | None, num_workers: int, with_gradcam: bool,
-    show_progress: bool,
+    show_progress: bool, max_pixels: int | None = None,
 ) -> Any:
-    """Yield a ``ScoredFilm`` per record that decodes; refuse (in place) the records that do not."""
+    """Yield (record, ``ScoredFilm``) per record that decodes, (record, None) for one that does not (refused in place)."""
     if not records:
         return
     config = loaded.config
-    loader = make_loader(FilmDataset([record.path for record in records], config.cache_size),
+    loader = make_loader(FilmDataset([record.path for record in records], config.cache_size, max_pixels),
                          batch_size=batch_size or config.batch_size, shuffle=False, seed=config.seed,
                          num_workers=num_workers)
     cut = loaded.threshold_array
@@ -258,15 +311,18 @@ def _score(
             probabilities = probabilities_of(logits)
             calls = np.where(np.isnan(cut), np.nan, binarise(probabilities, np.nan_to_num(cut, nan=np.inf)))
             ok = decoded[:, 0].numpy() == 1
-            films = []
+            films: list[ScoredFilm] = []
+            outcomes: list[tuple[FilmRecord, ScoredFilm | None]] = []
             for position, record in enumerate(batch):
                 if not ok[position]:
-                    record.refusal = decode_failure(record.path)
+                    record.refusal = decode_failure(record.path, max_pixels)
+                    outcomes.append((record, None))
                     continue
                 films.append(ScoredFilm(record, probabilities[position], calls[position], pixels[position, 0].numpy()))
+                outcomes.append((record, films[-1]))
             if with_gradcam:
                 _add_heatmaps(loaded, layer, films, pixels[torch.from_numpy(ok)])
-            yield from films
+            yield from outcomes
             bar.update(len(batch))
     finally:
         bar.close()
@@ -333,7 +389,7 @@ def write_results(result: InferenceResult, out_dir: str | os.PathLike[str],
     if pictures is not None:
         table["film_picture"] = [pictures.get(image, {}).get("film", "") for image in table["image"]]
         table["overlays"] = ["|".join(pictures.get(image, {}).get("overlays", {}).values()) for image in table["image"]]
-    csv_path = files.atomic_write(out / CSV_NAME, lambda temporary: table.to_csv(temporary, index=False,
-                                                                                 float_format="%.6g"))
+    # Names, paths and header fields as text: not UTF-8 is written as \xNN, and no cell runs in a spreadsheet.
+    csv_path = files.write_csv(out / CSV_NAME, table, float_format="%.6g")
     json_path = files.write_json(out / JSON_NAME, {**result.to_document(), "films": table})
     return csv_path, json_path
