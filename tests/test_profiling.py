@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -52,6 +54,75 @@ def test_a_child_process_memory_counts_in_the_stage_peak(stage_log):
                                                                         if k != profiling.STAGE_LOG_VARIABLE})
     (record,) = profiling.read_stage_log(stage_log)
     assert record["peak_rss_bytes"] >= 250 * 2**20
+
+
+# A script that spends ``burn(seconds)`` of its own CPU time, whatever else runs on the machine.
+_BURN = ("import sys, time\ndef burn(seconds):\n    end = time.process_time() + seconds\n"
+         "    while time.process_time() < end:\n        pass\n")
+
+
+def _child_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != profiling.STAGE_LOG_VARIABLE}
+
+
+def _burn_in_process(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_a_stage_records_the_cpu_time_it_computed_and_not_the_time_it_waited(stage_log):
+    with profiling.stage("compute, then wait"):
+        _burn_in_process(0.3)
+        time.sleep(0.4)
+    (record,) = profiling.read_stage_log(stage_log)
+    assert record["seconds"] >= 0.7
+    assert 0.3 <= record["cpu_seconds"] < 0.55, record  # the burn, not the sleep
+
+
+def test_the_cpu_time_of_children_and_their_children_counts_in_the_stage(stage_log):
+    grandchild = _BURN + "burn(0.4)"
+    child = f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {grandchild!r}], check=True)"
+    with profiling.stage("spawned work"):
+        subprocess.run([sys.executable, "-c", child], check=True, env=_child_environment())
+    (record,) = profiling.read_stage_log(stage_log)
+    assert record["cpu_seconds"] >= 0.4, record  # this process only waited
+
+
+def test_a_child_still_running_when_the_stage_ends_counts_and_one_started_before_counts_only_its_part(stage_log):
+    # Burns 0.4 s, says so, waits for a line; then burns 0.2 s and ends.
+    script = _BURN + "burn(0.4)\nprint('burnt', flush=True)\nsys.stdin.readline()\nburn(0.2)\n"
+    with profiling.stage("worker started inside"):
+        started_inside = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, text=True, env=_child_environment())
+        assert started_inside.stdout.readline().strip() == "burnt"  # alive when the stage ends, like a pool worker
+    started_before = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True, env=_child_environment())
+    assert started_before.stdout.readline().strip() == "burnt"
+    with profiling.stage("worker started before"):
+        started_before.communicate("go\n")  # its last 0.2 s, and it is reaped inside the stage
+    started_inside.communicate("go\n")
+    inside, before = profiling.read_stage_log(stage_log)
+    assert inside["cpu_seconds"] >= 0.4, inside
+    assert 0.2 <= before["cpu_seconds"] < 0.4, before  # not the 0.4 s it burnt before the stage
+
+
+def test_a_stage_records_the_cpu_time_other_programs_used_meanwhile(stage_log):
+    # A program that is not this process's descendant (started by a child that leaves at once) burns for 3 s at most.
+    burner = "import time\nend = time.time() + 3\nwhile time.time() < end:\n    pass\n"
+    starter = (f"import subprocess, sys\nprint(subprocess.Popen([sys.executable, '-c', {burner!r}], "
+               "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True).pid)")
+    pid = int(subprocess.run([sys.executable, "-c", starter], check=True, capture_output=True, text=True,
+                             env=_child_environment()).stdout)
+    try:
+        time.sleep(0.3)  # started
+        with profiling.stage("waiting beside a busy program"):
+            time.sleep(1.0)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    (record,) = profiling.read_stage_log(stage_log)
+    assert record["cpu_seconds"] < 0.2 and record["others_cpu_seconds"] >= 0.3, record
+    assert record["cores"] == len(os.sched_getaffinity(0))
 
 
 def test_a_mark_is_recorded_once_with_the_seconds_since_the_process_started(stage_log, monkeypatch):
@@ -103,13 +174,13 @@ def test_repeated_stages_are_summed_and_growth_is_judged_on_stages_long_enough_t
 def test_budgets_fail_on_memory_time_to_first_batch_and_growth():
     quarter = _result(1.0)
     full = _result(4.0, notebook_peak=5 * 10**9, first_batch=90.0)
-    full["stages"][0]["seconds"] = 80.0  # the cache build grew 8 times for 4 times the films
+    full["stages"][0]["seconds"] = 160.0  # the cache build grew 16 times for 4 times the films: quadratic
     rows = rehearsal.growth(quarter, full)
     failed = {check["budget"].split(" (")[0] for check in rehearsal.budget_checks({"quarter": quarter, "full": full}, rows)
               if not check["ok"]}
     assert any(name.startswith("peak RSS of any notebook") for name in failed)
     assert "notebook 02 at full size: from the kernel's start to the first training batch" in failed
-    assert any(name.startswith("full / quarter time") for name in failed)
+    assert any(name.startswith("growth exponent of every stage") for name in failed)
 
 
 def test_the_rehearsal_page_shows_both_sizes_the_ratios_and_the_budgets(tmp_path):
