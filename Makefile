@@ -25,19 +25,19 @@ $(INSTALLED): pyproject.toml
 	  $(VENV_PYTHON) -m pip download --quiet --progress-bar off --dest $(WHEELHOUSE) $(HEAVY_PINS) && \
 	  $(VENV_PYTHON) -m pip install --quiet --no-index --find-links $(WHEELHOUSE) $(HEAVY_PINS); }
 	$(VENV_PYTHON) -m pip install --progress-bar off -e '.[dev]'
-	$(VENV_PYTHON) -c "from cxrutils.report.runner import ensure_kernel; ensure_kernel()"
+	$(VENV_PYTHON) -c "from cxrutils.publish.runner import ensure_kernel; ensure_kernel()"
 	@touch $@
 
 install: $(INSTALLED)  ## create .venv and install cxrutils with its pinned dependencies
 
 demo: $(INSTALLED)  ## build the phantom demo data if missing, run every notebook, write reports/index.html
-	$(VENV_PYTHON) -m cxrutils.reports --profile demo
+	$(VENV)/bin/cxrutils reports --profile demo
 
 reports: $(INSTALLED)  ## run the notebooks for PROFILE (e.g. make reports PROFILE=nih ARGS="--set data_root=/data/nih")
-	$(VENV_PYTHON) -m cxrutils.reports --profile $(PROFILE) $(ARGS)
+	$(VENV)/bin/cxrutils reports --profile $(PROFILE) $(ARGS)
 
 metadata-report: $(INSTALLED)  ## the EDA on the metadata shipped in torchxrayvision: no download needed
-	$(VENV_PYTHON) -m cxrutils.reports --profile metadata
+	$(VENV)/bin/cxrutils reports --profile metadata
 
 test: $(INSTALLED)  ## run the test suite
 	$(VENV_PYTHON) -m pytest
@@ -46,7 +46,7 @@ mutation: $(INSTALLED)  ## mutants of stats/ and the evaluation: do the tests ca
 	nice -n 19 $(VENV_PYTHON) benchmarks/mutation.py $(MUTATION_ARGS)
 
 rehearsal: $(INSTALLED)  ## every notebook at the real dataset's size (112,120 phantom films), measured: reports/rehearsal.html
-	$(VENV_PYTHON) -m cxrutils.rehearsal $(REHEARSAL_ARGS)
+	$(VENV)/bin/cxrutils rehearsal $(REHEARSAL_ARGS)
 
 bench: $(INSTALLED)  ## data path and training-epoch throughput (benchmarks/; add BENCH_ARGS="--preset gpu --both" on a GPU)
 	$(VENV_PYTHON) benchmarks/bench_training.py --out reports/benchmark.json $(BENCH_ARGS)

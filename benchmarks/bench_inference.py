@@ -1,4 +1,4 @@
-"""How fast ``cxrutils.infer`` scores new films, and what decoding a full-size 16-bit DICOM costs.
+"""How fast ``cxrutils infer`` scores new films, and what decoding a full-size 16-bit DICOM costs.
 
     python benchmarks/bench_inference.py                     # CPU, the nih input size (224 px from 256 px)
     python benchmarks/bench_inference.py --device cuda       # the same on a GPU
@@ -11,7 +11,7 @@ finding would:
 
   (a) films/s of ``infer_films`` on 1024 px phantom PNGs (NIH's size), scoring only,
       with 0 (in-process), 1 and 2 loader workers, and with one Grad-CAM overlay per film;
-  (b) the whole command (``python -m cxrutils.infer``: headers, scoring, Grad-CAM, the
+  (b) the whole command (``cxrutils infer``: headers, scoring, Grad-CAM, the
       pictures, the CSV/JSON and the HTML page) on the same folder;
   (c) the time to decode one 2560 x 2048, 16-bit DICOM (``read_image``: decode, window,
       uint8) stored uncompressed, as JPEG 2000 lossless and as RLE lossless, its header
@@ -42,13 +42,12 @@ import torch
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from cxrutils import files
+from cxrutils.cli import main as cli_main
 from cxrutils.data.dicom import read_dicom_header, write_dicom
 from cxrutils.data.images import read_image
 from cxrutils.demo.phantoms import render_phantom
 from cxrutils.engine import run_folder
 from cxrutils.engine.model import ChestXrayDenseNet
-from cxrutils.infer import main as infer_main
 from cxrutils.inference.scoring import infer_films, load_inference_model
 from cxrutils.labels import FINDINGS
 from cxrutils.settings import load_train_config
@@ -65,10 +64,10 @@ def fake_run(folder: Path) -> Path:
     model = ChestXrayDenseNet()
     run_folder.save_checkpoint(run_dir / run_folder.BEST_CHECKPOINT, {
         "model": model.state_dict(), "config": config.to_dict(), "label_order": list(FINDINGS), "epoch": 0})
-    files.write_json(run_dir / run_folder.CONFIG_NAME, {**config.to_dict(), "synthetic": True})
+    run_folder.write_config(run_dir, {**config.to_dict(), "synthetic": True})
     # A threshold of 0 calls Effusion on every film; above 1, nothing else is ever called.
     chosen = {finding: 0.0 if finding == "Effusion" else 1.5 for finding in FINDINGS}
-    files.write_json(run_dir / run_folder.THRESHOLDS_NAME, {"youden": chosen, "max_f1": chosen})
+    run_folder.write_thresholds(run_dir, {"youden": chosen, "max_f1": chosen})
     return run_dir
 
 
@@ -123,9 +122,9 @@ def run_benchmark(n_films: int, n_dicoms: int, device: str, repeats: int, batch_
         figures[f"(a) PNG 1024 px, scoring only, {workers} workers"] = films_per_second(pngs, workers, False)
     figures["(a) PNG 1024 px, scoring + 1 Grad-CAM per film, 2 workers"] = films_per_second(pngs, 2, True)
     started = time.perf_counter()
-    infer_main(["--run", str(run_dir), str(pngs), "--out", str(work / "out"), "--workers", "2", "--device", device,
+    cli_main(["infer", "--run", str(run_dir), str(pngs), "--out", str(work / "out"), "--workers", "2", "--device", device,
                 "--batch-size", str(batch_size)])
-    figures["(b) python -m cxrutils.infer, whole command, 2 workers"] = n_films / (time.perf_counter() - started)
+    figures["(b) cxrutils infer, whole command, 2 workers"] = n_films / (time.perf_counter() - started)
 
     big = full_size_values(phantom(1024, 1))
     decode: dict[str, float] = {}

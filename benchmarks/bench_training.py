@@ -41,13 +41,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cxrutils.data.cache import open_image_cache
-from cxrutils.data.dataset import load_training_dataset
 from cxrutils.data.images import read_image
+from cxrutils.data.preparation import GRAY_MEAN, GRAY_STD
 from cxrutils.demo.roots import RehearsalSpec, ensure_rehearsal_dataset
 from cxrutils.engine import run_folder
-from cxrutils.engine.model import GRAY_MEAN, GRAY_STD, build_model
-from cxrutils.engine.runtime import Distributed, describe_runtime, prepare_batch, select_device
+from cxrutils.engine.data_adapters import open_training_cache, training_dataset
+from cxrutils.engine.model import build_model
+from cxrutils.engine.network_input import prepare_batch
+from cxrutils.engine.runtime import Distributed, describe_runtime, select_device
 from cxrutils.engine.train import TrainingState, train_one_epoch, training_data, validate
 from cxrutils.labels import FINDINGS
 from cxrutils.paths import DATA_DIR
@@ -209,8 +210,8 @@ def run_benchmark(settings: dict[str, Any]) -> dict[str, Any]:
                          input_size=settings["input_size"], weights="none", batch_size=settings["batch_size"],
                          num_workers=settings["workers"], amp=settings["amp"], channels_last=settings["channels_last"],
                          device=str(device))
-    dataset = load_training_dataset(config)
-    cache = open_image_cache(dataset, config)
+    dataset = training_dataset(config)
+    cache = open_training_cache(config, dataset)
     data = training_data(config, dataset, cache, Distributed())
     print(f"{len(dataset.metadata):,} PNGs of 1024 px in {root}; "
           f"{describe_runtime(device, config.amp, config.channels_last, Distributed())}; "

@@ -77,7 +77,7 @@ def train_command(settings: dict[str, Any], root: Path, name: str, runs: Path, c
             "weights": "none", "epochs": epochs, "early_stopping_patience": epochs}
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
                 if processes else [sys.executable])
-    command = [*launcher, "-m", "cxrutils.train", "--config", "nih"]
+    command = [*launcher, "-m", "cxrutils", "train", "--config", "nih"]
     for key, value in sets.items():
         command += ["--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}"]
     return command + (["--resume"] if resume else [])

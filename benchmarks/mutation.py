@@ -55,17 +55,17 @@ TARGETS = (
 )
 # The test files that exercise each module, the fastest first (a mutant stops at its first failing test).
 TESTS = {
-    "cxrutils/stats/metrics.py": ["tests/test_metrics.py", "tests/test_report_numbers.py"],
-    "cxrutils/stats/delong.py": ["tests/test_delong.py", "tests/test_comparison.py"],
-    "cxrutils/stats/paired.py": ["tests/test_comparison.py", "tests/test_report_numbers.py"],
-    "cxrutils/stats/thresholds.py": ["tests/test_augment_thresholds.py", "tests/test_metrics.py",
-                                     "tests/test_comparison.py"],
-    "cxrutils/stats/intervals.py": ["tests/test_metrics.py", "tests/test_comparison.py", "tests/test_report_numbers.py"],
+    "cxrutils/stats/metrics.py": ["tests/stats/test_metrics.py", "tests/evaluate/test_report_numbers.py"],
+    "cxrutils/stats/delong.py": ["tests/stats/test_delong.py", "tests/compare/test_comparison.py"],
+    "cxrutils/stats/paired.py": ["tests/compare/test_comparison.py", "tests/evaluate/test_report_numbers.py"],
+    "cxrutils/stats/thresholds.py": ["tests/engine/test_augment_thresholds.py", "tests/stats/test_metrics.py",
+                                     "tests/compare/test_comparison.py"],
+    "cxrutils/stats/intervals.py": ["tests/stats/test_metrics.py", "tests/compare/test_comparison.py", "tests/evaluate/test_report_numbers.py"],
     "cxrutils/evaluate/evaluation.py": [
-        "tests/test_report_numbers.py",
-        "tests/test_evaluate.py::test_evaluate_run_computes_every_table_from_the_runs_own_predictions_and_thresholds"],
-    "cxrutils/predictions.py": ["tests/test_comparison.py", "tests/test_report_numbers.py",
-                                "tests/test_evaluate.py::test_a_predictions_csv_missing_columns_is_refused_naming_them"],
+        "tests/evaluate/test_report_numbers.py",
+        "tests/evaluate/test_evaluate.py::test_evaluate_run_computes_every_table_from_the_runs_own_predictions_and_thresholds"],
+    "cxrutils/predictions.py": ["tests/compare/test_comparison.py", "tests/evaluate/test_report_numbers.py",
+                                "tests/evaluate/test_evaluate.py::test_a_predictions_csv_missing_columns_is_refused_naming_them"],
 }
 EQUIVALENT_FILE = Path(__file__).with_name("mutation_equivalent.json")
 COPIED = ("cxrutils", "tests", "configs", "notebooks", "pyproject.toml")

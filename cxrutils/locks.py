@@ -35,7 +35,7 @@ How it holds:
 - Deleting the folder (or the lock file) while a writer works defeats the lock: the
   next writer creates a new one.
 
-Tested on Linux (tests/test_locks.py), the fallback there too by making ``flock``
+Tested on Linux (tests/base/test_locks.py), the fallback there too by making ``flock``
 fail; not run on macOS (which has ``flock``) or Windows.
 """
 
@@ -87,7 +87,7 @@ class FolderLocked(RuntimeError):
 
 
 def describe_holder(holder: dict[str, Any]) -> str:
-    """'process 123 on host-a since 2026-12-05T15:07:00+01:00 (training run demo: python -m cxrutils.train ...)'."""
+    """'process 123 on host-a since 2026-12-05T15:07:00+01:00 (training run demo: cxrutils train ...)'."""
     if not holder.get("pid"):
         return "another process (it has not written its name yet)"
     doing = "; ".join(str(holder[key]) for key in ("purpose", "command") if holder.get(key))

@@ -3,9 +3,9 @@
 A long step (integrity check, cache build, training epoch, validation, prediction,
 Grad-CAM) shows a plain ``tqdm`` bar. Where that bar goes depends on who runs it:
 
-- **a terminal** (``python -m cxrutils.train``): a live bar on stderr;
+- **a terminal** (``cxrutils train``): a live bar on stderr;
 - **JupyterLab**: a live bar in the cell;
-- **the reports runner** (``python -m cxrutils.reports``), which sets
+- **the reports runner** (``cxrutils reports``), which sets
   ``CXRUTILS_PROGRESS=terminal`` for the kernels it starts: the live bar goes to the
   kernel's own stderr, which is the terminal running the reports (the kernel
   inherits it; the runner turns ipykernel's copying of that file descriptor into the

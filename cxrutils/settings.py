@@ -1,4 +1,5 @@
-"""Every setting, in one schema: a run's training settings and the report profiles that name them.
+"""Every setting, in one schema: a run's training settings, how runs are evaluated, compared and applied, and
+the report profiles that name them.
 
 - **Training settings** (``TrainConfig``): the data root and its split (``val_fraction``,
   ``test_fraction``, ``split_seed``), the image cache, the model, the optimiser,
@@ -10,7 +11,16 @@
   (``settings``, e.g. ``data_root``), and the notebooks' own parameters
   (``parameters``, e.g. ``n_bootstrap``). The reports runner hands every notebook the
   same training profile and settings, so the EDA, training, evaluation and
-  comparison always describe one split of one dataset.
+  comparison always describe one split of one dataset. ``REPORT_PROFILE_KEYS`` lists the
+  keys a profile may have; the phantom roots profiles declare (``demo_data``,
+  ``rehearsal_data``) are read once per change of the files (``declared_phantom_roots``).
+- **Evaluation, comparison and inference settings** (``EvaluationSettings``,
+  ``ComparisonSettings``, ``InferenceSettings``): each field's default and meaning, from
+  which the command line builds its options (``cxrutils evaluate --n-bootstrap``). The
+  notebooks' parameters cells and the library functions use the same defaults (the
+  tests hold them equal).
+
+``describe_settings(family)`` lists a family's settings, defaults and meanings.
 
 Seeds have one meaning each: ``split_seed`` draws the validation patients,
 ``seed`` the training run's randomness, and the notebooks' ``bootstrap_seed`` their
@@ -19,10 +29,18 @@ resamples.
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
+import functools
+import inspect
+import io
+import textwrap
+import tokenize
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Self
 
 import yaml
 
@@ -154,7 +172,223 @@ def load_train_config(profile: str, overrides: list[str] | dict[str, Any] | None
     return TrainConfig.from_dict(values)
 
 
+# --------------------------------------------------------------------------- evaluation, comparison, inference
+
+# Choices that higher layers define. This base layer imports none of them, so it keeps copies,
+# and tests/base/test_settings.py holds each equal to its source.
+# The largest film decoded, in pixels: 40 MP is 6,300 px square, above every chest detector and digitiser in use
+# (NIH 1024 px, CheXpert and MIMIC about 3,000 px, 43 cm at 100 um is 4,300 px). Decoding one such film takes
+# at most about 1 GB (16-bit values and their float64 windowing). cxrutils.data.film_files applies it.
+DEFAULT_MAX_PIXELS = 40_000_000
+MAX_PIXELS_VARIABLE = "CXRUTILS_MAX_IMAGE_PIXELS"
+THRESHOLD_METHODS: tuple[str, ...] = ("youden", "max_f1")  # cxrutils.stats.thresholds.METHODS
+SPLITS: tuple[str, ...] = ("train", "val", "test")  # cxrutils.engine.predict.SPLITS
+TXV_MODEL_NAMES: tuple[str, ...] = (  # cxrutils.compare.txv.TXV_MODEL_NAMES
+    "densenet121-res224-nih", "densenet121-res224-all", "densenet121-res224-rsna", "resnet50-res512-all",
+    "densenet121-res224-pc", "densenet121-res224-chex", "densenet121-res224-mimic_nb", "densenet121-res224-mimic_ch",
+)
+# cxrutils.compare.provenance.DEFAULT_MODELS: the recipes' comparator (NIH-trained), and one that never saw NIH films.
+DEFAULT_TXV_MODELS: tuple[str, ...] = ("densenet121-res224-nih", "densenet121-res224-pc")
+
+
+def _setting(default: Any, meaning: str, **command_line: Any) -> Any:
+    """A field of a settings family: its default and one-line meaning, and how the command line spells it.
+
+    ``command_line`` may hold ``flag`` (default ``--name-with-dashes``, or ``--no-name`` for a
+    setting that is on by default), ``dest``, ``metavar``, ``choices``, and ``default_text``: how
+    ``--help`` says what a default of None means.
+    """
+    return field(default=default, metadata={"help": meaning, **command_line})
+
+
+def _shown_default(item: dataclasses.Field) -> str:
+    if item.default is None:
+        return item.metadata.get("default_text", "None")
+    if isinstance(item.default, bool):
+        return "on" if item.default else "off"
+    if isinstance(item.default, tuple):
+        return ", ".join(map(str, item.default))
+    return str(item.default)
+
+
+def _value_type(annotation: Any) -> type:
+    """``int | None`` -> int, ``tuple[str, ...]`` -> str: what one command-line value is read as."""
+    return next((t for t in typing.get_args(annotation) if t is not type(None)), annotation)
+
+
+class _SettingsFamily:
+    """The command line and checks of a frozen dataclass of settings, generated from its fields."""
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(item.default, tuple) and not isinstance(value, tuple):
+                if isinstance(value, str):
+                    raise SettingsError(f"{item.name} is a list of names, got the string {value!r}")
+                value = tuple(value)  # a list from a notebook or JSON: equal settings compare equal
+                object.__setattr__(self, item.name, value)
+            choices = item.metadata.get("choices")
+            wrong = [v for v in (value if isinstance(value, tuple) else (value,)) if choices and v not in choices]
+            if wrong:
+                raise SettingsError(f"{item.name}: {', '.join(map(repr, wrong))} is not one of {list(choices)}")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One option per setting: ``n_bootstrap`` is ``--n-bootstrap``; a repeatable option for a list."""
+        types = typing.get_type_hints(cls)
+        for item in dataclasses.fields(cls):
+            metadata = item.metadata
+            default = item.default
+            flag = metadata.get("flag") or "--" + ("no-" if default is True else "") + item.name.replace("_", "-")
+            repeatable = "repeatable; " if isinstance(default, tuple) else ""
+            help_text = f"{metadata['help']} ({repeatable}default: {_shown_default(item)})"
+            if "metavar" in metadata and "choices" in metadata:  # a short name in the usage line, the list here
+                help_text += f"; one of {', '.join(metadata['choices'])}"
+            option: dict[str, Any] = {"dest": metadata.get("dest", item.name),
+                                      "help": help_text.replace("%", "%%")}  # argparse formats % in help
+            if "metavar" in metadata:
+                option["metavar"] = metadata["metavar"]
+            if isinstance(default, bool):
+                parser.add_argument(flag, action="store_false" if default else "store_true", **option)
+            elif isinstance(default, tuple):  # nothing given keeps the default list
+                parser.add_argument(flag, action="append", default=[], type=_value_type(types[item.name]),
+                                    choices=metadata.get("choices"), **option)
+            else:
+                parser.add_argument(flag, default=default, type=_value_type(types[item.name]),
+                                    choices=metadata.get("choices"), **option)
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> Self:
+        """The settings ``add_arguments``'s options were given (or their defaults)."""
+        values = {}
+        for item in dataclasses.fields(cls):
+            value = getattr(args, item.metadata.get("dest", item.name))
+            values[item.name] = (tuple(value) or item.default) if isinstance(item.default, tuple) else value
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings by name: the keyword arguments of the library function the family configures."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings(_SettingsFamily):
+    """How a run's split is scored: ``cxrutils.evaluate.evaluate_run``, notebook 03, ``cxrutils evaluate``."""
+
+    split: str = _setting("test", "the split to score: test is held out; val and train give optimistic numbers",
+                          choices=SPLITS)
+    threshold_method: str = _setting("youden", "which validation thresholds of the run's thresholds.json to apply",
+                                     choices=THRESHOLD_METHODS)
+    n_bootstrap: int = _setting(1000, "patient-bootstrap resamples for every interval")
+    bootstrap_seed: int = _setting(0, "seeds the bootstrap resamples and the random-heatmap baseline")
+    tta_hflip: bool = _setting(False, "also score each film mirrored and average (films are not left-right symmetric)")
+    gradcam_layer: str = _setting("auto", "denseblock1-4, or auto: the deepest dense block with at least a 4 x 4 grid")
+    gallery_per_kind: int = _setting(4, "films per gallery row: true positives, false positives, false negatives")
+
+
+@dataclass(frozen=True)
+class ComparisonSettings(_SettingsFamily):
+    """How a run is set beside TorchXRayVision: ``cxrutils.compare.compare_run``, notebook 04, ``cxrutils compare``."""
+
+    txv_models: tuple[str, ...] = _setting(DEFAULT_TXV_MODELS, "the TorchXRayVision models to compare with",
+                                           flag="--model", dest="models", metavar="MODEL", choices=TXV_MODEL_NAMES)
+    weights_dir: str | None = _setting(None, "the folder of the TorchXRayVision release files",
+                                       default_text="~/.torchxrayvision/models_data")
+    split: str = _setting("test", "the split both models score")
+    n_bootstrap: int = _setting(1000, "patient-bootstrap resamples for every interval")
+    bootstrap_seed: int = _setting(0, "seeds the bootstrap resamples (and the test-only random weights)")
+    threshold_method: str = _setting("youden", "which validation thresholds (chosen on our validation films) to apply",
+                                     choices=THRESHOLD_METHODS)
+    max_images: int | None = _setting(None, "compare at most this many films per split: a seeded sample of whole "
+                                            "patients, for CPU runs", default_text="every film")
+
+
+@dataclass(frozen=True)
+class InferenceSettings(_SettingsFamily):
+    """How a run scores new films: ``cxrutils.inference.infer_films``, notebook 05, ``cxrutils infer``."""
+
+    threshold_method: str = _setting("youden", "which validation thresholds of the run's thresholds.json make the calls",
+                                     choices=THRESHOLD_METHODS)
+    batch_size: int | None = _setting(None, "films per batch", default_text="the run's")
+    workers: int = _setting(0, "loader processes that decode films (0: this one)")
+    device: str = _setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda:0, ...")
+    overlays: bool = _setting(True, "a Grad-CAM overlay per finding called positive; --no-overlays skips them "
+                                    "(faster on large folders)")
+    max_pixels: int | None = _setting(None, "refuse films whose header declares more pixels than this",
+                                      default_text=f"${MAX_PIXELS_VARIABLE}, else {DEFAULT_MAX_PIXELS:,}")
+
+
+SETTINGS_FAMILIES: dict[str, type[_SettingsFamily]] = {
+    "evaluation": EvaluationSettings,
+    "comparison": ComparisonSettings,
+    "inference": InferenceSettings,
+}
+
+
+@functools.cache
+def _trailing_comments(config_class: type) -> dict[str, str]:
+    """Each field's trailing ``# comment`` in the class's source: the training settings' meanings sit beside them."""
+    source = textwrap.dedent(inspect.getsource(config_class))
+    comment_on_line = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT and token.line[: token.start[1]].strip()  # code before it: trailing
+    }
+    class_node = ast.parse(source).body[0]
+    assert isinstance(class_node, ast.ClassDef)
+    return {
+        statement.target.id: comment_on_line[statement.end_lineno]
+        for statement in class_node.body
+        if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+        and statement.end_lineno in comment_on_line
+    }
+
+
+def settings_table(family: str) -> list[tuple[str, Any, str]]:
+    """``(name, default, meaning)`` of every setting of ``family``: train, evaluation, comparison or inference."""
+    if family == "train":
+        rows = []
+        comments = _trailing_comments(TrainConfig)
+        for item in dataclasses.fields(TrainConfig):
+            if item.name == "augment":
+                augment_comments = _trailing_comments(AugmentConfig)
+                rows.extend((f"augment.{nested.name}", nested.default, augment_comments.get(nested.name, ""))
+                            for nested in dataclasses.fields(AugmentConfig))
+            else:
+                rows.append((item.name, item.default, comments.get(item.name, "")))
+        return rows
+    if family not in SETTINGS_FAMILIES:
+        raise SettingsError(f"no settings family {family!r}; known: {['train', *SETTINGS_FAMILIES]}")
+    return [
+        (item.name, item.default, item.metadata["help"]
+         + (f" (None: {item.metadata['default_text']})" if "default_text" in item.metadata else ""))
+        for item in dataclasses.fields(SETTINGS_FAMILIES[family])
+    ]
+
+
+def describe_settings(family: str) -> str:
+    """``settings_table(family)`` as lines of text: ``  name = default   meaning`` (a command's --help epilog)."""
+    rows = [(f"{name} = {default!r}", meaning) for name, default, meaning in settings_table(family)]
+    width = max(len(assignment) for assignment, _ in rows)
+    return "\n".join(f"  {assignment:<{width}}  {meaning}".rstrip() for assignment, meaning in rows)
+
+
 # --------------------------------------------------------------------------- report profiles
+
+
+# The schema of configs/<name>.yaml: every top-level key a report profile may have, and what it means.
+REPORT_PROFILE_KEYS: dict[str, str] = {
+    "description": "one line for people: what the profile is for",
+    "notebooks": "the notebooks it runs, e.g. [01_eda] (default: every one)",
+    "train_profile": "the training profile (configs/train/) every notebook describes (default: demo)",
+    "required": "training settings that must have a value, e.g. [data_root] (--set data_root=...)",
+    "settings": "training settings that differ from the training profile, e.g. data_root",
+    "parameters": "notebook parameters, e.g. integrity_check or n_bootstrap",
+    "demo_data": "a phantom demo root built on first use: root, then cxrutils.demo.roots.DemoSpec's fields",
+    "rehearsal_data": "a full-size rehearsal root: root, then cxrutils.demo.roots.RehearsalSpec's fields",
+}
+# The keys above that declare a phantom root, which notebooks build where it is missing.
+PHANTOM_ROOT_KEYS = ("demo_data", "rehearsal_data")
 
 
 def available_profiles(configs_dir: Path = CONFIGS_DIR) -> list[str]:
@@ -171,6 +405,11 @@ def load_profile(name: str, configs_dir: Path = CONFIGS_DIR) -> dict[str, Any]:
     profile = yaml.safe_load(path.read_text()) or {}
     if not isinstance(profile, dict):
         raise SettingsError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(profile) - set(REPORT_PROFILE_KEYS))
+    if unknown:
+        raise SettingsError(f"{path}: unknown key(s) {unknown}; a report profile has only "
+                            f"{list(REPORT_PROFILE_KEYS)} (training settings go under settings:, "
+                            f"notebook parameters under parameters:)")
     profile.setdefault("parameters", {})
     profile.setdefault("settings", {})
     profile.setdefault("train_profile", "demo")
@@ -180,6 +419,42 @@ def load_profile(name: str, configs_dir: Path = CONFIGS_DIR) -> dict[str, Any]:
                                 f"(known: {sorted(setting_names())})")
     profile["name"] = name
     return profile
+
+
+class DeclaredPhantomRoot(NamedTuple):
+    """A phantom root a report profile declares: which key (``demo_data``), its spec's values, and the file."""
+
+    key: str
+    spec: dict[str, Any]
+    profile_path: Path
+
+
+def declared_phantom_roots(configs_dir: Path = CONFIGS_DIR) -> dict[Path, DeclaredPhantomRoot]:
+    """Every phantom root the report profiles in ``configs_dir`` declare, by resolved folder.
+
+    Notebooks call this on every start, so the profiles are parsed once and again only
+    when a file in ``configs_dir`` changes (its name, size or modification time).
+    """
+    stamps = tuple((path.name, path.stat().st_mtime_ns, path.stat().st_size)
+                   for path in sorted(configs_dir.glob("*.yaml")))
+    declared = _declared_phantom_roots(configs_dir, stamps)
+    # Copies, so that a caller changing a spec leaves the cached one as the files say.
+    return {root: declared_root._replace(spec=dict(declared_root.spec)) for root, declared_root in declared.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _declared_phantom_roots(configs_dir: Path, stamps: tuple[tuple[str, int, int], ...]) -> dict[Path, DeclaredPhantomRoot]:
+    del stamps  # part of the cache key only
+    roots: dict[Path, DeclaredPhantomRoot] = {}
+    for name in available_profiles(configs_dir):
+        profile = load_profile(name, configs_dir)
+        for key in PHANTOM_ROOT_KEYS:
+            if profile.get(key):
+                spec = dict(profile[key])
+                if "root" not in spec:
+                    raise SettingsError(f"{configs_dir / f'{name}.yaml'}: {key} needs root: (the folder to build)")
+                roots[resolve(spec.pop("root"))] = DeclaredPhantomRoot(key, spec, configs_dir / f"{name}.yaml")
+    return roots
 
 
 def parse_override(text: str) -> tuple[str, Any]:

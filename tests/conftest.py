@@ -1,4 +1,4 @@
-"""Shared fixtures: the real-format files in tests/fixtures and a tiny phantom root."""
+"""Shared fixtures: the real-format files in tests/helpers/fixtures and a tiny phantom root."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent / "helpers" / "fixtures"
 # benchmarks/mutation.py runs the same tests hundreds of times: it names a folder here, and the session fixtures'
 # data (built by unmutated code in its first run) is reused from it instead of being built again in every run.
 REUSE_VARIABLE = "CXRUTILS_TEST_FIXTURES"
@@ -103,7 +103,7 @@ def _tiny_training_settings() -> list[str]:
 
 @pytest.fixture(scope="session")
 def rendered_reports(tiny_phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> RenderedReports:
-    """``python -m cxrutils.reports`` over every notebook on the tiny phantom root, trained with the tiny profile.
+    """``cxrutils reports`` over every notebook on the tiny phantom root, trained with the tiny profile.
 
     A subprocess without pytest in its environment: ipykernel then captures the kernel's file
     descriptors as it does for a user (inside pytest it does not), so what lands in the HTML and
@@ -114,7 +114,7 @@ def rendered_reports(tiny_phantom_root: Path, tmp_path_factory: pytest.TempPathF
     sets = [f"data_root={tiny_phantom_root}", f"runs_dir={folder / 'runs'}", f"cache_dir={folder / 'cache'}",
             "name=tiny_reports", *_tiny_training_settings(), "n_bootstrap=50", f"weights_dir={folder / 'no_weights'}",
             "integrity_check=quick"]
-    command = [sys.executable, "-m", "cxrutils.reports", "--profile", "demo", "--reports-dir", str(folder / "reports"),
+    command = [sys.executable, "-m", "cxrutils", "reports", "--profile", "demo", "--reports-dir", str(folder / "reports"),
                *[arg for text in sets for arg in ("--set", text)]]
     environment = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),

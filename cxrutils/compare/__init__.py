@@ -1,6 +1,6 @@
 """Our run against TorchXRayVision's pretrained models: ``compare_run`` -> ``ComparisonResult`` -> ``comparison.json``.
 
-    python -m cxrutils.compare --run runs/demo --model densenet121-res224-nih
+    cxrutils compare --run runs/demo --model densenet121-res224-nih
 """
 
 from cxrutils.compare.run import ComparisonResult, compare_run, write_comparison

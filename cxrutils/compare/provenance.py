@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cxrutils.settings import DEFAULT_TXV_MODELS
+
 SOURCE_MODELS = "torchxrayvision 1.5.7, models.py: model_urls (each model's description and release file name)"
 SOURCE_SPLIT = ("torchxrayvision scripts/train_utils.py: GroupShuffleSplit(train_size=0.8, test_size=0.2) by "
                 "patient on each dataset, ignoring NIH's official lists; the seed's split is not published "
@@ -67,8 +69,8 @@ PROVENANCE: dict[str, Provenance] = {p.model: p for p in (
     Provenance("densenet121-res224-mimic_ch", ("MIMIC-CXR (CheXpert labels)",), False,
                "MIMIC-CXR only: no NIH film; 7 of the 14 findings", (SOURCE_MODELS, SOURCE_PAPER)),
 )}
-# The comparators notebook 04 and python -m cxrutils.compare use: the model the recipes compare with, and the clean one.
-DEFAULT_MODELS: tuple[str, ...] = ("densenet121-res224-nih", "densenet121-res224-pc")
+# The comparators notebook 04 and cxrutils compare use: the model the recipes compare with, and the clean one.
+DEFAULT_MODELS: tuple[str, ...] = DEFAULT_TXV_MODELS  # the one list, in the settings schema
 
 
 def provenance(model: str) -> Provenance:

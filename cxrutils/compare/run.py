@@ -4,8 +4,9 @@
 whichever weights are there (a missing file is recorded with where to put it: offline
 is the normal case here), scores our cached films with each model and compares it with
 ours (``cxrutils.stats.paired``). It returns a ``ComparisonResult``; ``write_comparison``
-saves it as ``comparison.json``. Notebook 04 and ``python -m cxrutils.compare`` both call
-it. Display lives in ``cxrutils.report.comparison_view``.
+saves it in the run folder as ``comparison.json`` (``run_folder.write_comparison``).
+Notebook 04 and ``python -m cxrutils.compare`` both call it. Display lives in
+``cxrutils.show.comparison_view``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ from cxrutils.stats.paired import (
 )
 from cxrutils.stats.thresholds import METHODS, ThresholdMethod
 
-COMPARISON_NAME = "comparison.json"
 NO_WEIGHTS_REASON = "no weights"
 SUBGROUPS: tuple[str, ...] = ("sex", "view")
 
@@ -177,7 +177,7 @@ def our_predictions(run: run_folder.Run, split: str) -> tuple[pd.DataFrame, str]
     otherwise (absent, or written before the best checkpoint changed) the split is
     scored again with ``predict_split``, which rewrites the file.
     """
-    path = run.run_dir / run_folder.predictions_name(split)
+    path = run_folder.predictions_path(run.run_dir, split)
     checkpoint = run.run_dir / run_folder.BEST_CHECKPOINT
     if path.is_file() and (not checkpoint.is_file() or path.stat().st_mtime >= checkpoint.stat().st_mtime):
         return run.predictions(split), f"read from {path.name}"
@@ -189,7 +189,7 @@ def our_predictions(run: run_folder.Run, split: str) -> tuple[pd.DataFrame, str]
 
 def validation_predictions(run: run_folder.Run) -> pd.DataFrame:
     """``predictions_val.csv``, written by training at its best epoch."""
-    path = run.run_dir / run_folder.predictions_name("val")
+    path = run_folder.predictions_path(run.run_dir, "val")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: training writes it at the best epoch, and the decision "
                                 "thresholds are chosen on it. Finish (or resume) the training run first.")
@@ -431,7 +431,7 @@ class ComparisonResult:
         })
 
     def summary_facts(self, comparison_json: Path) -> dict[str, Any]:
-        """The keyword arguments for ``cxrutils.report.runner.write_summary``."""
+        """The keyword arguments for ``cxrutils.summary.write_summary``."""
         return {
             "status": "skipped" if self.skipped else "ok",
             "status_reason": NO_WEIGHTS_REASON if self.skipped else "",
@@ -484,4 +484,4 @@ def compare_run(
 
 def write_comparison(result: ComparisonResult) -> Path:
     """Save the result into the run folder (atomically) as ``comparison.json``."""
-    return files.write_json(result.run.run_dir / COMPARISON_NAME, result.to_document())
+    return run_folder.write_comparison(result.run.run_dir, result.to_document())

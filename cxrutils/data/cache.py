@@ -42,15 +42,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from cxrutils.data.dataset import NIHDataset, listed_image_paths
-from cxrutils.data.images import ImageReadError, read_image
+from cxrutils.data.film_files import ImageReadError
+from cxrutils.data.preparation import prepare_film
 from cxrutils.files import atomic_write_text, read_csv_text, write_csv, write_json
 from cxrutils.paths import DATA_DIR, resolve
 from cxrutils.profiling import stage
 from cxrutils.progress import progress_bar
-from cxrutils.settings import TrainConfig
 
 # Bump whenever decoding, padding or resizing changes: existing caches are then rebuilt.
 CACHE_CODE_VERSION = 1
@@ -83,37 +82,12 @@ class CacheNotReadyError(FileNotFoundError):
 # --------------------------------------------------------------------------- pixels
 
 
-def to_square(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Pad a 2-D uint8 image to a centred square with zeros, then resize to ``size``².
-
-    Padding instead of cropping keeps the whole film (costophrenic angles and apices
-    sit at the edges). The resize is PIL's antialiased bilinear filter, whose support
-    widens with the reduction, so downscaling averages like an area filter.
-    """
-    if pixels.ndim != 2:
-        raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
-    height, width = pixels.shape
-    side = max(height, width)
-    if height != width:
-        square = np.zeros((side, side), dtype=np.uint8)
-        top, left = (side - height) // 2, (side - width) // 2
-        square[top : top + height, left : left + width] = pixels
-        pixels = square
-    if side == size:
-        return np.ascontiguousarray(pixels, dtype=np.uint8)
-    resized = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).resize(
-        (size, size), Image.Resampling.BILINEAR, reducing_gap=3.0
-    )
-    return np.asarray(resized, dtype=np.uint8)
-
-
 def _decode_into(pixels: np.ndarray, row: int, path: str, size: int) -> str | None:
     """Decode one file into ``pixels[row]``; return the reason when it is unreadable."""
     try:
-        image = read_image(path)  # looked up at call time, so tests can patch it
+        pixels[row] = prepare_film(path, size)
     except ImageReadError as err:
         return err.reason
-    pixels[row] = to_square(image, size)
     return None
 
 
@@ -335,7 +309,7 @@ def build_cache(
     starts here) take turns on a lock file: the first builds, the others wait and then
     reuse what it built. The lock is ``flock``, which holds on one machine; on several
     machines sharing a file system, build the cache once before starting them
-    (``python -m cxrutils.cache build``).
+    (``cxrutils cache build``).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -562,21 +536,23 @@ class ImageCache:
                 f"unusable={int((~self.usable).sum())})")
 
 
-# --------------------------------------------------------------------------- a run's cache
+# --------------------------------------------------------------------------- a dataset's cache
 
 
-def image_cache_dir(config: TrainConfig) -> Path:
-    """Where a run's image cache lives: ``cache_dir`` if set, else data/cache/<dataset folder>_<cache_size>."""
-    if config.cache_dir:
-        return resolve(config.cache_dir)
-    return DATA_DIR / "cache" / f"{resolve(config.data_root).name}_{config.cache_size}"
+def image_cache_dir(data_root: str | os.PathLike[str], cache_size: int,
+                    cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where a dataset's image cache lives: ``cache_dir`` if given, else data/cache/<dataset folder>_<cache_size>."""
+    if cache_dir:
+        return resolve(cache_dir)
+    return DATA_DIR / "cache" / f"{resolve(data_root).name}_{cache_size}"
 
 
-def open_image_cache(dataset: NIHDataset, config: TrainConfig) -> ImageCache:
-    """A run's image cache: reused when complete, otherwise built (or its interrupted build resumed).
+def open_image_cache(dataset: NIHDataset, folder: str | os.PathLike[str], *, size: int,
+                     skip_bad: bool = False) -> ImageCache:
+    """The cache of every image ``dataset`` lists: reused when complete, otherwise built (or its build resumed).
 
-    Training, prediction, evaluation and the comparison all come through here, so they
-    share one fingerprint and never rebuild each other's cache.
+    Training, prediction, evaluation and the comparison all come through here (by way of
+    ``cxrutils.engine.data_adapters.open_training_cache``), so they share one fingerprint
+    and never rebuild each other's cache.
     """
-    return build_cache(listed_image_paths(dataset, config), image_cache_dir(config), size=config.cache_size,
-                       skip_bad=config.skip_bad_images)
+    return build_cache(listed_image_paths(dataset), folder, size=size, skip_bad=skip_bad)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrutils.data.images import ImageReadError, describe_start, open_film_file, too_many_pixels
+from cxrutils.data.film_files import ImageReadError, describe_start, open_film_file, too_many_pixels
 
 # Stored values between these percentiles span black to white when the file has no window.
 PERCENTILE_WINDOW = (0.5, 99.5)

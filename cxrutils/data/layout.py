@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrutils.data.images import IMAGE_SUFFIXES, not_a_regular_file
+from cxrutils.data.film_files import not_a_regular_file
+from cxrutils.data.images import IMAGE_SUFFIXES
 
 # Most specific first: v2020 has the revised ages and labels.
 METADATA_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv", "sample_labels.csv")

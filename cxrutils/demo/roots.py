@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from cxrutils.labels import FINDINGS, NO_FINDING
 from cxrutils.paths import CONFIGS_DIR, resolve
 from cxrutils.profiling import stage
 from cxrutils.progress import progress_bar
-from cxrutils.settings import available_profiles, load_profile
+from cxrutils.settings import SettingsError, declared_phantom_roots
 
 # Bump when the rendering or sampling changes, so cached demo data is rebuilt.
 # 6: boxes are written in the 1024-px NIH frame, as BBox_List_2017.csv has them.
@@ -480,15 +480,17 @@ def _write_rehearsal_images(rows: pd.DataFrame, spec: RehearsalSpec, folder: Pat
 
 def phantom_roots(configs_dir: Path | None = None) -> dict[Path, DemoSpec | RehearsalSpec]:
     """The phantom roots the report profiles declare (``demo_data``, ``rehearsal_data``), by resolved folder."""
-    folder = configs_dir or CONFIGS_DIR
+    spec_types: dict[str, type[DemoSpec] | type[RehearsalSpec]] = {"demo_data": DemoSpec,
+                                                                    "rehearsal_data": RehearsalSpec}
     roots: dict[Path, DemoSpec | RehearsalSpec] = {}
-    for name in available_profiles(folder):
-        profile = load_profile(name, folder)
-        for key, spec_type in (("demo_data", DemoSpec), ("rehearsal_data", RehearsalSpec)):
-            if profile.get(key):
-                settings = dict(profile[key])
-                root = resolve(settings.pop("root"))
-                roots[root] = spec_type(**settings)
+    for root, declared in declared_phantom_roots(configs_dir or CONFIGS_DIR).items():
+        spec_type = spec_types[declared.key]
+        known = [item.name for item in fields(spec_type)]
+        unknown = sorted(set(declared.spec) - set(known))
+        if unknown:
+            raise SettingsError(f"{declared.profile_path}: {declared.key} has unknown key(s) {unknown}; "
+                                f"known: root, {', '.join(known)}")
+        roots[root] = spec_type(**declared.spec)
     return roots
 
 

@@ -29,16 +29,11 @@ from cxrutils.files import sha256_of
 from cxrutils.labels import FINDINGS
 
 IMAGENET_DENSENET121_FILE = "densenet121-a639ec97.pth"
-# ImageNet statistics averaged over RGB, for 1-channel input.
-GRAY_MEAN, GRAY_STD = 0.449, 0.226
 Head = Literal["gap", "lse"]
 Strategy = Literal["full", "freeze_through_denseblock3", "head_only"]
 STRATEGIES: tuple[str, ...] = ("full", "freeze_through_denseblock3", "head_only")
 # Input pixels per feature-map pixel at each dense block's output.
 DENSE_BLOCK_STRIDES: dict[str, int] = {"denseblock1": 4, "denseblock2": 8, "denseblock3": 16, "denseblock4": 32}
-AUTO_GRADCAM_LAYER = "auto"
-# Grad-CAM on a grid coarser than this cannot point anywhere: its upsampled maximum is a quadrant.
-MIN_GRADCAM_GRID = 4
 _FROZEN_PREFIXES: dict[str, tuple[str, ...]] = {
     "full": (),
     "freeze_through_denseblock3": (
@@ -107,25 +102,6 @@ class ChestXrayDenseNet(nn.Module):
         if name not in DENSE_BLOCK_STRIDES:
             raise ValueError(f"unknown dense block {name!r}; choose one of {sorted(DENSE_BLOCK_STRIDES)}")
         return getattr(self.features, name)
-
-
-def gradcam_layer_for(input_size: int, requested: str = AUTO_GRADCAM_LAYER) -> str:
-    """The dense block Grad-CAM reads: ``requested``, or for ``auto`` the deepest whose grid is at least 4 x 4.
-
-    At 224 px that is denseblock4 (7 x 7), at the CPU demo's 64 px denseblock3 (4 x 4),
-    at 32 px denseblock2 (4 x 4).
-    """
-    if requested != AUTO_GRADCAM_LAYER:
-        if requested not in DENSE_BLOCK_STRIDES:
-            raise ValueError(f"gradcam_layer must be 'auto' or one of {sorted(DENSE_BLOCK_STRIDES)}, got {requested!r}")
-        return requested
-    fine_enough = [name for name, stride in DENSE_BLOCK_STRIDES.items() if input_size // stride >= MIN_GRADCAM_GRID]
-    return fine_enough[-1] if fine_enough else "denseblock1"
-
-
-def gradcam_grid(input_size: int, layer: str) -> int:
-    """Cells per side of a dense block's output at ``input_size`` (the Grad-CAM map before upsampling)."""
-    return max(1, input_size // DENSE_BLOCK_STRIDES[layer])
 
 
 def apply_strategy(model: ChestXrayDenseNet, strategy: Strategy) -> None:
@@ -215,8 +191,3 @@ def load_tensors(path: str | os.PathLike[str], map_location: str | torch.device 
             f"{path} is not a cxrutils checkpoint or weights file that loads with weights_only=True (tensors and "
             f"plain values only; a pickled module or other code is never run): {type(err).__name__}: {err}"
         ) from err
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] grayscale -> the ImageNet-gray scale the stem expects."""
-    return (images - GRAY_MEAN) / GRAY_STD

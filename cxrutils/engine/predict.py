@@ -12,16 +12,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrutils.data.cache import BAD_FILES_NAME as CACHE_BAD_FILES_NAME
 from cxrutils.engine import run_folder
 from cxrutils.engine.loader import CachedImageDataset, make_loader
-from cxrutils.engine.runtime import autocast_dtype, prepare_batch, select_device
+from cxrutils.engine.network_input import prepare_batch
+from cxrutils.engine.runtime import autocast_dtype, select_device
 from cxrutils.labels import FINDINGS
 from cxrutils.predictions import predictions_table
 from cxrutils.profiling import stage
 from cxrutils.progress import progress_bar
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-TTA_SUFFIX = "_hflip_tta"
 VIEWS: tuple[str, ...] = ("as stored", "mirrored")
 
 
@@ -98,11 +99,11 @@ def predict_split(
     if not_scored:
         print(
             f"{len(not_scored)} {split} images are not in the image cache and are not scored "
-            f"(first: {not_scored[0]}); see {cache.folder / 'bad_files.csv'} and the dataset's missing files",
+            f"(first: {not_scored[0]}); see {cache.folder / CACHE_BAD_FILES_NAME} and the dataset's missing files",
             flush=True,
         )
     if rows.empty:
-        raise ValueError(f"{config.data_root}: the {split} split has no images in the cache {cache.folder}")
+        raise ValueError(f"{run.data_root}: the {split} split has no images in the cache {cache.folder}")
 
     labels = rows[list(FINDINGS)].to_numpy(dtype=np.float32)
     loader = make_loader(
@@ -121,9 +122,8 @@ def predict_split(
                                    mirrored=tta_hflip, desc=f"predict {split}")
     probabilities = probabilities_of(logits)
 
-    name = split + (TTA_SUFFIX if tta_hflip else "")
     frame = predictions_table(rows["image"].tolist(), rows["patient_id"].tolist(), probabilities, labels)
-    run_folder.write_predictions(run.run_dir / run_folder.predictions_name(name), frame)
+    run_folder.write_predictions(run.run_dir, frame, split, tta_hflip)
     frame.attrs.update(
         {
             "split": split,

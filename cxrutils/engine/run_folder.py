@@ -14,9 +14,18 @@ Training writes, and every later step (evaluation, comparison, inference) reads:
     .lock               only while a training writes the folder (or after one was
                         killed): who it is (``cxrutils.locks``); not part of the run
 
+and the later steps add their own results: ``predictions_<split>.csv`` and
+``metrics.json`` (evaluation), ``comparison.json`` (the TorchXRayVision comparison),
+``model.onnx`` with ``model_onnx.json`` (the ONNX export) and ``model_card.json``.
+This module is the only one that names these files; the others read and write them
+through its functions.
+
 ``open_run`` opens a finished run: its settings from config.json, its data from its
 ``data_root`` checked against split.csv (a changed root is an error that says what
 changed), and the split from split.csv, never recomputed.
+
+Reading the record needs no torch: torch is imported where a checkpoint or a model is
+loaded or saved, so the reports runner can look at a run without it.
 """
 
 from __future__ import annotations
@@ -26,32 +35,48 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from cxrutils import files
-from cxrutils.data.cache import ImageCache, open_image_cache
-from cxrutils.data.dataset import NIHDataset, load_training_dataset
-from cxrutils.engine.model import ChestXrayDenseNet, load_tensors
+from cxrutils.data.cache import ImageCache
+from cxrutils.data.dataset import NIHDataset, RecordedSplit
+from cxrutils.engine.data_adapters import open_training_cache, training_dataset
 from cxrutils.labels import FINDINGS, NO_FINDING
 from cxrutils.paths import resolve
 from cxrutils.predictions import missing_columns
 from cxrutils.settings import TrainConfig
 
-CONFIG_NAME = "config.json"
-SPLIT_NAME = "split.csv"
-HISTORY_CSV = "history.csv"
-HISTORY_JSON = "history.json"
-LAST_CHECKPOINT = "checkpoint_last.pt"
-BEST_CHECKPOINT = "checkpoint_best.pt"
-THRESHOLDS_NAME = "thresholds.json"
-BAD_FILES_NAME = "bad_files.csv"
+if TYPE_CHECKING:
+    import torch
+
+    from cxrutils.engine.model import ChestXrayDenseNet
+
+# The files of a run folder. No other module spells these names (tests/engine/test_run_folder.py checks).
+CONFIG_NAME = "config.json"  # the resolved settings, and facts about the run (written by training)
+SPLIT_NAME = "split.csv"  # every film with its patient, labels and side, as trained (SPLIT_COLUMNS)
+HISTORY_CSV = "history.csv"  # per epoch: losses, validation AUROC, lr, time (for a spreadsheet)
+HISTORY_JSON = "history.json"  # the same history, as read back (read_history)
+LAST_CHECKPOINT = "checkpoint_last.pt"  # the last finished epoch: what a resume continues from
+BEST_CHECKPOINT = "checkpoint_best.pt"  # the epoch with the highest mean validation AUROC
+THRESHOLDS_NAME = "thresholds.json"  # per method, the decision thresholds chosen on validation at the best epoch
+BAD_FILES_NAME = "bad_files.csv"  # films that could not be decoded and were skipped (skip_bad_images)
+METRICS_NAME = "metrics.json"  # the evaluation of the test split; other splits: metrics_name(split, tta_hflip)
+COMPARISON_NAME = "comparison.json"  # the comparison with TorchXRayVision's models (cxrutils.compare)
+ONNX_NAME = "model.onnx"  # the best checkpoint exported to ONNX (cxrutils.inference.export)
+ONNX_RECORD_NAME = "model_onnx.json"  # the ONNX file's sha256 and its verification against torch
+MODEL_CARD_NAME = "model_card.json"  # the model card's content (cxrutils.publish.model_card)
+# predictions_<split>.csv (predictions_name) and metrics_<split>.json carry this when scored with a mirrored view.
+TTA_SUFFIX = "_hflip_tta"
+RUN_FILE_NAMES = (CONFIG_NAME, SPLIT_NAME, HISTORY_CSV, HISTORY_JSON, LAST_CHECKPOINT, BEST_CHECKPOINT,
+                  THRESHOLDS_NAME, BAD_FILES_NAME, METRICS_NAME, COMPARISON_NAME, ONNX_NAME, ONNX_RECORD_NAME,
+                  MODEL_CARD_NAME)
 # What a run needs to be evaluated, compared or used for inference.
 FINISHED_RUN_FILES = (CONFIG_NAME, BEST_CHECKPOINT, THRESHOLDS_NAME)
 SPLIT_COLUMNS = ["image", "patient_id", "split", "finding_labels"]
+BAD_FILES_COLUMNS = ["image", "path", "reason"]
 
 
 class NotATrainedRunError(FileNotFoundError):
@@ -62,22 +87,58 @@ class DataChangedError(ValueError):
     """The data under a run's data_root is not the data the run was trained on."""
 
 
-def predictions_name(split: str) -> str:
-    return f"predictions_{split}.csv"
+def _scored(split: str, tta_hflip: bool) -> str:
+    return split + (TTA_SUFFIX if tta_hflip else "")
+
+
+def predictions_name(split: str, tta_hflip: bool = False) -> str:
+    """``predictions_<split>.csv``, or ``predictions_<split>_hflip_tta.csv``: the two never overwrite each other."""
+    return f"predictions_{_scored(split, tta_hflip)}.csv"
+
+
+def metrics_name(split: str = "test", tta_hflip: bool = False) -> str:
+    """``metrics.json`` for the test split, else ``metrics_<split>[_hflip_tta].json``: none overwrites another."""
+    scored = _scored(split, tta_hflip)
+    return METRICS_NAME if scored == "test" else f"metrics_{scored}.json"
+
+
+def predictions_path(run_dir: str | os.PathLike[str], split: str, tta_hflip: bool = False) -> Path:
+    return Path(run_dir) / predictions_name(split, tta_hflip)
+
+
+def metrics_path(run_dir: str | os.PathLike[str], split: str = "test", tta_hflip: bool = False) -> Path:
+    return Path(run_dir) / metrics_name(split, tta_hflip)
+
+
+def onnx_path(run_dir: str | os.PathLike[str]) -> Path:
+    return Path(run_dir) / ONNX_NAME
+
+
+def _read_json_if_there(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 # --------------------------------------------------------------------------- files of the record
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch  # here, not at the top: reading a run's record needs no torch
+
     files.atomic_write(path, lambda temporary: torch.save(state, temporary))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a cxrutils checkpoint with ``weights_only=True``: tensors and plain types only."""
+    from cxrutils.engine.model import load_tensors
+
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return load_tensors(path, map_location)
+
+
+def write_config(run_dir: Path, record: dict[str, Any]) -> Path:
+    """config.json: the resolved settings and the facts of the run."""
+    return files.write_json(run_dir / CONFIG_NAME, record)
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -93,10 +154,15 @@ def read_history(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     return history
 
 
+def write_bad_files(run_dir: Path, bad_files: pd.DataFrame) -> Path:
+    """bad_files.csv, written as text (``files.write_csv``): no formula in a file name runs in a spreadsheet."""
+    return files.write_csv(run_dir / BAD_FILES_NAME, bad_files)
+
+
 def read_bad_files(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """image, path, reason of every image skipped as unreadable (empty when none was)."""
     path = Path(run_dir) / BAD_FILES_NAME
-    return files.read_csv_text(path) if path.is_file() else pd.DataFrame(columns=["image", "path", "reason"])
+    return files.read_csv_text(path) if path.is_file() else pd.DataFrame(columns=BAD_FILES_COLUMNS)
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -114,6 +180,11 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
     return TrainConfig.from_dict({k: v for k, v in read_config(run_dir).items() if k in known})
 
 
+def write_thresholds(run_dir: Path, thresholds: dict[str, dict[str, float | None]]) -> Path:
+    """thresholds.json: per method, each finding's threshold (None where validation could not choose one)."""
+    return files.write_json(run_dir / THRESHOLDS_NAME, thresholds)
+
+
 def read_thresholds(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
     return json.loads((Path(run_dir) / THRESHOLDS_NAME).read_text())
 
@@ -126,14 +197,17 @@ def thresholds_of(run_dir: str | os.PathLike[str], method: str) -> dict[str, flo
     return dict(chosen[method])
 
 
-def write_predictions(path: Path, table: pd.DataFrame) -> None:
-    """A predictions table (``cxrutils.predictions``) as CSV, probabilities to 6 significant digits."""
+def write_predictions(run_dir: Path, table: pd.DataFrame, split: str, tta_hflip: bool = False) -> Path:
+    """A predictions table (``cxrutils.predictions``) as ``predictions_name(split, tta_hflip)``, probabilities to
+    6 significant digits."""
+    path = predictions_path(run_dir, split, tta_hflip)
     files.atomic_write(path, lambda temporary: table.to_csv(temporary, index=False, float_format="%.6g"))
+    return path
 
 
-def read_predictions(run_dir: str | os.PathLike[str], split: str) -> pd.DataFrame:
+def read_predictions(run_dir: str | os.PathLike[str], split: str, tta_hflip: bool = False) -> pd.DataFrame:
     """A run's ``predictions_<split>.csv``; every column of the layout must be there (a missing one is an error)."""
-    path = Path(run_dir) / predictions_name(split)
+    path = predictions_path(run_dir, split, tta_hflip)
     table = pd.read_csv(path)
     missing = missing_columns(table)
     if missing:
@@ -142,6 +216,45 @@ def read_predictions(run_dir: str | os.PathLike[str], split: str) -> pd.DataFram
                          "prob_<finding> and the label of each of the 14 findings); delete it and score the split "
                          "again (cxrutils.engine.predict.predict_split)")
     return table
+
+
+# --------------------------------------------------------------------------- what the later steps add
+
+
+def write_metrics(run_dir: Path, document: dict[str, Any], split: str = "test", tta_hflip: bool = False) -> Path:
+    """An evaluation's document (``cxrutils.evaluate``) as ``metrics_name(split, tta_hflip)``, atomically."""
+    return files.write_json(metrics_path(run_dir, split, tta_hflip), document)
+
+
+def read_metrics(run_dir: str | os.PathLike[str], split: str = "test",
+                 tta_hflip: bool = False) -> dict[str, Any] | None:
+    """The evaluation's document of ``split``; None when the run has not been evaluated on it."""
+    return _read_json_if_there(metrics_path(run_dir, split, tta_hflip))
+
+
+def write_comparison(run_dir: Path, document: dict[str, Any]) -> Path:
+    """The TorchXRayVision comparison's document (``cxrutils.compare``) as comparison.json, atomically."""
+    return files.write_json(run_dir / COMPARISON_NAME, document)
+
+
+def read_comparison(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """comparison.json; None when the run has not been compared."""
+    return _read_json_if_there(Path(run_dir) / COMPARISON_NAME)
+
+
+def write_onnx_record(run_dir: Path, record: dict[str, Any]) -> Path:
+    """model_onnx.json beside model.onnx: its sha256, opset, metadata and verification."""
+    return files.write_json(run_dir / ONNX_RECORD_NAME, record)
+
+
+def read_onnx_record(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """model_onnx.json; None when the run's ONNX file was never recorded."""
+    return _read_json_if_there(Path(run_dir) / ONNX_RECORD_NAME)
+
+
+def write_model_card(run_dir: Path, card: dict[str, Any]) -> Path:
+    """The model card's content (``cxrutils.publish.model_card``) as model_card.json, atomically."""
+    return files.write_json(run_dir / MODEL_CARD_NAME, card)
 
 
 # --------------------------------------------------------------------------- the split, and the data it was drawn from
@@ -176,6 +289,11 @@ def write_split(run_dir: Path, metadata: pd.DataFrame) -> str:
     table = split_table(metadata)
     files.atomic_write(run_dir / SPLIT_NAME, lambda temporary: table.to_csv(temporary, index=False))
     return data_fingerprint(table)
+
+
+def has_split(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether the run recorded its split (runs trained before split.csv existed did not)."""
+    return (Path(run_dir) / SPLIT_NAME).is_file()
 
 
 def read_split(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -219,6 +337,8 @@ def load_run_model(
     The architecture is rebuilt from the checkpoint's own config (head, lse_r), and
     the weights load strictly: a checkpoint from another architecture fails loudly.
     """
+    from cxrutils.engine.model import ChestXrayDenseNet
+
     run_dir = Path(run_dir)
     checkpoint = load_checkpoint(run_dir / checkpoint_name)
     if "model" not in checkpoint or "config" not in checkpoint:
@@ -243,6 +363,7 @@ class Run:
 
     run_dir: Path
     config: TrainConfig  # config.json's settings (its cache_dir is the resolved folder the run trained from)
+    data_root: str  # where the run's data is read from: open_run's data_root, else config.json's
     record: dict[str, Any]  # config.json as written, facts included
     dataset: NIHDataset  # metadata["split"] is the run's own split (split.csv)
     split_source: str  # where the split came from, for reports
@@ -256,7 +377,7 @@ class Run:
     def image_cache(self) -> ImageCache:
         """The run's image cache (reused while the files are unchanged, else rebuilt)."""
         if self._cache is None:
-            self._cache = open_image_cache(self.dataset, self.config)
+            self._cache = open_training_cache(self.config, self.dataset, data_root=self.data_root)
         return self._cache
 
     @property
@@ -314,22 +435,23 @@ def open_run(run_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] 
     """
     run_dir = finished_run_dir(run_dir)
     config = read_run_config(run_dir)
-    if data_root is not None:
-        config.data_root = str(data_root)
+    root = config.data_root if data_root is None else str(data_root)
     record = read_config(run_dir)
-    dataset = load_training_dataset(config)
-    if not (run_dir / SPLIT_NAME).is_file():
-        source = (f"recomputed from {config.data_root} with the run's split settings: the run has no {SPLIT_NAME} "
+    if not has_split(run_dir):
+        dataset = training_dataset(config, data_root=root)
+        source = (f"recomputed from {root} with the run's split settings: the run has no {SPLIT_NAME} "
                   "(it was trained before runs recorded their split)")
-        return Run(run_dir, config, record, dataset, source)
+        return Run(run_dir, config, root, record, dataset, source)
     recorded = read_split(run_dir)
+    # The recorded split is applied, not drawn again; "run" names it where the record predates split_kind.
+    split = RecordedSplit(recorded.set_index("image")["split"], str(record.get("split_kind", "run")))
+    dataset = training_dataset(config, data_root=root, split=split)
     differences = data_differences(recorded, split_table(dataset.metadata))
     if differences:
         raise DataChangedError(
-            f"the data under {config.data_root} is not the data run {run_dir.name} was trained on: "
+            f"the data under {root} is not the data run {run_dir.name} was trained on: "
             + "; ".join(differences)
             + ". Point data_root at the data the run used, or train a new run on this data."
         )
-    dataset.metadata["split"] = recorded.set_index("image")["split"].reindex(dataset.metadata["image"]).to_numpy()
-    dataset.split_kind = str(record.get("split_kind", dataset.split_kind))
-    return Run(run_dir, config, record, dataset, f"{SPLIT_NAME} in the run folder (the split the run was trained on)")
+    source = f"{SPLIT_NAME} in the run folder (the split the run was trained on)"
+    return Run(run_dir, config, root, record, dataset, source)

@@ -19,12 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from cxrutils.engine.augment import random_affine
-from cxrutils.engine.model import normalize
 from cxrutils.paths import PROJ_ROOT
-from cxrutils.settings import AugmentConfig
 
 # torch.distributed's default is 30 minutes; collectives wait this long for the slowest rank.
 TIMEOUT_VARIABLE = "CXRUTILS_DDP_TIMEOUT_SECONDS"
@@ -241,29 +237,6 @@ def gather_to_main(value: Any, ddp: Distributed) -> list[Any] | None:
     gathered: list[Any] | None = [None] * ddp.world_size if ddp.is_main else None
     dist.gather_object(value, gathered, dst=0)
     return gathered
-
-
-def prepare_batch(
-    pixels: torch.Tensor,
-    device: torch.device,
-    input_size: int,
-    channels_last: bool,
-    augment: AugmentConfig | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """uint8 (B, 1, S, S) from the cache -> normalized float (B, 1, input_size, input_size) on ``device``.
-
-    Without augmentation the films are resized with an antialiased filter (what
-    validation, prediction and inference see). With it, the random warp resamples
-    them to ``input_size`` itself: one interpolation per training image, not two.
-    """
-    images = pixels.to(device, non_blocking=True).float().div_(255.0)
-    if augment is not None and not augment.is_identity():
-        images = random_affine(images, augment, generator, output_size=input_size)
-    elif images.shape[-1] != input_size:
-        images = F.interpolate(images, size=(input_size, input_size), mode="bilinear", antialias=True)
-    images = normalize(images)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -12,10 +12,8 @@ everything a resume needs kept in one ``TrainingState``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -30,12 +28,13 @@ import torch.distributed as dist
 from scipy.special import expit
 from torch import nn
 
-from cxrutils import files
-from cxrutils.data.cache import ImageCache, image_cache_dir, open_image_cache
-from cxrutils.data.dataset import NIHDataset, load_training_dataset
+from cxrutils.data.cache import ImageCache
+from cxrutils.data.dataset import NIHDataset
 from cxrutils.engine import run_folder
+from cxrutils.engine.data_adapters import open_training_cache, training_cache_dir, training_dataset
 from cxrutils.engine.loader import CachedImageDataset, make_loader
-from cxrutils.engine.model import GRAY_MEAN, GRAY_STD, build_model, initial_weights
+from cxrutils.engine.model import build_model, initial_weights
+from cxrutils.engine.network_input import denormalize, prepare_batch
 from cxrutils.engine.predict import predict_logits
 from cxrutils.engine.runtime import (
     Distributed,
@@ -47,7 +46,6 @@ from cxrutils.engine.runtime import (
     gather,
     gather_to_main,
     mean_over_ranks,
-    prepare_batch,
     rng_state,
     seed_everything,
     select_device,
@@ -60,7 +58,7 @@ from cxrutils.locks import folder_lock
 from cxrutils.predictions import predictions_table
 from cxrutils.profiling import mark_once, stage
 from cxrutils.progress import announce, duration_text, progress_bar
-from cxrutils.settings import TrainConfig, load_train_config
+from cxrutils.settings import TrainConfig
 from cxrutils.stats.metrics import per_class_auroc
 from cxrutils.stats.thresholds import METHODS, choose_thresholds
 
@@ -342,7 +340,7 @@ class TrainResult:
 def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset | None = None) -> TrainResult:
     """Train per ``config``.
 
-    ``dataset`` is ``load_training_dataset(config)`` when the caller has it already
+    ``dataset`` is ``training_dataset(config)`` when the caller has it already
     (the notebook does), so a large root is not indexed twice.
 
     ``resume=True`` continues from the run's last checkpoint (its config must match);
@@ -376,10 +374,10 @@ def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, 
     # Build the model first: missing weights must fail before anything is written.
     model = build_model(config.weights, head=config.head, lse_r=config.lse_r, strategy=config.strategy)  # type: ignore[arg-type]
 
-    dataset = dataset or load_training_dataset(config)
+    dataset = dataset or training_dataset(config)
     # Every process opens the cache before the process group exists (the first builds it, the others wait on its
     # lock): a collective would time out while one rank decodes 112k films.
-    cache = open_image_cache(dataset, config)
+    cache = open_training_cache(config, dataset)
     start_process_group(ddp, device)
     data = training_data(config, dataset, cache, ddp)
     if ddp.is_main:
@@ -496,8 +494,8 @@ def _write_run_record(
     """config.json (settings and facts), split.csv and bad_files.csv: what later steps read instead of recomputing."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = run_folder.write_split(run_dir, dataset.metadata)
-    files.write_json(run_dir / run_folder.CONFIG_NAME, {
-        **config.to_dict(), "cache_dir": str(image_cache_dir(config)), "device": str(device),
+    run_folder.write_config(run_dir, {
+        **config.to_dict(), "cache_dir": str(training_cache_dir(config)), "device": str(device),
         "world_size": ddp.world_size, "label_order": list(FINDINGS), "data_description": dataset.description,
         "synthetic": dataset.synthetic, "split_kind": dataset.split_kind, "data_fingerprint": fingerprint,
         "cache_fingerprint": cache.fingerprint, "train_images": len(data.train_names),
@@ -506,7 +504,7 @@ def _write_run_record(
         "code": code_version(),
     })
     if len(cache.bad_files):
-        files.write_csv(run_dir / run_folder.BAD_FILES_NAME, cache.bad_files)  # as text: no formula runs
+        run_folder.write_bad_files(run_dir, cache.bad_files)
 
 
 def _save_epoch(
@@ -526,13 +524,13 @@ def _save_epoch(
 def _write_validation_outputs(run_dir: Path, rows: pd.DataFrame, val: dict[str, Any]) -> None:
     """Validation predictions of the best epoch, and the thresholds chosen on them."""
     table = predictions_table(rows["image"].tolist(), rows["patient_id"].tolist(), val["probabilities"], val["labels"])
-    run_folder.write_predictions(run_dir / run_folder.predictions_name("val"), table)
+    run_folder.write_predictions(run_dir, table, "val")
     thresholds = {
         method: {f: (None if np.isnan(t) else float(t)) for f, t in
                  zip(FINDINGS, choose_thresholds(val["labels"], val["probabilities"], method))}  # type: ignore[arg-type]
         for method in METHODS
     }
-    files.write_json(run_dir / run_folder.THRESHOLDS_NAME, thresholds)
+    run_folder.write_thresholds(run_dir, thresholds)
 
 
 def _reshuffle(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> None:
@@ -549,7 +547,7 @@ def _reshuffle(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> No
 
 def describe_training_data(config: TrainConfig, dataset: NIHDataset | None = None) -> pd.DataFrame:
     """Per finding: positives in train and val, train prevalence, and the pos_weight it implies."""
-    dataset = dataset or load_training_dataset(config)
+    dataset = dataset or training_dataset(config)
     side = dataset.metadata["split"].to_numpy()
     labels = dataset.metadata[list(FINDINGS)].to_numpy(dtype=np.float32)
     table = pd.DataFrame({
@@ -566,29 +564,12 @@ def augmented_sample(
     config: TrainConfig, count: int = 8, dataset: NIHDataset | None = None
 ) -> tuple[torch.Tensor, list[str]]:
     """The first training images of the cache as the model sees them after augmentation."""
-    dataset = dataset or load_training_dataset(config)
-    cache = open_image_cache(dataset, config)
+    dataset = dataset or training_dataset(config)
+    cache = open_training_cache(config, dataset)
     train_names = dataset.images_in("train")
     names = train_names[train_names.isin(cache.usable_names)][:count].tolist()
     pixels = torch.from_numpy(np.asarray(cache.pixels[cache.rows(names)]))[:, None]
     generator = torch.Generator().manual_seed(config.seed)
     images = prepare_batch(pixels, torch.device("cpu"), config.input_size, False, config.augment, generator)
-    return images * GRAY_STD + GRAY_MEAN, names
+    return denormalize(images), names
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrutils.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="a profile name in configs/train/ or a YAML path")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. --set epochs=5 --set augment.hflip_probability=0")
-    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    args = parser.parse_args(argv)
-    config = load_train_config(args.config, args.overrides)
-    result = train(config, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"best epoch {result.best_epoch}: mean val AUROC {result.best_val_auroc_mean:.4f} -> {result.run_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Evaluation of a trained run: ``evaluate_run`` -> ``EvaluationResult`` -> ``metrics.json``.
 
-    python -m cxrutils.evaluate --run runs/demo
+    cxrutils evaluate --run runs/demo
 """
 
 from cxrutils.evaluate.evaluation import EvaluationResult, evaluate_run, write_metrics

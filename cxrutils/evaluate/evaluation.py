@@ -8,9 +8,10 @@ pick one) and computes everything the evaluation report shows: AUROC with
 patient-bootstrap intervals, AP, operating points, the classification report,
 calibration, subgroups, Grad-CAM localization against the boxes and a random
 baseline, a gallery of calls, and the published results for context. It returns an
-``EvaluationResult``; ``write_metrics`` saves it as ``metrics.json``. Notebook 03 and
+``EvaluationResult``; ``write_metrics`` saves it in the run folder (``run_folder.write_metrics``:
+``metrics.json`` for the test split). Notebook 03 and
 ``python -m cxrutils.evaluate`` both call it, so they write the same file.
-Display lives in ``cxrutils.report.evaluation_view``.
+Display lives in ``cxrutils.show.evaluation_view``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from cxrutils import files
 from cxrutils.data.metadata import age_band
 from cxrutils.data.radiologist_labels import read_radiologist_labels
 from cxrutils.engine import run_folder
-from cxrutils.engine.model import GRAY_MEAN, GRAY_STD, gradcam_grid, gradcam_layer_for
-from cxrutils.engine.predict import SPLITS, TTA_SUFFIX, predict_split
-from cxrutils.engine.runtime import prepare_batch, select_device
+from cxrutils.engine.gradcam import gradcam_grid, gradcam_layer_for
+from cxrutils.engine.network_input import denormalize, prepare_batch
+from cxrutils.engine.predict import SPLITS, predict_split
+from cxrutils.engine.runtime import select_device
 from cxrutils.evaluate import localization
 from cxrutils.evaluate.radiologist import RadiologistResult, score_against_radiologists
 from cxrutils.labels import FINDINGS
@@ -40,17 +42,10 @@ from cxrutils.stats import metrics
 from cxrutils.stats.intervals import CONFIDENCE
 from cxrutils.stats.thresholds import METHODS
 
-METRICS_NAME = "metrics.json"
 CALIBRATION_BINS = 10
 RANDOM_BASELINE_REPEATS = 20
 GALLERY_KINDS: dict[str, str] = {"TP": "true positives", "FP": "false positives", "FN": "false negatives"}
 SUBGROUP_VARIABLES: tuple[str, ...] = ("sex", "age band", "view")
-
-
-def metrics_name(split: str, tta_hflip: bool = False) -> str:
-    """``metrics.json`` for the test split, else ``metrics_<split>[_hflip_tta].json``: none overwrites another."""
-    name = split + (TTA_SUFFIX if tta_hflip else "")
-    return METRICS_NAME if name == "test" else f"metrics_{name}.json"
 
 
 # --------------------------------------------------------------------------- results
@@ -375,8 +370,8 @@ def evaluate_run(
 
 
 def write_metrics(result: EvaluationResult) -> Path:
-    """Save the result into the run folder (atomically) as ``metrics_name(split, tta_hflip)``."""
-    return files.write_json(result.run.run_dir / metrics_name(result.split, result.tta_hflip), result.to_document())
+    """Save the result into the run folder (atomically) as ``run_folder.metrics_name(split, tta_hflip)``."""
+    return run_folder.write_metrics(result.run.run_dir, result.to_document(), result.split, result.tta_hflip)
 
 
 # --------------------------------------------------------------------------- subgroups
@@ -504,7 +499,7 @@ def model_frame_images(run: run_folder.Run, images: list[str]) -> np.ndarray:
     cache = run.image_cache()
     pixels = torch.from_numpy(np.asarray(cache.pixels[cache.rows(images)]))[:, None]
     inputs = prepare_batch(pixels, torch.device("cpu"), size, channels_last=False)
-    return (inputs * GRAY_STD + GRAY_MEAN).clamp(0, 1)[:, 0].numpy()
+    return denormalize(inputs)[:, 0].numpy()
 
 
 def gallery_panels(run: run_folder.Run, layer: str, examples: pd.DataFrame) -> Gallery:

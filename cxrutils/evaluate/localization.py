@@ -28,68 +28,14 @@ from torch import nn
 
 from cxrutils.data.bboxes import boxes_in_stored_frame
 from cxrutils.data.images import image_header
+from cxrutils.engine.gradcam import finding_index, gradcam
+from cxrutils.engine.network_input import prepare_batch
 from cxrutils.labels import FINDINGS
 from cxrutils.progress import progress_bar
 
 Box = tuple[float, float, float, float]  # x, y, w, h
 T_IOBB: tuple[float, ...] = (0.1, 0.25, 0.5)
 ALL_ROW = "all"
-
-
-# --------------------------------------------------------------------------- Grad-CAM
-
-
-def _class_index(class_index: int | str) -> int:
-    if isinstance(class_index, str):
-        if class_index not in FINDINGS:
-            raise ValueError(f"unknown finding {class_index!r}; expected one of {FINDINGS}")
-        return FINDINGS.index(class_index)
-    return int(class_index)
-
-
-def gradcam(
-    model: nn.Module, images: torch.Tensor, class_index: int | str | Sequence[int], layer: nn.Module | None = None
-) -> torch.Tensor:
-    """Grad-CAM heatmaps (B, H, W) in [0, 1] at the input's size, on the input's device.
-
-    ``images`` are normalized model inputs (B, 1, H, W); ``class_index`` is one class
-    (index or finding name) for the whole batch, or one index per image. The model
-    runs in eval mode (BatchNorm statistics fixed, so images do not influence each
-    other) and is put back in its previous mode afterwards. Each map is scaled to
-    [0, 1] by its own min and max; a flat map (no positive evidence, or a
-    1 x 1 activation from a too-small input) is all zeros.
-    """
-    layer = layer if layer is not None else getattr(model, "gradcam_layer", None)
-    if not isinstance(layer, nn.Module):
-        raise TypeError(f"{type(model).__name__} has no gradcam_layer module to take Grad-CAM on")
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, C, H, W); got shape {tuple(images.shape)}")
-    if isinstance(class_index, (int, str)):
-        targets = torch.full((images.shape[0],), _class_index(class_index), dtype=torch.long)
-    else:
-        targets = torch.as_tensor([_class_index(c) for c in class_index], dtype=torch.long)
-    captured: list[torch.Tensor] = []
-    hook = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            # A leaf that needs a gradient, so the hooked activation has one even when
-            # every parameter is frozen.
-            inputs = images.detach().float().requires_grad_(True)
-            logits = model(inputs)
-            activation = captured[-1]
-            chosen = logits.gather(1, targets.to(logits.device)[:, None]).sum()
-            (gradient,) = torch.autograd.grad(chosen, activation)
-    finally:
-        hook.remove()
-        model.train(was_training)
-    weights = gradient.float().mean(dim=(2, 3), keepdim=True)  # alpha_k: pooled gradient per channel
-    cam = F.relu((weights * activation.detach().float()).sum(dim=1, keepdim=True))
-    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    low = cam.amin(dim=(1, 2), keepdim=True)
-    span = cam.amax(dim=(1, 2), keepdim=True) - low
-    return torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), torch.zeros_like(cam)).detach()
 
 
 # --------------------------------------------------------------------------- box geometry
@@ -290,13 +236,11 @@ def box_heatmaps(
     ``prepare_batch`` as training and prediction, so the heatmap is in the square
     model frame that ``boxes_to_heatmap`` maps boxes into.
     """
-    from cxrutils.engine.train import prepare_batch  # train imports the heavy training stack
-
     device = torch.device(device)
     model = model.to(device)
     pixels = cache.pixels
     rows = cache.rows(boxes["image"].tolist())
-    classes = [_class_index(f) for f in boxes["finding"]]
+    classes = [finding_index(f) for f in boxes["finding"]]
     maps = []
     bar = progress_bar(total=len(boxes), desc=desc, unit="map", done=f"{desc}: {{n:,}} heatmaps")
     for start in range(0, len(boxes), batch_size):

@@ -32,15 +32,14 @@ import torch
 from torch import nn
 
 from cxrutils import files
+from cxrutils.data.preparation import GRAY_MEAN, GRAY_STD
 from cxrutils.engine import run_folder
-from cxrutils.engine.model import GRAY_MEAN, GRAY_STD
-from cxrutils.engine.runtime import code_version, prepare_batch
+from cxrutils.engine.network_input import prepare_batch
+from cxrutils.engine.runtime import code_version
 from cxrutils.inference.films import FilmDataset, collect_films, inspect_films
 from cxrutils.inference.reference import sample_test_films
 from cxrutils.labels import FINDINGS
 
-ONNX_NAME = "model.onnx"
-RECORD_NAME = "model_onnx.json"
 TOLERANCE = 1e-4  # largest |probability difference| onnxruntime may show against torch
 OPSET = 17
 INPUT_NAME, OUTPUT_NAMES = "image", ("logits", "probabilities")
@@ -101,7 +100,7 @@ def export_onnx(
     model, _, details = run_folder.load_run_model(run_dir)
     inputs, film_names = _verification_inputs(run_dir, config.cache_size, config.input_size, films, max_films,
                                               data_root)
-    path = Path(out) if out is not None else run_dir / ONNX_NAME
+    path = Path(out) if out is not None else run_folder.onnx_path(run_dir)
     metadata = _metadata(run_dir, config.input_size, config.cache_size, details)
     wrapped = _WithProbabilities(model).eval()
     verification: dict[str, Any] = {}
@@ -116,7 +115,8 @@ def export_onnx(
     digest = files.sha256_of(path)
     record = {"file": path, "sha256": digest, "opset": OPSET, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "metadata": metadata, "verification": verification}
-    record_path = files.write_json(path.with_name(RECORD_NAME) if out is None else path.with_suffix(".json"), record)
+    record_path = (run_folder.write_onnx_record(run_dir, record) if out is None
+                   else files.write_json(path.with_suffix(".json"), record))
     return ExportResult(path, digest, metadata, verification, record_path)
 
 

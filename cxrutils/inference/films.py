@@ -17,7 +17,7 @@ without decoding its pixels and says why it must not be scored, if it must not:
   lateral or oblique view.
 
 ``FilmDataset`` decodes the rest for the network the way the image cache does
-(``read_image``, then ``cache.to_square`` at the run's ``cache_size``), so a film
+(``cxrutils.data.preparation.prepare_film`` at the run's ``cache_size``), so a film
 scored here gets the pixels it would get as part of a dataset.
 """
 
@@ -34,18 +34,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cxrutils.data.cache import to_square
 from cxrutils.data.dicom import RADIOGRAPH_MODALITIES, UNSPECIFIC_MODALITIES, DicomHeader, read_dicom_header
-from cxrutils.data.images import (
-    ImageReadError,
-    bits_of_mode,
-    describe_start,
-    film_format,
-    image_header,
-    quick_integrity_problem,
-    read_image,
-    too_many_pixels,
-)
+from cxrutils.data.film_files import ImageReadError, describe_start, too_many_pixels
+from cxrutils.data.images import bits_of_mode, film_format, image_header, quick_integrity_problem, read_image
+from cxrutils.data.preparation import prepare_film
 from cxrutils.locks import is_lock_file
 from cxrutils.paths import resolve
 from cxrutils.progress import progress_bar
@@ -248,7 +240,7 @@ class FilmDataset(Dataset):
 
     def _decode(self, index: int) -> tuple[np.ndarray, float]:
         try:
-            return to_square(read_image(self.paths[index], self.max_pixels), self.size), 1.0
+            return prepare_film(self.paths[index], self.size, self.max_pixels), 1.0
         except ImageReadError:
             return np.zeros((self.size, self.size), dtype=np.uint8), 0.0
 

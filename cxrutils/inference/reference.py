@@ -70,7 +70,7 @@ def training_reference(run_dir: str | os.PathLike[str], sample: int = 200, seed:
             headers.append((width, height, bits_of_mode(mode), path.suffix.lower().lstrip(".")))
     if not headers:
         raise FileNotFoundError(f"none of {len(chosen)} sampled training films of run {run.name} is on disk under "
-                                f"{run.config.data_root}")
+                                f"{run.data_root}")
     widths, heights, bits, formats = (np.array(column) for column in zip(*headers))
 
     def spread(values: np.ndarray) -> tuple[int, int, int]:
@@ -125,10 +125,10 @@ def sample_test_films(run_dir: str | os.PathLike[str], count: int = 4, seed: int
     """``count`` films of the run's own test split (a seeded sample, in file order), as paths on disk."""
     run = run_folder.open_run(run_dir, data_root=data_root)
     if run.dataset.index is None:
-        raise FileNotFoundError(f"run {run.name}'s data root {run.config.data_root} has no images")
+        raise FileNotFoundError(f"run {run.name}'s data root {run.data_root} has no images")
     metadata = run.dataset.metadata
     test = metadata[(metadata["split"] == "test") & metadata["image"].isin(run.dataset.index.paths.index)]
     if test.empty:
-        raise FileNotFoundError(f"run {run.name}'s test split has no film on disk under {run.config.data_root}")
+        raise FileNotFoundError(f"run {run.name}'s test split has no film on disk under {run.data_root}")
     chosen = test.sample(n=min(count, len(test)), random_state=seed)["image"].sort_values()
     return [run.dataset.image_path(image) for image in chosen]

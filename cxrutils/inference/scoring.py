@@ -9,7 +9,7 @@ training and evaluation), calls each finding at the run's validation threshold, 
 takes Grad-CAM of every finding called positive. It returns an ``InferenceResult``:
 one row per file, scored or refused with its reason; ``write_results`` saves it as
 ``inference.csv`` and ``inference.json``. Drawing (overlays, the HTML page) lives in
-``cxrutils.report.inference_view``.
+``cxrutils.publish.inference_page``.
 
 Films stream through: each scored film is handed to ``on_film`` as its batch
 finishes, and with ``keep_films=False`` (or a number: the first films only) its
@@ -35,11 +35,12 @@ import torch
 
 from cxrutils import files
 from cxrutils.engine import run_folder
+from cxrutils.engine.gradcam import gradcam, gradcam_layer_for
 from cxrutils.engine.loader import make_loader
-from cxrutils.engine.model import ChestXrayDenseNet, gradcam_layer_for
+from cxrutils.engine.model import ChestXrayDenseNet
+from cxrutils.engine.network_input import prepare_batch
 from cxrutils.engine.predict import predict_logits, probabilities_of
-from cxrutils.engine.runtime import prepare_batch, select_device
-from cxrutils.evaluate.localization import gradcam
+from cxrutils.engine.runtime import select_device
 from cxrutils.inference.films import (
     DECIMAL_FACTS,
     FACT_COLUMNS,

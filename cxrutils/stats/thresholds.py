@@ -12,8 +12,10 @@ from typing import Literal
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from cxrutils.settings import THRESHOLD_METHODS
+
 ThresholdMethod = Literal["youden", "max_f1"]
-METHODS: tuple[str, ...] = ("youden", "max_f1")
+METHODS: tuple[str, ...] = THRESHOLD_METHODS  # the one list, in the settings schema
 
 
 def choose_thresholds(val_labels: np.ndarray, val_scores: np.ndarray, method: ThresholdMethod) -> np.ndarray:

@@ -1,0 +1,359 @@
+"""The one command line: ``cxrutils <verb>`` (installed by ``pip install``), the same as ``python -m cxrutils <verb>``.
+
+    cxrutils train --config demo [--set KEY=VALUE ...] [--resume]
+    torchrun --nproc-per-node=N -m cxrutils train --config nih --set data_root=/data/nih
+    cxrutils cache build --config nih --set data_root=/data/nih
+    cxrutils evaluate --run runs/demo
+    cxrutils compare --run runs/demo [--model densenet121-res224-nih]
+    cxrutils infer --run runs/demo PATH [PATH ...]
+    cxrutils export --run runs/demo --format onnx
+    cxrutils reports --profile demo [--set KEY=VALUE ...] [--only 01]
+    cxrutils rehearsal [--size quarter]
+    cxrutils card --run runs/demo
+    cxrutils check-reports [reports/]
+
+This module is the only place that parses arguments. Each verb reads its defaults from the
+settings schema of its family (``cxrutils.settings``), so ``cxrutils <verb> --help`` shows
+the same defaults the notebooks' parameters cells use. Everything a verb does is a library
+call a notebook can make too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from cxrutils.paths import REPORTS_DIR
+from cxrutils.settings import SettingsError, available_profiles, describe_settings, load_train_config
+from cxrutils.text import printable
+
+PROG = "cxrutils"
+
+
+def _absolute(path: str) -> Path:
+    """A path from the command line, taken from the current directory (not the project root, as notebooks do)."""
+    return Path(path).expanduser().absolute()
+
+
+def _overrides(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"change a setting (repeatable), e.g. {example}")
+
+
+def _run_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="a run folder written by training, e.g. runs/demo")
+
+
+def _data_root_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", default=None, help="where the run's data is, if it moved since training")
+
+
+# --------------------------------------------------------------------------- training and its cache
+
+
+def _add_train(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = verbs.add_parser(
+        "train", help="train DenseNet121 (one GPU, or many under torchrun)",
+        description="Train DenseNet121 on NIH ChestX-ray14 or the phantoms into runs/<name>/.",
+        epilog="training settings and their defaults:\n" + describe_settings("train"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="a training profile in configs/train/ or a YAML path")
+    _overrides(parser, "--set epochs=5 --set augment.hflip_probability=0")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+
+    def run(args: argparse.Namespace) -> int:
+        # The settings first: a misspelt profile or --set is named before torch loads.
+        try:
+            config = load_train_config(args.config, args.overrides)
+        except FileNotFoundError as err:
+            parser.error(str(err))
+        from cxrutils.engine.train import train
+
+        result = train(config, resume=args.resume)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"best epoch {result.best_epoch}: mean val AUROC {result.best_val_auroc_mean:.4f} -> {result.run_dir}")
+        return 0
+
+    return run
+
+
+def _add_cache(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = verbs.add_parser(
+        "cache", help="build a run's image cache up front (before a multi-GPU or multi-node job)",
+        description="Training builds the cache itself when it is missing, but torchrun starts every process at once, "
+                    "and on several machines sharing a file system their builds would collide. Build it once here "
+                    "(any machine that sees the data), then start the job with the same settings; it reuses the cache.")
+    actions = parser.add_subparsers(dest="action", required=True)
+    build = actions.add_parser("build", help="decode every listed film once into the run's cache")
+    build.add_argument("--config", required=True, help="a training profile in configs/train/ or a YAML path")
+    _overrides(build, "--set data_root=/data/nih --set cache_size=256")
+
+    def run(args: argparse.Namespace) -> int:
+        from cxrutils.engine.data_adapters import open_training_cache, training_cache_dir
+
+        config = load_train_config(args.config, args.overrides)
+        print(f"image cache for {config.data_root} at {config.cache_size} px -> {training_cache_dir(config)}",
+              flush=True)
+        cache = open_training_cache(config)
+        unusable = int((~cache.usable).sum())
+        print(f"{len(cache):,} films cached in {cache.folder}"
+              + (f"; {unusable:,} unreadable (bad_files.csv)" if unusable else ""))
+        return 0
+
+    return run
+
+
+# --------------------------------------------------------------------------- evaluation, comparison, inference
+
+
+def _add_evaluate(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    from cxrutils.settings import EvaluationSettings
+
+    parser = verbs.add_parser("evaluate", help="score a run's test split and write its metrics.json",
+                              description="The computation notebook 03 shows, with the same defaults, so both write "
+                                          "the same metrics.json.")
+    _run_argument(parser)
+    EvaluationSettings.add_arguments(parser)
+    _data_root_argument(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from cxrutils.evaluate.evaluation import evaluate_run, write_metrics
+
+        settings = EvaluationSettings.from_arguments(args)
+        result = evaluate_run(args.run, data_root=args.data_root, **settings.to_dict())
+        path = write_metrics(result)
+        synthetic = " (SYNTHETIC phantoms: says nothing about real films)" if result.synthetic else ""
+        print(f"{result.headline}{synthetic} -> {path}")
+        return 0
+
+    return run
+
+
+def _add_compare(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    from cxrutils.settings import ComparisonSettings
+
+    parser = verbs.add_parser("compare", help="compare a run with TorchXRayVision models, write comparison.json",
+                              description="The computation notebook 04 shows. Models whose weights file is missing "
+                                          "are skipped, and the file says where to put it.")
+    _run_argument(parser)
+    ComparisonSettings.add_arguments(parser)
+    parser.add_argument("--random-weights-for-testing", action="store_true",
+                        help="TEST ONLY: random TorchXRayVision weights, labelled as such")
+    _data_root_argument(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from cxrutils.compare.run import compare_run, write_comparison
+
+        settings = ComparisonSettings.from_arguments(args)
+        result = compare_run(args.run, random_init=args.random_weights_for_testing, data_root=args.data_root,
+                             **settings.to_dict())
+        path = write_comparison(result)
+        print(f"{result.headline} -> {path}")
+        return 0
+
+    return run
+
+
+def _add_infer(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    from cxrutils.settings import InferenceSettings
+
+    parser = verbs.add_parser(
+        "infer", help="a trained run on new films (PNG, JPEG, DICOM): CSV, JSON, overlays, HTML",
+        description="Writes into --out (default reports/inference/<run name>/): inference.csv and inference.json "
+                    "(per file: the 14 probabilities, the calls at the run's validation thresholds, size, format and "
+                    "header facts, or why it was refused), a picture of each scored film with a Grad-CAM overlay per "
+                    "finding called positive, and inference.html. One run at a time writes into an output folder; "
+                    "every finished film is on disk as its batch ends, and a stopped run continues when started again.")
+    _run_argument(parser)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="films or folders of films (walked)")
+    parser.add_argument("--out", default=None, help="output folder (default: reports/inference/<run name>/)")
+    InferenceSettings.add_arguments(parser)
+    parser.add_argument("--compare-training", action="store_true",
+                        help="set each film beside the run's training films (needs the run's data)")
+
+    def run(args: argparse.Namespace) -> int:
+        from cxrutils.inference.reference import compare_with_training, training_reference
+        from cxrutils.inference.scoring import infer_films, load_inference_model
+        from cxrutils.publish.inference_page import InferenceOutput
+
+        settings = InferenceSettings.from_arguments(args)
+        model = load_inference_model(_absolute(args.run), settings.threshold_method, settings.device)
+        out = _absolute(args.out) if args.out else REPORTS_DIR / "inference" / model.run_dir.name
+        output = InferenceOutput(out, with_overlays=settings.overlays)
+        try:
+            result = infer_films(model, [_absolute(path) for path in args.paths], batch_size=settings.batch_size,
+                                 num_workers=settings.workers, with_gradcam=settings.overlays, keep_films=False,
+                                 on_film=output.on_film, max_pixels=settings.max_pixels, journal=output.journal)
+            differences = None
+            if args.compare_training:
+                differences = compare_with_training(result.table, training_reference(model.run_dir))
+        except BaseException:
+            output.close()  # the journal keeps every finished film: the same command continues from there
+            raise
+        csv_path, _, page = output.finish(result, differences)
+        synthetic = " (the model was trained on SYNTHETIC phantoms)" if result.synthetic else ""
+        print(f"{result.headline}{synthetic}")
+        for reason, count in result.summary()["refused_by_reason"].items():
+            print(f"  refused {count}: {printable(reason)}")
+        print(f"-> {printable(csv_path)}\n-> {printable(page)}")
+        return 0 if result.n_scored else 1
+
+    return run
+
+
+def _add_export(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = verbs.add_parser(
+        "export", help="the best checkpoint as verified ONNX (<run>/model.onnx)",
+        description="Writes <run>/model.onnx (or --out) and model_onnx.json beside it, after onnxruntime matched "
+                    "torch on real films.",
+        epilog="The file is kept only when onnxruntime's probabilities match torch's within the tolerance that "
+               "model_onnx.json records.")
+    _run_argument(parser)
+    parser.add_argument("--format", required=True, choices=["onnx"], help="the export format (onnx)")
+    parser.add_argument("--out", default=None, help="the file to write (default: <run>/model.onnx)")
+    parser.add_argument("--films", nargs="+", default=None, metavar="PATH",
+                        help="films or folders to verify on (default: films of the run's test split)")
+    parser.add_argument("--max-films", type=int, default=8, help="at most this many verification films (default: 8)")
+    _data_root_argument(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from cxrutils.inference.export import export_onnx
+
+        result = export_onnx(_absolute(args.run), out=_absolute(args.out) if args.out else None,
+                             films=[_absolute(p) for p in args.films] if args.films else None,
+                             max_films=args.max_films, data_root=args.data_root)
+        print(f"exported {result.headline}")
+        print(f"sha256 {result.sha256}; record {result.record_path}")
+        return 0
+
+    return run
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _add_reports(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = verbs.add_parser(
+        "reports", help="run the numbered notebooks with papermill and publish HTML reports",
+        description="Every notebook receives the same training profile and settings, so they all describe one split "
+                    "of one dataset. --set KEY=VALUE changes a training setting or a notebook parameter, whichever "
+                    "KEY names. reports/index.html lists every report; the first failing notebook stops the run.")
+    parser.add_argument("--profile", required=True, help=f"one of {available_profiles()}")
+    _overrides(parser, "--set data_root=/data/nih --set n_bootstrap=200")
+    parser.add_argument("--only", action="append", default=[], metavar="NOTEBOOK",
+                        help="run only this notebook (e.g. 01_eda or 01); repeatable")
+    parser.add_argument("--show-code", action="store_true", help="include code cells in the HTML")
+    parser.add_argument("--reports-dir", default=str(REPORTS_DIR), help="where reports go (default: reports/)")
+
+    def run(args: argparse.Namespace) -> int:
+        from cxrutils.publish.runner import run_reports
+
+        try:
+            return run_reports(args.profile, args.overrides, only=args.only, show_code=args.show_code,
+                               reports_dir=args.reports_dir)
+        except (SettingsError, FileNotFoundError) as err:
+            parser.error(str(err))
+
+    return run
+
+
+def _add_rehearsal(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    from cxrutils.publish.rehearsal import SIZES
+
+    parser = verbs.add_parser("rehearsal", help="every notebook at the real dataset's size (112,120 phantom films)",
+                              description="A quarter of the rows, then all of them, each stage timed and measured "
+                                          "against its budget: reports/rehearsal.html.")
+    parser.add_argument("--size", action="append", choices=list(SIZES), default=[],
+                        help="run only this size (repeatable); default: quarter, then full")
+    parser.add_argument("--reports-dir", default=str(REPORTS_DIR), help="where reports go (default: reports/)")
+
+    def run(args: argparse.Namespace) -> int:
+        import pandas as pd
+
+        from cxrutils.publish.rehearsal import growth_table, run_rehearsal, stage_table
+
+        document = run_rehearsal(args.size, args.reports_dir)
+        print(stage_table(document).to_string(index=False, na_rep="", float_format=lambda v: f"{v:,.2f}"))
+        if document["growth"]:
+            print(growth_table(document).to_string(index=False, na_rep="", float_format=lambda v: f"{v:,.2f}"))
+        print(pd.DataFrame(document["checks"]).to_string(index=False))
+        print(f"rehearsal: {document['page']}", flush=True)
+        return 0 if all(check["ok"] for check in document["checks"]) else 1
+
+    return run
+
+
+def _add_card(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = verbs.add_parser("card", help="the model card of a trained run (reports/model_card.html and .json)")
+    _run_argument(parser)
+    parser.add_argument("--reports-dir", default=str(REPORTS_DIR), help="where the card goes (default: reports/)")
+
+    def run(args: argparse.Namespace) -> int:
+        from cxrutils.engine.run_folder import NotATrainedRunError
+        from cxrutils.publish.model_card import write_model_card
+
+        try:
+            page = write_model_card(args.run, args.reports_dir)
+        except NotATrainedRunError as err:
+            parser.error(str(err))
+        print(f"model card: {page}")
+        return 0
+
+    return run
+
+
+def _add_check_reports(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = verbs.add_parser("check-reports", help="render every report in headless Chromium and list its problems",
+                              description="Broken links, figures that do not load, errors in the console, progress-bar "
+                                          "debris and unformatted numbers, page by page.")
+    parser.add_argument("reports_dir", nargs="?", default=str(REPORTS_DIR), help="default: reports/")
+    parser.add_argument("--screenshots", metavar="DIR", help="save index.png and one report's PNG here")
+
+    def run(args: argparse.Namespace) -> int:
+        from cxrutils.publish.browser import BrowserError, check_reports
+
+        try:
+            result = check_reports(args.reports_dir, screenshot_dir=args.screenshots)
+        except BrowserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for check in result.pages:
+            print(f"{check.page}: {'ok' if not check.problems else f'{len(check.problems)} problem(s)'}")
+            for problem in check.problems:
+                print(f"   {problem}")
+        return 1 if result.problems else 0
+
+    return run
+
+
+VERBS = {
+    "train": _add_train,
+    "cache": _add_cache,
+    "evaluate": _add_evaluate,
+    "compare": _add_compare,
+    "infer": _add_infer,
+    "export": _add_export,
+    "reports": _add_reports,
+    "rehearsal": _add_rehearsal,
+    "card": _add_card,
+    "check-reports": _add_check_reports,
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    """The parser of every verb, and the function that runs each."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    return parser, {name: add(verbs) for name, add in VERBS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, runners = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return runners[args.verb](args)
+    except SettingsError as err:
+        parser.exit(2, f"{PROG} {args.verb}: error: {err}\n")

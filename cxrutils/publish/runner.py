@@ -1,0 +1,318 @@
+"""Run the numbered notebooks headlessly with papermill and publish HTML reports.
+
+    cxrutils reports --profile NAME [--set KEY=VALUE ...] [--only NOTEBOOK ...]
+
+Every notebook receives the same training profile and settings (``train_profile``,
+``settings``: the data root, its split, the run's name; see ``cxrutils.settings``), so
+they all describe one split of one dataset; plus the profile's notebook parameters
+that its ``parameters`` cell declares, and ``output_dir`` (``reports/<notebook>/``),
+where it writes ``report_summary.json`` (status, data source, headline figures).
+``--set KEY=VALUE`` changes a training setting or a notebook parameter, whichever KEY
+names. Executed copies and HTML go to ``reports/``; ``reports/index.html`` lists every
+report. The first failing notebook stops the run with a non-zero exit; its HTML keeps
+the error.
+
+The terminal shows what runs: each notebook's sections as they start, and the live
+progress of its long steps (``cxrutils.progress``: the kernels inherit this process's
+stderr and write their bars there), while the HTML keeps one line per step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cxrutils import files
+from cxrutils.demo.roots import prepare_data_root
+from cxrutils.engine import run_folder
+from cxrutils.paths import NOTEBOOKS_DIR, PROJ_ROOT, REPORTS_DIR, resolve
+from cxrutils.profiling import PeakSampler, stage, stage_context
+from cxrutils.progress import duration_text, progress_to_terminal
+from cxrutils.publish.model_card import write_model_card
+from cxrutils.publish.notebook_html import INDEX_PAGE, THUMBNAIL_NAME, export_html, write_thumbnail
+from cxrutils.settings import SettingsError, apply_overrides, load_profile, profile_train_config
+from cxrutils.summary import SUMMARY_NAME
+from cxrutils.text import html_text
+
+KERNEL_NAME = "cxrutils"
+# Parameters the runner fills for every notebook from the profile; --set reaches them through the settings.
+SHARED_PARAMETERS = {"train_profile", "settings", "output_dir"}
+INDEX_JSON_NAME = "index.json"
+# Pages other commands write into the reports folder, linked from the index when present.
+EXTRA_PAGES = {
+    "model_card.html": "Model card: the trained run's data, training, evaluation and limitations, from its run folder",
+    "rehearsal.html": "Full-size rehearsal: every stage's time and memory at 112,120 films (make rehearsal)",
+}
+
+
+def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The numbered notebooks, in order."""
+    return sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select_notebooks(profile: dict[str, Any], only: list[str], available: list[Path]) -> list[Path]:
+    """Notebooks of the profile (all by default), narrowed by ``--only`` (stem or number)."""
+    by_stem = {p.stem: p for p in available}
+    wanted = profile.get("notebooks") or list(by_stem)
+    unknown = [name for name in wanted if name not in by_stem]
+    if unknown:
+        raise SettingsError(f"profile {profile['name']!r} names unknown notebook(s) {unknown}; have {list(by_stem)}")
+    chosen = [by_stem[name] for name in wanted]
+    if only:
+        matches = [p for p in chosen if any(p.stem == o or p.stem.split("_")[0] == o for o in only)]
+        missing = [o for o in only if not any(p.stem == o or p.stem.split("_")[0] == o for p in chosen)]
+        if missing:
+            raise SettingsError(f"--only {missing}: not among this profile's notebooks {[p.stem for p in chosen]}")
+        chosen = matches
+    return chosen
+
+
+def ensure_kernel() -> str:
+    """Register this interpreter as the ``cxrutils`` Jupyter kernel in its own prefix.
+
+    Papermill and JupyterLab then run notebooks in this environment, whatever
+    other kernels the user has; no manual ``ipykernel install`` step.
+    """
+    from ipykernel.kernelspec import install
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        if spec.argv and Path(spec.argv[0]) == Path(sys.executable):
+            return KERNEL_NAME
+    except NoSuchKernel:
+        pass
+    install(kernel_name=KERNEL_NAME, display_name="Python (cxrutils)", prefix=sys.prefix)
+    return KERNEL_NAME
+
+
+def kernel_options() -> dict[str, Any]:
+    """How the runner starts a kernel: the quiet transport, and stderr left to the terminal.
+
+    - Over TCP ipykernel warns that the kernel's traffic is unencrypted; over IPC (Unix
+      sockets, files only this user can open) there is no port to eavesdrop on and no
+      warning. Where zmq has no IPC (Windows), the kernel manager provisions CurveZMQ
+      keys instead, which encrypt the TCP traffic.
+    - ipykernel copies whatever the kernel writes to file descriptor 2 into the cell
+      (``capture_fd_output``); off, the progress bars that ``cxrutils.progress`` writes
+      there reach only the terminal, not the report. Python's own ``sys.stderr``
+      (warnings, tracebacks) still goes to the cell.
+    """
+    import zmq
+    from traitlets.config import Config
+
+    manager = {"transport": "ipc"} if zmq.has("ipc") else {"transport_encryption": "required"}
+    return {"config": Config({"KernelManager": manager}),
+            "extra_arguments": ["--IPKernelApp.capture_fd_output=False"]}
+
+
+def _section_printer(notebook: Path) -> Any:
+    """An nbclient ``on_cell_start`` hook that prints each ``##`` heading of the notebook to the terminal as it starts."""
+
+    def show(cell: Any, cell_index: int) -> None:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("## "):
+                    print(f"   {notebook.stem}: {line[3:].strip()}", flush=True)
+
+    return show
+
+
+def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, show_code: bool) -> dict[str, Any]:
+    """Execute one notebook and export its HTML; return its index entry."""
+    import papermill as pm
+
+    output_dir = reports_dir / notebook.stem
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / SUMMARY_NAME).unlink(missing_ok=True)
+    declared = pm.inspect_notebook(str(notebook))
+    passed = {k: v for k, v in {**parameters, "output_dir": str(output_dir)}.items() if k in declared}
+    executed = reports_dir / notebook.name
+    started = time.perf_counter()
+    error: str | None = None
+    # The kernel inherits the environment, so the stages it records (cxrutils.profiling) name this notebook.
+    # The kernel and its workers are this process's descendants: their summed RSS is the notebook's memory.
+    # The terminal shows the notebook's sections and the live bars of its steps, so papermill's own bar
+    # (cells executed out of all) stays off: two processes redrawing one terminal line garble it.
+    with stage_context(notebook.stem), progress_to_terminal():
+        with PeakSampler(descendants_only=True) as memory:
+            try:
+                pm.execute_notebook(
+                    str(notebook),
+                    str(executed),
+                    parameters=passed,
+                    kernel_name=ensure_kernel(),
+                    cwd=str(PROJ_ROOT),
+                    progress_bar=False,
+                    on_cell_start=_section_printer(notebook),
+                    **kernel_options(),
+                )
+            except pm.PapermillExecutionError as err:
+                error = f"{err.ename}: {err.evalue}"
+        elapsed = time.perf_counter() - started
+        with stage("render HTML"):
+            export_html(executed, reports_dir / f"{notebook.stem}.html", show_code=show_code)
+            thumbnail = write_thumbnail(executed, output_dir)
+    summary_path = output_dir / SUMMARY_NAME
+    if error is None and not summary_path.is_file():
+        # Its last cells never ran or never reported: the index must not call that a success.
+        error = (f"the notebook finished without writing {SUMMARY_NAME}: its last cell must call "
+                 "cxrutils.summary.write_summary(output_dir, ...)")
+    summary = json.loads(summary_path.read_text()) if error is None else {}
+    status = "failed" if error else summary.pop("status", "ok")
+    return {
+        "notebook": notebook.stem,
+        "status": status,
+        "status_reason": error or summary.pop("status_reason", ""),
+        "run_seconds": round(elapsed, 1),
+        "peak_rss_bytes": memory.peak,
+        "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "parameters": passed,
+        "thumbnail": f"{notebook.stem}/{THUMBNAIL_NAME}" if thumbnail else None,
+        **summary,
+    }
+
+
+def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) -> Path:
+    """Merge this run's entries into ``index.json`` and render ``index.html``."""
+    index_json = reports_dir / INDEX_JSON_NAME
+    previous = json.loads(index_json.read_text()) if index_json.is_file() else {}
+    for entry in entries:
+        previous[entry["notebook"]] = {**entry, "profile": profile}
+    files.write_json(index_json, previous)
+    rows = []
+    for name in sorted(previous):
+        entry = previous[name]
+        status = entry["status"]
+        status_text = status
+        reason = (
+            f"<div class='reason'>{html_text(str(entry.get('status_reason', '')))}</div>"
+            if entry.get("status_reason")
+            else ""
+        )
+        if status == "skipped" and entry.get("status_reason"):  # e.g. "skipped (no weights)": not a failure
+            status_text, reason = f"skipped ({entry['status_reason']})", ""
+        source = html_text(str(entry.get("data_source", "")))
+        if entry.get("synthetic"):
+            # The dataset's own description already opens with the word; mark it rather than repeat it.
+            source = f"<span class='synthetic'>SYNTHETIC</span> {source.removeprefix('SYNTHETIC ')}"
+        report_page = html_text(f"{name}.html")
+        has_page = (reports_dir / f"{name}.html").is_file()
+        link = f"<a href='{report_page}'>{html_text(name)}</a>" if has_page else html_text(name)
+        headline = f"<div class='headline'>{html_text(str(entry.get('headline', '')))}</div>"
+        thumbnail = entry.get("thumbnail")
+        if thumbnail and (reports_dir / thumbnail).is_file():
+            image = f"<img class='thumbnail' src='{html_text(thumbnail)}' alt='headline figure of {html_text(name)}'>"
+            headline = (f"<a href='{report_page}'>{image}</a>" if has_page else image) + headline
+        run_time = duration_text(entry["run_seconds"]) if "run_seconds" in entry else ""
+        rows.append(
+            f"<tr><td>{link}</td><td class='status {status.replace(' ', '-')}'>{html_text(status_text)}{reason}</td>"
+            f"<td>{headline}</td><td>{source}</td><td>{run_time}</td>"
+            f"<td>{html_text(str(entry.get('profile', '')))}</td>"
+            f"<td>{html_text(str(entry.get('finished_at', '')))}</td></tr>"
+        )
+    extras = [f"<li><a href='{name}'>{html_text(title)}</a></li>" for name, title in EXTRA_PAGES.items()
+              if (reports_dir / name).is_file()]
+    others = f"<h2>Other pages</h2><ul>{''.join(extras)}</ul>" if extras else ""
+    page = _INDEX_TEMPLATE.format(rows="\n".join(rows), generated=dt.datetime.now().isoformat(timespec="seconds"),
+                                  others=others)
+    return files.atomic_write_text(reports_dir / INDEX_PAGE, page)
+
+
+_INDEX_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>cxrutils reports</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: .5rem .75rem; text-align: left; vertical-align: top; }}
+th {{ background: #f4f4f4; }}
+.status.ok {{ color: #176f2c; font-weight: 600; }}
+.status.failed {{ color: #b00020; font-weight: 600; }}
+.status.skipped, .status.not-run {{ color: #8a6d00; font-weight: 600; }}
+.reason {{ font-weight: normal; font-size: .85em; color: #555; }}
+.synthetic {{ background: #b00020; color: white; padding: 0 .3em; border-radius: 3px; font-size: .85em; }}
+.headline {{ font-weight: 600; }}
+.thumbnail {{ display: block; max-width: 240px; max-height: 160px; margin-bottom: .3rem; border: 1px solid #ddd; }}
+</style></head><body>
+<h1>cxrutils reports</h1>
+<p>Generated {generated} by <code>cxrutils reports</code>. Reports marked
+<span class="synthetic">SYNTHETIC</span> were computed on rendered phantoms and say
+nothing about real chest X-rays.</p>
+<table><thead><tr><th>Report</th><th>Status</th><th>Headline</th><th>Data source</th><th>Run time</th>
+<th>Profile</th><th>Finished</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+{others}
+</body></html>
+"""
+
+
+def run_reports(
+    profile_name: str,
+    overrides: list[str] | None = None,
+    only: list[str] | None = None,
+    show_code: bool = False,
+    reports_dir: str | os.PathLike[str] = REPORTS_DIR,
+) -> int:
+    """Run the profile's notebooks (``only`` narrows them) with ``--set`` overrides; 0 when every one succeeded.
+
+    A bad profile, setting or data root is a ``SettingsError`` (or ``FileNotFoundError``)
+    before any notebook starts.
+    """
+    profile = load_profile(profile_name)
+    notebooks = select_notebooks(profile, only or [], notebook_paths())
+    profile = apply_overrides(profile, overrides or [], parameters=_declared(notebooks) - SHARED_PARAMETERS)
+    profile_train_config(profile)  # an unknown training profile or a bad setting fails here, not in a notebook
+    reports_dir = resolve(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    if "settings" in _declared(notebooks):  # notebooks that read the data: a phantom root is built, a missing one named
+        try:
+            prepare_data_root(profile_train_config(profile).data_root)
+        except ValueError as err:
+            raise SettingsError(str(err)) from err
+    parameters = {**profile["parameters"], "train_profile": profile["train_profile"], "settings": profile["settings"]}
+    entries: list[dict[str, Any]] = []
+    failed = False
+    for notebook in notebooks:
+        if failed:
+            entries.append(
+                {"notebook": notebook.stem, "status": "not run", "status_reason": "an earlier notebook failed"}
+            )
+            continue
+        print(f"== {notebook.name} ({profile_name})", flush=True)
+        entry = run_notebook(notebook, parameters, reports_dir, show_code)
+        entries.append(entry)
+        print(f"   {entry['status']} in {entry['run_seconds']} s -> {reports_dir / notebook.stem}.html", flush=True)
+        failed = entry["status"] == "failed"
+        if failed:
+            print(f"   error: {entry['status_reason']}", file=sys.stderr, flush=True)
+    if not failed:
+        write_card_if_trained(profile, reports_dir)
+    index = write_index(entries, profile_name, reports_dir)
+    print(f"index: {index}", flush=True)
+    return 1 if failed else 0
+
+
+def write_card_if_trained(profile: dict[str, Any], reports_dir: Path) -> Path | None:
+    """The model card of the profile's run, when that run has been trained and evaluated."""
+    run_dir = profile_train_config(profile).run_dir
+    if not run_folder.metrics_path(run_dir).is_file():
+        return None
+    with stage("model card"):
+        page = write_model_card(run_dir, reports_dir)
+    print(f"model card: {page}", flush=True)
+    return page
+
+
+def _declared(notebooks: list[Path]) -> set[str]:
+    """Every parameter the notebooks' parameters cells declare."""
+    import papermill as pm
+
+    return set().union(*(pm.inspect_notebook(str(notebook)) for notebook in notebooks))
+

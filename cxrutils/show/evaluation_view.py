@@ -1,0 +1,153 @@
+"""How notebook 03 shows an evaluation (``cxrutils.evaluate.EvaluationResult``): words and warnings.
+
+Nothing here computes a statistic: every number comes from the result.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from IPython.display import HTML
+from pandas.io.formats.style import Styler
+
+from cxrutils.engine import run_folder
+from cxrutils.evaluate.evaluation import EvaluationResult
+from cxrutils.labels import FINDINGS
+from cxrutils.show.display import interval_text, note, table
+
+
+def describe(result: EvaluationResult) -> str:
+    """Markdown: what was scored, with which checkpoint and split, and where the thresholds come from."""
+    attrs = result.predictions.attrs
+    missing = [f for f in FINDINGS if result.thresholds_by_finding.get(f) is None]
+    lines = [
+        f"- **Run:** `{result.run.run_dir}`; best checkpoint from epoch {attrs.get('best_epoch', '?')} "
+        f"(mean validation AUROC {attrs.get('best_val_auroc_mean', float('nan')):.3f}), scored on "
+        f"`{attrs.get('device', '?')}`" + (" with horizontal-flip test-time augmentation." if result.tta_hflip
+                                          else ", without test-time augmentation."),
+        f"- **Split:** `{result.split}` ({result.run.dataset.split_kind} split, read from "
+        f"{result.run.split_source}): {result.n_images:,} images of {result.n_patients:,} patients"
+        + (f" ({len(result.not_scored):,} not in the image cache, not scored)." if result.not_scored else "."),
+        f"- **Thresholds:** `{result.threshold_method}`, read from `{run_folder.THRESHOLDS_NAME}` in the run "
+        "folder, chosen on the validation predictions at training time"
+        + (f"; none could be chosen for {', '.join(missing)} (validation had one label value only)." if missing
+           else "."),
+    ]
+    return "\n".join(lines)
+
+
+def images_caveat(result: EvaluationResult) -> HTML:
+    """A warning when the images under the data root changed since training (e.g. the demo was rebuilt); else empty."""
+    if result.run.images_match_training is False:
+        return note(
+            f"The images under {result.run.data_root} are not the ones this run was trained on (the image "
+            f"cache fingerprint differs from the one in {run_folder.CONFIG_NAME}): the files were replaced or "
+            "rebuilt since. The numbers below score the model on today's files; retrain it to evaluate a matched "
+            "pair.",
+            tone="red",
+        )
+    return HTML("")
+
+
+def threshold_caveat(result: EvaluationResult) -> HTML:
+    """A warning when the scored split is not held out from threshold choice or training; empty otherwise."""
+    if result.split == "val":
+        return note(
+            "These are the validation images the thresholds were chosen on (and that picked the best epoch): "
+            "the operating points below are optimistic. Score split='test' for an honest estimate."
+        )
+    if result.split == "train":
+        return note("These are the training images: every number below is optimistic, not an estimate of "
+                    "performance on new patients.")
+    return HTML("")
+
+
+def gradcam_resolution_note(result: EvaluationResult) -> HTML:
+    """Which dense block Grad-CAM read and why, when it is not the last one; a warning when its grid is coarse."""
+    grid = result.gradcam_grid
+    if grid >= 4 and result.gradcam_layer == "denseblock4":
+        return HTML("")
+    if grid >= 4:
+        return note(
+            f"Grad-CAM here reads {result.gradcam_layer} ({grid} x {grid} at {result.input_size} px), not the last "
+            "dense block, whose map would be too coarse to point anywhere at this input size. The random baseline "
+            "uses the same grid.",
+            tone="neutral",
+        )
+    return note(
+        f"At {result.input_size} px {result.gradcam_layer} is {grid} x {grid}, so every Grad-CAM map is a bilinearly "
+        f"upsampled {grid} x {grid} grid whose maximum is often a flat block at the image's edge, and the pointing "
+        "game says little. The random baseline is equally coarse, so the comparison with it stays fair."
+    )
+
+
+def outside_boxes_note(result: EvaluationResult) -> HTML:
+    """Which boxes fall outside their film as stored (and so were not scored); empty when none does."""
+    located = result.localization
+    if located is None or located.outside.empty:
+        return HTML("")
+    films = located.outside["image"].nunique()
+    examples = ", ".join(f"{row.image} ({row.finding})" for row in located.outside.head(5).itertuples())
+    return note(
+        f"{len(located.outside):,} box(es) on {films:,} film(s) fall outside the film as stored, even after scaling "
+        f"from the 1024-px frame of BBox_List_2017.csv to the stored size (e.g. {examples}). The film was cropped, "
+        "or is not the NIH film the box was drawn on. These boxes are not scored (a miss would be wrong): they "
+        f"are listed under localization.outside_film in {run_folder.metrics_name(result.split, result.tta_hflip)}."
+    )
+
+
+def context_note(result: EvaluationResult) -> HTML:
+    """Which split this run used, and what that allows comparing it with."""
+    kind = result.run.dataset.split_kind
+    if result.synthetic:
+        return note(
+            f"This run was scored on SYNTHETIC phantoms ({kind} split format). Its AUROC measures how well the "
+            "network finds painted shapes; comparing it with any published chest X-ray result below is "
+            "meaningless. The table is here only to show where real results stand.",
+            tone="red",
+        )
+    if result.split != "test":
+        return note(f"This run was scored on its {result.split} split, not on held-out test images: it is "
+                    "comparable with none of the published test results.")
+    if kind == "official":
+        return note("This run used the official split (test_list.txt): only rows marked 'official' are of the "
+                    "same kind, and even those differ in preprocessing, input size and training budget.",
+                    tone="neutral")
+    if kind == "random":
+        return note("This run used a RANDOM patient split (no official split lists under the data root). Random "
+                    "splits have a healthier test set and score about 0.03 higher than the official split: only "
+                    "the random-split rows are of the same kind, and the official-split rows are NOT comparable.")
+    return note(f"This run's split kind is {kind!r}: it is comparable with none of these rows.")
+
+
+def radiologist_note(result: EvaluationResult) -> HTML:
+    """What the radiologist-label section can say here: nothing on phantoms, or why it is empty."""
+    if result.radiologist is None:
+        return note(f"None of the {result.n_images:,} scored films of the {result.split} split has radiologist labels "
+                    "(real NIH: 1,962 official-test films and 2,414 train_val films have them), so this section is "
+                    "empty.", tone="neutral")
+    if result.synthetic:
+        return note(
+            "SYNTHETIC phantoms: the films were drawn from NIH's text-mined labels, so scoring them against the "
+            "radiologists' labels measures nothing about the model. The table only shows that the section runs, and "
+            "how often the two label sets agree on these real rows.", tone="red")
+    return HTML("")
+
+
+def radiologist_table(result: EvaluationResult) -> Styler:
+    """Both AUROCs with their intervals, the positives under each label set, and their agreement."""
+    scores = result.radiologist.table
+    shown = pd.DataFrame({
+        "scored by": scores["scored by"],
+        "films": scores["films"],
+        "radiologist positives": scores["radiologist positives"],
+        "NIH positives": scores["NIH positives"],
+        "agreement": scores["agreement"],
+        "Cohen's kappa": scores["kappa"],
+        "AUROC vs radiologists [95% CI]": [interval_text(*row) for row in scores[
+            ["AUROC (radiologists)", "radiologists CI low", "radiologists CI high"]].itertuples(index=False)],
+        "AUROC vs NIH labels [95% CI]": [interval_text(*row) for row in scores[
+            ["AUROC (NIH labels)", "NIH CI low", "NIH CI high"]].itertuples(index=False)],
+    }, index=scores.index)
+    caption = (f"{result.radiologist.films:,} films of {result.radiologist.patients:,} patients with radiologist labels "
+               f"(sets: {result.radiologist.sets}); {result.radiologist.source}")
+    return table(shown, caption=caption)

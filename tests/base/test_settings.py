@@ -1,0 +1,260 @@
+"""One schema for every setting: training profiles, report profiles, and --set routed to the right one."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+
+import nbformat
+import pytest
+
+from cxrutils import settings
+from cxrutils.engine.gradcam import gradcam_layer_for
+from cxrutils.paths import NOTEBOOKS_DIR
+from cxrutils.settings import (
+    REPORT_PROFILE_KEYS,
+    AugmentConfig,
+    ComparisonSettings,
+    EvaluationSettings,
+    InferenceSettings,
+    SettingsError,
+    apply_overrides,
+    declared_phantom_roots,
+    describe_settings,
+    load_profile,
+    load_train_config,
+    profile_train_config,
+    set_setting,
+    settings_table,
+)
+
+
+def test_dotted_overrides_reach_nested_settings_and_unknown_ones_are_named():
+    config = load_train_config("demo", ["augment.hflip_probability=0.5", "augment.rotation_degrees=3", "epochs=2"])
+    assert config.augment == AugmentConfig(rotation_degrees=3, scale_min=0.92, scale_max=1.08, translate_fraction=0.04,
+                                           hflip_probability=0.5)
+    assert config.epochs == 2
+    with pytest.raises(SettingsError, match="augment.spin"):
+        load_train_config("demo", ["augment.spin=1"])
+    with pytest.raises(SettingsError, match="learning_rate"):
+        set_setting({}, "learning_rate", 0.1)
+
+
+def test_set_routes_training_settings_to_settings_and_the_rest_to_notebook_parameters():
+    profile = apply_overrides(load_profile("demo"), ["val_fraction=0.2", "n_bootstrap=50", "split_seed=3"],
+                              parameters={"n_bootstrap", "integrity_check"})
+    assert profile["settings"]["val_fraction"] == 0.2 and profile["settings"]["split_seed"] == 3
+    assert profile["parameters"]["n_bootstrap"] == 50 and "val_fraction" not in profile["parameters"]
+    config = profile_train_config(profile)
+    assert (config.val_fraction, config.split_seed, config.seed, config.data_root) == (0.2, 3, 0, "data/demo")
+    with pytest.raises(SettingsError, match="neither a training setting nor a parameter"):
+        apply_overrides(load_profile("demo"), ["dataroot=/x"], parameters={"n_bootstrap"})
+
+
+def test_every_shipped_report_profile_names_a_training_profile_that_loads():
+    for name in ("demo", "metadata", "nih", "rehearsal"):
+        profile = load_profile(name)
+        settings = {**profile["settings"], **({"data_root": "/data/nih"} if name == "nih" else {})}
+        assert load_train_config(profile["train_profile"], settings).data_root
+
+
+def test_a_report_profile_with_an_unknown_setting_is_refused(tmp_path):
+    (tmp_path / "odd.yaml").write_text("train_profile: demo\nsettings:\n  n_bootstrap: 5\n")
+    with pytest.raises(SettingsError, match="n_bootstrap"):
+        load_profile("odd", configs_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("input_size", "layer"), [(224, "denseblock4"), (128, "denseblock4"), (64, "denseblock3"),
+                                                   (32, "denseblock2"), (16, "denseblock1")])
+def test_gradcam_auto_picks_the_deepest_block_with_a_4_by_4_grid(input_size, layer):
+    assert gradcam_layer_for(input_size) == layer
+    assert gradcam_layer_for(input_size, "denseblock1") == "denseblock1"
+    with pytest.raises(ValueError, match="denseblock9"):
+        gradcam_layer_for(input_size, "denseblock9")
+
+
+# --------------------------------------------------------------------------- report profiles: the schema
+
+
+def test_a_report_profile_with_an_unknown_top_level_key_names_the_file_and_the_known_keys(tmp_path):
+    (tmp_path / "typo.yaml").write_text("train_profile: demo\nparameter:\n  n_bootstrap: 5\n")
+    with pytest.raises(SettingsError) as refused:
+        load_profile("typo", configs_dir=tmp_path)
+    message = str(refused.value)
+    assert str(tmp_path / "typo.yaml") in message and "'parameter'" in message
+    assert all(key in message for key in REPORT_PROFILE_KEYS)
+
+
+def test_every_shipped_report_profile_uses_only_known_keys():
+    import yaml
+
+    from cxrutils.paths import CONFIGS_DIR
+
+    for path in sorted(CONFIGS_DIR.glob("*.yaml")):
+        assert set(yaml.safe_load(path.read_text())) <= set(REPORT_PROFILE_KEYS), path
+
+
+def test_declared_phantom_roots_are_parsed_once_and_again_when_a_profile_changes(tmp_path, monkeypatch):
+    reads = []
+    real_load_profile = settings.load_profile
+    monkeypatch.setattr(settings, "load_profile", lambda *args: reads.append(args) or real_load_profile(*args))
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("demo_data:\n  root: /phantoms/a\n  n_patients: 30\n")
+    first = declared_phantom_roots(tmp_path)
+    assert list(first) == [settings.resolve("/phantoms/a")]
+    assert first[settings.resolve("/phantoms/a")].spec == {"n_patients": 30}
+    first[settings.resolve("/phantoms/a")].spec["n_patients"] = 1  # a caller's change stays its own
+    assert declared_phantom_roots(tmp_path)[settings.resolve("/phantoms/a")].spec == {"n_patients": 30}
+    assert len(reads) == 1
+    profile.write_text("demo_data:\n  root: /phantoms/a\n  n_patients: 300\n")
+    assert declared_phantom_roots(tmp_path)[settings.resolve("/phantoms/a")].spec == {"n_patients": 300}
+    assert len(reads) == 2
+
+
+def test_a_phantom_spec_with_an_unknown_key_names_the_profile(tmp_path):
+    from cxrutils.demo.roots import phantom_roots
+
+    (tmp_path / "mine.yaml").write_text("demo_data:\n  root: /phantoms/b\n  n_patient: 30\n")
+    with pytest.raises(SettingsError, match=r"mine\.yaml: demo_data has unknown key\(s\) \['n_patient'\]"):
+        phantom_roots(tmp_path)
+    (tmp_path / "mine.yaml").write_text("rehearsal_data:\n  image_size: 32\n")
+    with pytest.raises(SettingsError, match="rehearsal_data needs root"):
+        phantom_roots(tmp_path)
+
+
+# --------------------------------------------------------------------------- evaluation, comparison, inference
+
+
+def test_choices_copied_into_the_base_layer_equal_their_sources():
+    from cxrutils.compare.provenance import DEFAULT_MODELS
+    from cxrutils.compare.txv import TXV_MODEL_NAMES
+    from cxrutils.engine.predict import SPLITS
+    from cxrutils.stats.thresholds import METHODS
+
+    assert settings.THRESHOLD_METHODS == METHODS
+    assert settings.SPLITS == SPLITS
+    assert settings.TXV_MODEL_NAMES == TXV_MODEL_NAMES
+    assert settings.DEFAULT_TXV_MODELS == DEFAULT_MODELS
+
+
+def _signature_defaults(function) -> dict:
+    return {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
+            if parameter.default is not inspect.Parameter.empty}
+
+
+def test_the_library_functions_take_the_schema_defaults():
+    from cxrutils.compare.run import compare_run
+    from cxrutils.evaluate.evaluation import evaluate_run
+    from cxrutils.inference.scoring import infer_films, load_inference_model
+
+    # to_dict() is splatted into these: its keys must be their keyword names, its values their defaults.
+    for function, family in ((evaluate_run, EvaluationSettings), (compare_run, ComparisonSettings)):
+        defaults = _signature_defaults(function)
+        assert family().to_dict() == {name: defaults[name] for name in family().to_dict()}, function.__name__
+    inference = InferenceSettings()
+    scoring_names = {"threshold_method": "threshold_method", "batch_size": "batch_size", "workers": "num_workers",
+                     "device": "device", "overlays": "with_gradcam", "max_pixels": "max_pixels"}
+    assert set(scoring_names) == set(inference.to_dict())
+    defaults = _signature_defaults(infer_films)
+    assert {name: defaults[scoring_names[name]] for name in scoring_names} == inference.to_dict()
+    loading = _signature_defaults(load_inference_model)
+    assert (loading["threshold_method"], loading["device"]) == (inference.threshold_method, inference.device)
+
+
+# Each notebook's settings family; parameters named otherwise in the notebook; and the parameters that are not
+# settings of the family (the run's profile, where the report goes, what the notebook shows).
+NOTEBOOK_SETTINGS = {
+    "03_evaluate": (EvaluationSettings, {}, {"train_profile", "settings", "output_dir"}),
+    "04_txv_comparison": (ComparisonSettings, {"txv_max_images": "max_images"},
+                          {"train_profile", "settings", "output_dir", "use_random_txv_weights_for_testing"}),
+    "05_inference": (InferenceSettings, {},
+                     {"train_profile", "settings", "output_dir", "paths", "n_films", "film_seed", "max_films_shown"}),
+}
+
+
+def notebook_parameters(stem: str) -> dict:
+    """The literals of a notebook's cell tagged ``parameters``."""
+    notebook = nbformat.read(NOTEBOOKS_DIR / f"{stem}.ipynb", as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
+            if isinstance(node, ast.Assign)}
+
+
+@pytest.mark.parametrize("stem", sorted(NOTEBOOK_SETTINGS))
+def test_every_notebook_parameter_is_a_setting_with_the_schema_default_or_a_known_other(stem):
+    family, renamed, not_settings = NOTEBOOK_SETTINGS[stem]
+    defaults = family().to_dict()
+    parameters = notebook_parameters(stem)
+    shared = {renamed.get(name, name): value for name, value in parameters.items() if name not in not_settings}
+    unknown = set(shared) - set(defaults)
+    assert not unknown, f"{stem} has parameters that are neither {family.__name__} fields nor listed here: {unknown}"
+    different = {name: (value, defaults[name]) for name, value in shared.items()
+                 if (list(value) if isinstance(value, list) else value)
+                 != (list(defaults[name]) if isinstance(defaults[name], tuple) else defaults[name])}
+    assert not different, f"{stem}: (notebook, schema) defaults differ: {different}"
+    assert "threshold_method" in shared  # the test compares something in every notebook
+
+
+def test_the_evaluation_and_comparison_notebooks_expose_every_setting():
+    for stem in ("03_evaluate", "04_txv_comparison"):
+        family, renamed, _ = NOTEBOOK_SETTINGS[stem]
+        exposed = {renamed.get(name, name) for name in notebook_parameters(stem)}
+        assert {item.name for item in dataclasses.fields(family)} <= exposed, stem
+
+
+@pytest.mark.parametrize("family", [EvaluationSettings, ComparisonSettings, InferenceSettings])
+def test_options_come_from_the_fields_and_read_back_as_the_defaults(family):
+    parser = argparse.ArgumentParser()
+    family.add_arguments(parser)
+    assert family.from_arguments(parser.parse_args([])) == family()
+    help_text = parser.format_help()
+    for item in dataclasses.fields(family):
+        flag = item.metadata.get("flag") or "--" + ("no-" if item.default is True else "") + item.name.replace("_", "-")
+        assert flag in help_text, flag
+
+
+def test_options_set_the_settings_and_bad_choices_are_refused(capsys):
+    parser = argparse.ArgumentParser()
+    EvaluationSettings.add_arguments(parser)
+    chosen = EvaluationSettings.from_arguments(parser.parse_args(["--n-bootstrap", "7", "--tta-hflip", "--split", "val"]))
+    assert (chosen.n_bootstrap, chosen.tta_hflip, chosen.split) == (7, True, "val")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--threshold-method", "otsu"])
+    assert "otsu" in capsys.readouterr().err
+
+    parser = argparse.ArgumentParser()
+    ComparisonSettings.add_arguments(parser)
+    models = ComparisonSettings.from_arguments(parser.parse_args(["--model", "densenet121-res224-all",
+                                                                  "--model", "resnet50-res512-all"])).txv_models
+    assert models == ("densenet121-res224-all", "resnet50-res512-all")
+
+    parser = argparse.ArgumentParser()
+    InferenceSettings.add_arguments(parser)
+    assert InferenceSettings.from_arguments(parser.parse_args(["--no-overlays"])).overlays is False
+
+
+def test_settings_made_in_code_are_checked_too():
+    with pytest.raises(SettingsError, match="otsu"):
+        EvaluationSettings(threshold_method="otsu")
+    with pytest.raises(SettingsError, match="densenet-made-up"):
+        ComparisonSettings(txv_models=["densenet121-res224-nih", "densenet-made-up"])
+    with pytest.raises(SettingsError, match="list of names"):
+        ComparisonSettings(txv_models="densenet121-res224-nih")
+    # a list (as a notebook passes it) is the same setting as the tuple
+    assert ComparisonSettings(txv_models=list(settings.DEFAULT_TXV_MODELS)) == ComparisonSettings()
+
+
+def test_describe_settings_lists_every_setting_with_its_default_and_meaning():
+    train = describe_settings("train")
+    assert "lr = 0.0001" in train and "augment.hflip_probability = 0.5" in train
+    assert "split_seed = 0" in train and "draws the validation (and, without lists, test) patients" in train
+    names = {name for name, _, _ in settings_table("train")}
+    assert names == settings.setting_names() - {"augment"}
+    evaluation = describe_settings("evaluation")
+    assert "n_bootstrap = 1000" in evaluation and "patient-bootstrap resamples" in evaluation
+    assert "max_images = None" in describe_settings("comparison")
+    assert "(None: the run's)" in describe_settings("inference")
+    with pytest.raises(SettingsError, match="evaluation"):
+        describe_settings("evaluate")

@@ -1,0 +1,107 @@
+"""The one command line: every verb answers --help, reads its defaults from the settings schema, and says what is wrong."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+from cxrutils import cli
+from cxrutils.paths import PROJ_ROOT
+from cxrutils.settings import ComparisonSettings, EvaluationSettings, InferenceSettings
+
+
+@pytest.mark.parametrize("verb", sorted(cli.VERBS))
+def test_every_verb_answers_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([verb, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: {cli.PROG} {verb}" in capsys.readouterr().out
+
+
+def test_train_help_lists_every_training_setting_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "lr = 0.0001" in out and "epochs = 20" in out
+    assert "augment.hflip_probability = 0.5" in out
+    assert "split_seed = 0" in out and "draws the validation" in out
+
+
+def test_python_dash_m_cxrutils_is_the_same_command_line():
+    finished = subprocess.run([sys.executable, "-m", "cxrutils", "--help"], cwd=PROJ_ROOT, capture_output=True,
+                              text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert all(verb in finished.stdout for verb in cli.VERBS)
+
+
+@pytest.mark.parametrize(("overrides", "named"), [(["learning_rate=0.1"], "learning_rate"),
+                                                  (["augment.spin=1"], "augment.spin"),
+                                                  (["epochs"], "KEY=VALUE")])
+def test_a_bad_set_on_train_is_a_clean_error(overrides, named, capsys):
+    argv = ["train", "--config", "demo"] + [part for text in overrides for part in ("--set", text)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+
+
+def test_an_unknown_training_profile_is_a_clean_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--config", "no_such_profile"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no_such_profile" in err and "known profiles" in err
+
+
+def _parse(argv: list[str]):
+    parser, _ = cli.build_parser()
+    return parser.parse_args(argv)
+
+
+def test_the_parsed_defaults_are_the_schema_defaults():
+    assert EvaluationSettings.from_arguments(_parse(["evaluate", "--run", "x"])) == EvaluationSettings()
+    assert ComparisonSettings.from_arguments(_parse(["compare", "--run", "x"])) == ComparisonSettings()
+    assert InferenceSettings.from_arguments(_parse(["infer", "--run", "x", "a.png"])) == InferenceSettings()
+
+
+# Every option the per-command modules had before they became verbs of cxrutils.cli.
+OPTIONS_BEFORE = {
+    "evaluate": ["--run", "--split", "--threshold-method", "--n-bootstrap", "--bootstrap-seed", "--tta-hflip",
+                 "--gradcam-layer", "--gallery-per-kind", "--data-root"],
+    "compare": ["--run", "--model", "--weights-dir", "--split", "--n-bootstrap", "--bootstrap-seed",
+                "--threshold-method", "--max-images", "--random-weights-for-testing", "--data-root"],
+    "infer": ["--run", "--out", "--threshold-method", "--batch-size", "--workers", "--device", "--no-overlays",
+              "--compare-training", "--max-pixels"],
+    "export": ["--run", "--format", "--out", "--films", "--max-films", "--data-root"],
+}
+
+
+@pytest.mark.parametrize("verb", sorted(OPTIONS_BEFORE))
+def test_every_option_of_the_old_commands_is_kept(verb, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([verb, "--help"])
+    out = capsys.readouterr().out
+    missing = [option for option in OPTIONS_BEFORE[verb] if option not in out]
+    assert not missing, missing
+
+
+def test_options_reach_the_settings():
+    args = _parse(["compare", "--run", "x", "--model", "densenet121-res224-all", "--max-images", "50"])
+    assert ComparisonSettings.from_arguments(args).txv_models == ("densenet121-res224-all",)
+    assert ComparisonSettings.from_arguments(args).max_images == 50
+    args = _parse(["infer", "--run", "x", "a.png", "--no-overlays", "--batch-size", "8", "--max-pixels", "1000"])
+    inference = InferenceSettings.from_arguments(args)
+    assert (inference.overlays, inference.batch_size, inference.max_pixels) == (False, 8, 1000)
+
+
+def test_the_settings_bind_to_the_functions_the_verbs_call():
+    """evaluate and compare splat settings.to_dict() into these calls: every key must be one of their keywords."""
+    from cxrutils.compare.run import compare_run
+    from cxrutils.evaluate.evaluation import evaluate_run
+
+    inspect.signature(evaluate_run).bind("runs/x", data_root=None, **EvaluationSettings().to_dict())
+    inspect.signature(compare_run).bind("runs/x", random_init=False, data_root=None, **ComparisonSettings().to_dict())
