@@ -27,7 +27,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cxrutils.paths import REPORTS_DIR
-from cxrutils.settings import SettingsError, available_profiles, describe_settings, load_train_config
+from cxrutils.settings import (
+    ComparisonSettings,
+    EvaluationSettings,
+    InferenceSettings,
+    SettingsError,
+    available_profiles,
+    describe_settings,
+    load_train_config,
+)
 from cxrutils.text import printable
 
 PROG = "cxrutils"
@@ -110,8 +118,6 @@ def _add_cache(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespac
 
 
 def _add_evaluate(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
-    from cxrutils.settings import EvaluationSettings
-
     parser = verbs.add_parser("evaluate", help="score a run's test split and write its metrics.json",
                               description="The computation notebook 03 shows, with the same defaults, so both write "
                                           "the same metrics.json.")
@@ -133,8 +139,6 @@ def _add_evaluate(verbs: argparse._SubParsersAction) -> Callable[[argparse.Names
 
 
 def _add_compare(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
-    from cxrutils.settings import ComparisonSettings
-
     parser = verbs.add_parser("compare", help="compare a run with TorchXRayVision models, write comparison.json",
                               description="The computation notebook 04 shows. Models whose weights file is missing "
                                           "are skipped, and the file says where to put it.")
@@ -158,8 +162,6 @@ def _add_compare(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namesp
 
 
 def _add_infer(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
-    from cxrutils.settings import InferenceSettings
-
     parser = verbs.add_parser(
         "infer", help="a trained run on new films (PNG, JPEG, DICOM): CSV, JSON, overlays, HTML",
         description="Writes into --out (default reports/inference/<run name>/): inference.csv and inference.json "
@@ -292,13 +294,9 @@ def _add_card(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace
     parser.add_argument("--reports-dir", default=str(REPORTS_DIR), help="where the card goes (default: reports/)")
 
     def run(args: argparse.Namespace) -> int:
-        from cxrutils.engine.run_folder import NotATrainedRunError
         from cxrutils.publish.model_card import write_model_card
 
-        try:
-            page = write_model_card(args.run, args.reports_dir)
-        except NotATrainedRunError as err:
-            parser.error(str(err))
+        page = write_model_card(args.run, args.reports_dir)  # a folder that is not a run: one line (main)
         print(f"model card: {page}")
         return 0
 
@@ -350,10 +348,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     return parser, {name: add(verbs) for name, add in VERBS.items()}
 
 
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the input or the folder is not what the command needs: said in one line, not a traceback.
+
+    Each message names the file or setting and what to do. Anything else is a defect and keeps its traceback.
+    """
+    from cxrutils.data.film_files import ImageReadError
+    from cxrutils.data.metadata import MetadataError
+    from cxrutils.data.splits import PatientOverlapError
+    from cxrutils.engine.run_folder import DataChangedError, NotATrainedRunError
+    from cxrutils.locks import FolderLocked
+
+    return (SettingsError, FolderLocked, NotATrainedRunError, DataChangedError, MetadataError, PatientOverlapError,
+            ImageReadError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, runners = build_parser()
     args = parser.parse_args(argv)
     try:
         return runners[args.verb](args)
-    except SettingsError as err:
-        parser.exit(2, f"{PROG} {args.verb}: error: {err}\n")
+    except _input_errors() as err:
+        parser.exit(2 if isinstance(err, SettingsError) else 1, f"{PROG} {args.verb}: error: {printable(str(err))}\n")

@@ -5,7 +5,7 @@ whichever weights are there (a missing file is recorded with where to put it: of
 is the normal case here), scores our cached films with each model and compares it with
 ours (``cxrutils.stats.paired``). It returns a ``ComparisonResult``; ``write_comparison``
 saves it in the run folder as ``comparison.json`` (``run_folder.write_comparison``).
-Notebook 04 and ``python -m cxrutils.compare`` both call it. Display lives in
+Notebook 04 and ``cxrutils compare`` both call it. Display lives in
 ``cxrutils.show.comparison_view``.
 """
 
@@ -129,7 +129,7 @@ def enable_instructions(missing: Sequence[MissingWeights]) -> list[str]:
         "On a machine with internet, download each file from its URL in the table (nothing is downloaded here).",
         f"Copy it, under exactly that file name, into {' or '.join(folders)} "
         "(or into any folder and pass --set weights_dir=/that/folder).",
-        "Run this notebook again: python -m cxrutils.reports --profile <profile> --only 04.",
+        "Run this notebook again: cxrutils reports --profile <profile> --only 04.",
         "The release files are pickled PyTorch modules that torchxrayvision loads with weights_only=False, which "
         "can run code stored in the file: use only files you downloaded yourself from these URLs.",
     ]

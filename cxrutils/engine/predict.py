@@ -21,8 +21,9 @@ from cxrutils.labels import FINDINGS
 from cxrutils.predictions import predictions_table
 from cxrutils.profiling import stage
 from cxrutils.progress import progress_bar
+from cxrutils.settings import SPLITS as SETTINGS_SPLITS
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+SPLITS: tuple[str, ...] = SETTINGS_SPLITS  # the one list, in the settings schema
 VIEWS: tuple[str, ...] = ("as stored", "mirrored")
 
 

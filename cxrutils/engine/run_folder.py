@@ -419,7 +419,7 @@ def finished_run_dir(run_dir: str | os.PathLike[str]) -> Path:
     if missing:
         raise NotATrainedRunError(
             f"{run_dir} has no {', '.join(missing)}: it is not a finished training run. Train it first "
-            "(notebook 02, or python -m cxrutils.train --config ...), or point at an existing run folder."
+            "(notebook 02, or cxrutils train --config ...), or point at an existing run folder."
         )
     return run_dir
 

@@ -1,7 +1,7 @@
 """Train DenseNet121 on NIH ChestX-ray14 (or the phantoms): one function for every entry point.
 
-    python -m cxrutils.train --config demo [--set key=value ...]
-    torchrun --nproc_per_node=N -m cxrutils.train --config nih --set data_root=/data/nih
+    cxrutils train --config demo [--set key=value ...]
+    torchrun --nproc_per_node=N -m cxrutils train --config nih --set data_root=/data/nih
 
 The notebook calls ``train(config)`` too. Images come from the uint8 cache;
 augmentation runs batched on the training device; validation is never augmented or

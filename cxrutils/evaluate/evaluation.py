@@ -10,7 +10,7 @@ calibration, subgroups, Grad-CAM localization against the boxes and a random
 baseline, a gallery of calls, and the published results for context. It returns an
 ``EvaluationResult``; ``write_metrics`` saves it in the run folder (``run_folder.write_metrics``:
 ``metrics.json`` for the test split). Notebook 03 and
-``python -m cxrutils.evaluate`` both call it, so they write the same file.
+``cxrutils evaluate`` both call it, so they write the same file.
 Display lives in ``cxrutils.show.evaluation_view``.
 """
 

@@ -1,6 +1,6 @@
 """The reports as a reader sees them: every page rendered in headless Chromium, and what is wrong with it.
 
-    python -m cxrutils.publish.browser [reports/] [--screenshots DIR]
+    cxrutils check-reports [reports/] [--screenshots DIR]
 
 opens ``index.html`` and every report in Chromium (Debian's ``chromium`` package, or
 ``CXRUTILS_CHROMIUM=/path/to/chrome``) through the Chrome DevTools protocol and

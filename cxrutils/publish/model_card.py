@@ -1,6 +1,6 @@
 """A model card written from the run folder: what a reviewer reads a run by (CLAIM 2024, TRIPOD+AI items).
 
-    python -m cxrutils.publish.model_card --run runs/demo      # reports/model_card.html and .json
+    cxrutils card --run runs/demo      # reports/model_card.html and .json
 
 Everything the project knows is filled in from the run's own record: ``config.json``
 (settings, data, fingerprints, initial weights and their hash, software, hardware,
@@ -53,7 +53,7 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
     if not (run_dir / run_folder.CONFIG_NAME).is_file():
         raise run_folder.NotATrainedRunError(
             f"{run_dir} has no {run_folder.CONFIG_NAME}: it is not a training run, so there is nothing to describe. "
-            "Train it first (notebook 02, or python -m cxrutils.train --config ...)."
+            "Train it first (notebook 02, or cxrutils train --config ...)."
         )
     config = run_folder.read_config(run_dir)
     metrics = run_folder.read_metrics(run_dir)

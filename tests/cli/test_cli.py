@@ -57,6 +57,29 @@ def test_an_unknown_training_profile_is_a_clean_error(capsys):
     assert "no_such_profile" in err and "known profiles" in err
 
 
+def test_a_folder_that_is_not_a_run_is_one_line_naming_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["evaluate", "--run", str(tmp_path / "nothing_here")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cxrutils evaluate: error:") and "nothing_here" in err and "Traceback" not in err
+
+
+def test_a_run_folder_another_process_writes_is_one_line_naming_the_holder(tiny_phantom_root, tmp_path, capsys):
+    from lock_holders import held_elsewhere
+
+    runs = tmp_path / "runs"
+    argv = ["train", "--config", "tiny", "--set", f"data_root={tiny_phantom_root}", "--set", f"runs_dir={runs}",
+            "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "name=held"]
+    with held_elsewhere(runs / "held") as holder:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"process {holder.pid}" in err and "Traceback" not in err
+    assert not (runs / "held" / "checkpoint_last.pt").exists()  # nothing was trained into the held folder
+
+
 def _parse(argv: list[str]):
     parser, _ = cli.build_parser()
     return parser.parse_args(argv)
