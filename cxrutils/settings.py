@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import inspect
 import io
+import os
 import textwrap
 import tokenize
 import typing
@@ -71,6 +72,54 @@ class AugmentConfig:
             and self.translate_fraction == 0
             and self.hflip_probability == 0
         )
+
+
+_NUMBER_WORDS = {"float": "a number", "int": "a whole number", "bool": "true or false", "str": "text"}
+
+
+def typed_setting(schema: type, key: str, value: Any, prefix: str = "") -> Any:
+    """``value`` as the type ``schema`` declares for ``key``, or a ``SettingsError`` naming the key, the value and the type.
+
+    ``--set`` values and YAML arrive loosely typed: YAML 1.1 reads ``4e-4`` (no dot) as a
+    string, a shell user writes ``batch_size=96/4``. A number written as text is read as
+    the number; anything else that does not fit is refused before any work starts.
+    """
+    declared = str(next(f.type for f in dataclasses.fields(schema) if f.name == key))
+    kinds = [part.strip() for part in declared.split("|")]
+    if value is None:
+        if "None" in kinds or kinds[0] == "str":  # a text setting left empty is judged where it is needed (data_root)
+            return None
+        raise SettingsError(f"{prefix}{key} needs {_NUMBER_WORDS.get(kinds[0], kinds[0])}, got null")
+    kind = kinds[0]
+    problem = f"{prefix}{key}={value!r}: expected {_NUMBER_WORDS.get(kind, kind)}"
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise SettingsError(problem)
+    if kind == "float":
+        if isinstance(value, bool):
+            raise SettingsError(problem)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(problem) from None
+    if kind == "int":
+        if isinstance(value, bool):
+            raise SettingsError(problem)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        raise SettingsError(problem + (" (write the result, e.g. batch_size=24 for 96/4)" if "/" in str(value) else ""))
+    if kind == "str":
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise SettingsError(problem)
+    return value
 
 
 @dataclass
@@ -116,10 +165,18 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise SettingsError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
-        values = dict(values)
-        if isinstance(values.get("augment"), dict):
-            values["augment"] = AugmentConfig(**values["augment"])
-        return cls(**values)
+        typed = {key: typed_setting(cls, key, value) for key, value in values.items() if key != "augment"}
+        augment = values.get("augment")
+        if isinstance(augment, dict):
+            unknown = sorted(set(augment) - {f.name for f in dataclasses.fields(AugmentConfig)})
+            if unknown:
+                raise SettingsError(f"unknown augment setting(s) {unknown}; known: "
+                                    f"{sorted(f.name for f in dataclasses.fields(AugmentConfig))}")
+            augment = AugmentConfig(**{key: typed_setting(AugmentConfig, key, value, prefix="augment.")
+                                       for key, value in augment.items()})
+        if augment is not None:
+            typed["augment"] = augment
+        return cls(**typed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,15 +6,18 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import re
 
 import nbformat
 import pytest
+import yaml
 
 from cxrutils import settings
 from cxrutils.engine.gradcam import gradcam_layer_for
 from cxrutils.paths import NOTEBOOKS_DIR
 from cxrutils.settings import (
     REPORT_PROFILE_KEYS,
+    TRAIN_CONFIGS_DIR,
     AugmentConfig,
     ComparisonSettings,
     EvaluationSettings,
@@ -258,3 +261,38 @@ def test_describe_settings_lists_every_setting_with_its_default_and_meaning():
     assert "(None: the run's)" in describe_settings("inference")
     with pytest.raises(SettingsError, match="evaluation"):
         describe_settings("evaluate")
+
+
+# --------------------------------------------------------------------------- typed values (issue 25: --set lr=4e-4)
+
+
+def test_numbers_written_as_yaml_1_1_reads_them_arrive_as_numbers():
+    """YAML 1.1 reads ``4e-4`` (no dot) as text; the README's own example must reach the optimiser as a number."""
+    config = load_train_config("tiny", ["lr=4e-4", "weight_decay=1e-5", "augment.scale_min=9e-1", "epochs=3.0"])
+    assert (config.lr, config.weight_decay, config.augment.scale_min, config.epochs) == (4e-4, 1e-5, 0.9, 3)
+    assert isinstance(config.lr, float) and isinstance(config.epochs, int)
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("batch_size=96/4", "batch_size=24"),  # the arithmetic is the user's: say what to write
+    ("lr=fast", "lr='fast': expected a number"),
+    ("amp=maybe", "amp='maybe': expected true or false"),
+    ("epochs=2.5", "epochs=2.5: expected a whole number"),
+    ("augment.hflip_probability=half", "augment.hflip_probability='half'"),
+    ("epochs=null", "epochs needs a whole number"),
+])
+def test_a_value_of_the_wrong_type_is_refused_naming_the_setting(override, named):
+    with pytest.raises(SettingsError, match=re.escape(named)):
+        load_train_config("tiny", [override])
+
+
+def test_every_shipped_training_profile_is_already_typed():
+    """Typing the values moves no number: each profile's values are what its YAML says, as the declared type."""
+    for path in sorted(TRAIN_CONFIGS_DIR.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        config = load_train_config(path.stem)
+        for key, value in raw.items():
+            if key == "augment":
+                assert {k: getattr(config.augment, k) for k in value} == value, path.name
+            else:
+                assert getattr(config, key) == value, (path.name, key)
