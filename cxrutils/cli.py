@@ -1,6 +1,6 @@
 """The one command line: ``cxrutils <verb>`` (installed by ``pip install``), the same as ``python -m cxrutils <verb>``.
 
-    cxrutils train --config demo [--set KEY=VALUE ...] [--resume]
+    cxrutils train --config demo [--set KEY=VALUE ...] [--resume [auto]]
     torchrun --nproc-per-node=N -m cxrutils train --config nih --set data_root=/data/nih
     cxrutils cache build --config nih --set data_root=/data/nih
     cxrutils evaluate --run runs/demo
@@ -39,6 +39,8 @@ from cxrutils.settings import (
 from cxrutils.text import printable
 
 PROG = "cxrutils"
+# --resume on the command line -> train()'s resume argument.
+RESUME_CHOICES: dict[str, bool | str] = {"no": False, "yes": True, "auto": "auto"}
 
 
 def _absolute(path: str) -> Path:
@@ -70,7 +72,10 @@ def _add_train(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespac
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a training profile in configs/train/ or a YAML path")
     _overrides(parser, "--set epochs=5 --set augment.hflip_probability=0")
-    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    parser.add_argument("--resume", nargs="?", const="yes", default="no", choices=sorted(RESUME_CHOICES),
+                        help="yes (or --resume alone): continue the run from its last checkpoint; auto: continue it "
+                             "if its folder has a checkpoint, else start it (what a scheduler that requeues needs); "
+                             "no: start a new run (default)")
 
     def run(args: argparse.Namespace) -> int:
         # The settings first: a misspelt profile or --set is named before torch loads.
@@ -80,7 +85,7 @@ def _add_train(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespac
             parser.error(str(err))
         from cxrutils.engine.train import train
 
-        result = train(config, resume=args.resume)
+        result = train(config, resume=RESUME_CHOICES[args.resume])
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"best epoch {result.best_epoch}: mean val AUROC {result.best_val_auroc_mean:.4f} -> {result.run_dir}")
         return 0
@@ -356,11 +361,17 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from cxrutils.data.film_files import ImageReadError
     from cxrutils.data.metadata import MetadataError
     from cxrutils.data.splits import PatientOverlapError
-    from cxrutils.engine.run_folder import DataChangedError, NotATrainedRunError
+    from cxrutils.engine.run_folder import (
+        DataChangedError,
+        NotATrainedRunError,
+        NothingToResumeError,
+        RunExistsError,
+        SettingsChangedError,
+    )
     from cxrutils.locks import FolderLocked
 
-    return (SettingsError, FolderLocked, NotATrainedRunError, DataChangedError, MetadataError, PatientOverlapError,
-            ImageReadError)
+    return (SettingsError, FolderLocked, NotATrainedRunError, DataChangedError, RunExistsError, NothingToResumeError,
+            SettingsChangedError, MetadataError, PatientOverlapError, ImageReadError)
 
 
 def main(argv: list[str] | None = None) -> int:

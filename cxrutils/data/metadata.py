@@ -1,9 +1,10 @@
 """Read every variant of the NIH metadata CSV into one tidy frame.
 
-Variants (see NIH_FORMATS.md): Kaggle ``Data_Entry_2017.csv`` (trailing comma in
-the header), NIH ``Data_Entry_2017_v2020.csv``, older zero-padded copies with
-``058Y``-style ages, and Kaggle ``sample_labels.csv``. Without any CSV, the v2020
-file shipped inside torchxrayvision is used.
+Variants (one real-format copy of each in tests/helpers/fixtures; the README's
+"Download" table): Kaggle ``Data_Entry_2017.csv`` (trailing comma in the header), NIH
+``Data_Entry_2017_v2020.csv``, older zero-padded copies with ``058Y``-style ages, and
+Kaggle ``sample_labels.csv``. Without any CSV, the v2020 file shipped inside
+torchxrayvision is used.
 """
 
 from __future__ import annotations

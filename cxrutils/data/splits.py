@@ -19,7 +19,8 @@ from cxrutils.labels import FINDINGS
 
 TRAIN, VAL, TEST = "train", "val", "test"
 SPLIT_ORDER = (TRAIN, VAL, TEST)
-# The official lists' sizes (NIH_FORMATS.md): what a full download's split table must show.
+# The official lists' sizes (train_val_list.txt and test_list.txt of the NIH release; the README's "Download"
+# section): what a full download's split table must show.
 OFFICIAL_TRAIN_VAL_IMAGES, OFFICIAL_TRAIN_VAL_PATIENTS = 86_524, 28_008
 OFFICIAL_TEST_IMAGES, OFFICIAL_TEST_PATIENTS = 25_596, 2_797
 

@@ -83,6 +83,18 @@ class NotATrainedRunError(FileNotFoundError):
     """The folder does not hold a finished training run."""
 
 
+class RunExistsError(FileExistsError):
+    """A new run was started in a folder that already holds one (it is never overwritten)."""
+
+
+class NothingToResumeError(FileNotFoundError):
+    """A resume was asked for where there is no checkpoint to resume."""
+
+
+class SettingsChangedError(ValueError):
+    """A resume was asked for with settings that change what the run learns."""
+
+
 class DataChangedError(ValueError):
     """The data under a run's data_root is not the data the run was trained on."""
 

@@ -466,12 +466,14 @@ def _check_resume(config: TrainConfig, resume: bool | str, ddp: Distributed) -> 
     if resume == "auto":
         resume = last_path.exists()
     if resume and not last_path.exists():
-        raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
+        raise run_folder.NothingToResumeError(
+            f"cannot resume: {last_path} does not exist; --resume auto starts the run when there is nothing to resume")
     if resume:
         check_same_settings(run_folder.load_checkpoint(last_path)["config"], config)
     elif ddp.is_main and last_path.exists():
-        raise FileExistsError(
-            f"{config.run_dir} already holds a run; pass resume=True (--resume) to continue it, or choose another name"
+        raise run_folder.RunExistsError(
+            f"{config.run_dir} already holds a run; pass resume=True (--resume, or --resume auto where a scheduler "
+            "may relaunch the job) to continue it, or choose another name"
         )
     return bool(resume)
 
@@ -484,7 +486,8 @@ def check_same_settings(saved: dict[str, Any], config: TrainConfig) -> None:
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and before.get(k) != current[k])
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {current[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume {config.run_dir}: settings changed ({details}); use a new run name")
+        raise run_folder.SettingsChangedError(
+            f"cannot resume {config.run_dir}: settings changed ({details}); use a new run name")
 
 
 def _write_run_record(

@@ -296,3 +296,22 @@ def test_every_shipped_training_profile_is_already_typed():
                 assert {k: getattr(config.augment, k) for k in value} == value, path.name
             else:
                 assert getattr(config, key) == value, (path.name, key)
+
+
+def _declared_kind(key: str) -> str:
+    schema, name = (AugmentConfig, key.split(".", 1)[1]) if key.startswith("augment.") else (settings.TrainConfig, key)
+    return str(next(f.type for f in dataclasses.fields(schema) if f.name == name)).split("|")[0].strip()
+
+
+@pytest.mark.parametrize("key", sorted(settings.setting_names() - {"augment"}))
+def test_every_training_setting_is_read_as_its_type_or_refused(key):
+    """Each setting: its value written as text arrives typed, and a value of no sensible reading is refused by name."""
+    kind = _declared_kind(key)
+    accepted = {"float": ("2e-1", 0.2), "int": ("3", 3), "bool": ("true", True), "str": ("17", "17")}[kind]
+    config = load_train_config("tiny", [f"{key}={accepted[0]}"])
+    value = config.augment if key.startswith("augment.") else config
+    got = getattr(value, key.split(".")[-1])
+    assert got == accepted[1] and type(got) is type(accepted[1]), (key, got)
+    if kind != "str":
+        with pytest.raises(SettingsError, match=re.escape(key)):
+            load_train_config("tiny", [f"{key}=[1, 2]"])

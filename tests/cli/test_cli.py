@@ -128,3 +128,35 @@ def test_the_settings_bind_to_the_functions_the_verbs_call():
 
     inspect.signature(evaluate_run).bind("runs/x", data_root=None, **EvaluationSettings().to_dict())
     inspect.signature(compare_run).bind("runs/x", random_init=False, data_root=None, **ComparisonSettings().to_dict())
+
+
+def test_resume_auto_starts_a_missing_run_then_continues_it_as_a_requeued_job_would(tiny_phantom_root, tmp_path,
+                                                                                   capsys):
+    """A scheduler relaunches the same command line: ``--resume auto`` must work the first time and every time after."""
+    from cxrutils.engine import run_folder
+
+    argv = ["train", "--config", "tiny", "--set", f"data_root={tiny_phantom_root}", "--set", f"runs_dir={tmp_path}",
+            "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "name=requeued", "--set", "epochs=1",
+            "--resume", "auto"]
+    assert cli.main(argv) == 0  # no folder yet: it starts
+    first = run_folder.read_history(tmp_path / "requeued")
+    assert cli.main(argv) == 0  # the folder holds the run: it continues (here, already finished) instead of failing
+    assert run_folder.read_history(tmp_path / "requeued")["epoch"].tolist() == first["epoch"].tolist() == [1]
+    with pytest.raises(SystemExit):
+        cli.main(argv[:-2])  # without --resume a second start is refused, as before: a run is never overwritten
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "resume"), [([], False), (["--resume"], True), (["--resume", "yes"], True),
+                                               (["--resume", "auto"], "auto"), (["--resume", "no"], False)])
+def test_resume_on_the_command_line_reaches_train(argv, resume, monkeypatch):
+    from cxrutils.engine import train as train_module
+
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda config, resume: seen.append(resume) or _Finished())
+    assert cli.main(["train", "--config", "tiny", *argv]) == 0
+    assert seen == [resume]
+
+
+class _Finished:
+    best_epoch, best_val_auroc_mean, run_dir = 1, 0.5, "runs/x"
