@@ -238,13 +238,15 @@ def load_train_config(profile: str, overrides: list[str] | dict[str, Any] | None
 # at most about 1 GB (16-bit values and their float64 windowing). cxrutils.data.film_files applies it.
 DEFAULT_MAX_PIXELS = 40_000_000
 MAX_PIXELS_VARIABLE = "CXRUTILS_MAX_IMAGE_PIXELS"
-THRESHOLD_METHODS: tuple[str, ...] = ("youden", "max_f1")  # cxrutils.stats.thresholds.METHODS
-SPLITS: tuple[str, ...] = ("train", "val", "test")  # cxrutils.engine.predict.SPLITS
-TXV_MODEL_NAMES: tuple[str, ...] = (  # cxrutils.compare.txv.TXV_MODEL_NAMES
+THRESHOLD_METHODS: tuple[str, ...] = ("youden", "max_f1")  # the one list: cxrutils.stats.thresholds imports it
+SPLITS: tuple[str, ...] = ("train", "val", "test")  # the one list: cxrutils.engine.predict imports it
+# A copy of cxrutils.compare.txv.TXV_MODEL_NAMES (the keys of its provenance table; a test holds them equal), so
+# the command line can offer the choices without importing torch.
+TXV_MODEL_NAMES: tuple[str, ...] = (
     "densenet121-res224-nih", "densenet121-res224-all", "densenet121-res224-rsna", "resnet50-res512-all",
     "densenet121-res224-pc", "densenet121-res224-chex", "densenet121-res224-mimic_nb", "densenet121-res224-mimic_ch",
 )
-# cxrutils.compare.provenance.DEFAULT_MODELS: the recipes' comparator (NIH-trained), and one that never saw NIH films.
+# The recipes' comparator (NIH-trained), and one that never saw NIH films; cxrutils.compare.provenance imports it.
 DEFAULT_TXV_MODELS: tuple[str, ...] = ("densenet121-res224-nih", "densenet121-res224-pc")
 
 
