@@ -25,7 +25,6 @@ cache to PyTorch.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -39,6 +38,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; processes there must not build one cache at once (_build_lock)
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import pandas as pd
@@ -320,7 +324,14 @@ def build_cache(
 
 @contextmanager
 def _build_lock(folder: Path) -> Iterator[None]:
-    """Hold the folder's build lock for the block; say so when another process holds it."""
+    """Hold the folder's build lock for the block; say so when another process holds it.
+
+    Without ``fcntl`` (Windows) there is no lock: build the cache with one process
+    (``cxrutils cache build``) before starting several.
+    """
+    if fcntl is None:
+        yield
+        return
     with open(folder / LOCK_NAME, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -79,6 +79,13 @@ def test_cached_pixels_equal_a_direct_decode_and_resize(phantom_paths, tmp_path)
     assert list(index.columns) == ["row", "image"] and index["image"].tolist() == list(phantom_paths.index)
 
 
+def test_without_fcntl_as_on_windows_the_cache_builds_without_its_lock(phantom_paths, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_lib, "fcntl", None)
+    cache = build_cache(phantom_paths, tmp_path / "cache", size=16, workers=1)
+    assert cache.usable.all() and len(cache) == len(phantom_paths)
+    assert not (tmp_path / "cache" / cache_lib.LOCK_NAME).exists()  # no lock file was made, none left behind
+
+
 @pytest.mark.parametrize("wide", [True, False])
 def test_non_square_film_is_padded_never_cropped(tmp_path, wide):
     film = np.full((20, 40), 100, dtype=np.uint8)  # 40 wide, 20 tall
