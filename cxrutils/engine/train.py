@@ -402,7 +402,10 @@ def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, 
         state.load_checkpoint(checkpoint, ddp)
 
     network = training_network(model, ddp, device, config.compile)
-    if ddp.is_main:
+    finished = state.epoch >= config.epochs or state.stale_epochs >= config.early_stopping_patience
+    # A finished run reopened (the reports after a command-line training, a requeued job that had ended) keeps the
+    # record of the machine that trained it: nothing is trained here, so nothing of this machine belongs in it.
+    if ddp.is_main and not (resume and finished):
         _write_run_record(run_dir, config, dataset, cache, data, device, ddp, pos_weight)
 
     generator = torch.Generator(device=device)

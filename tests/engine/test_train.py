@@ -542,3 +542,16 @@ def test_the_augmented_sample_looks_up_the_usable_films_once_not_once_per_film(t
     assert images.shape[0] == 4 and len(names) == 4
     assert set(names) <= set(dataset.images_in("train"))
     assert lookups["n"] <= 2, f"{lookups['n']} lookups for {len(dataset.images_in('train'))} training films"
+
+
+def test_reopening_a_finished_run_keeps_the_record_of_the_machine_that_trained_it(tiny_phantom_root, tmp_path):
+    """The reports call train(resume="auto") on a run trained elsewhere: its config.json must not become this machine's."""
+    config = _config(tiny_phantom_root, tmp_path, name="elsewhere", epochs=1)
+    train(config)
+    record_path = config.run_dir / run_folder.CONFIG_NAME
+    record = json.loads(record_path.read_text())
+    record.update(device="cuda:0", world_size=8)  # as written by an 8-GPU training
+    record_path.write_text(json.dumps(record))
+    before = record_path.read_bytes()
+    result = train(config, resume="auto")
+    assert result.epochs_run == 1 and record_path.read_bytes() == before
