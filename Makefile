@@ -57,8 +57,9 @@ gpu-check: $(INSTALLED)  ## on a GPU box: benchmark, train, kill and resume, tor
 lab: $(INSTALLED)  ## open JupyterLab on notebooks/ with the project's kernel
 	$(VENV)/bin/jupyter lab notebooks/
 
-clean-reports:  ## delete generated reports
-	rm -rf reports/*.html reports/*.ipynb reports/index.json reports/[0-9][0-9]_*/
+clean-reports:  ## delete generated reports: every run's folder, the inference results, the index
+	rm -rf reports/*.html reports/*.ipynb reports/index.json reports/[0-9][0-9]_*/ reports/inference/
+	for folder in reports/*/; do if [ -f "$$folder/index.json" ]; then rm -rf "$$folder"; fi; done
 
 clean-demo:  ## delete the generated demo dataset, its image cache and the demo run
 	rm -rf data/demo data/cache/demo_* runs/demo

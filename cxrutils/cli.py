@@ -10,7 +10,8 @@
     cxrutils reports --profile demo [--set KEY=VALUE ...] [--only 01]
     cxrutils rehearsal [--size quarter]
     cxrutils card --run runs/demo
-    cxrutils check-reports [reports/]
+    cxrutils check-reports [reports/demo]
+    cxrutils download nih --root /data/nih [--extract-only | --verify]
 
 This module is the only place that parses arguments. Each verb reads its defaults from the
 settings schema of its family (``cxrutils.settings``), so ``cxrutils <verb> --help`` shows
@@ -201,6 +202,10 @@ def _add_infer(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespac
             output.close()  # the journal keeps every finished film: the same command continues from there
             raise
         csv_path, _, page = output.finish(result, differences)
+        if args.out is None:  # reports/inference/<run name>: the index of every run's reports links it
+            from cxrutils.publish.runner import write_runs_index
+
+            write_runs_index(REPORTS_DIR)
         synthetic = " (the model was trained on SYNTHETIC phantoms)" if result.synthetic else ""
         print(f"{result.headline}{synthetic}")
         for reason, count in result.summary()["refused_by_reason"].items():
@@ -247,13 +252,15 @@ def _add_reports(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namesp
         "reports", help="run the numbered notebooks with papermill and publish HTML reports",
         description="Every notebook receives the same training profile and settings, so they all describe one split "
                     "of one dataset. --set KEY=VALUE changes a training setting or a notebook parameter, whichever "
-                    "KEY names. reports/index.html lists every report; the first failing notebook stops the run.")
+                    "KEY names. Each run's reports go to their own folder, reports/<run name>/ (its index.html lists "
+                    "them), and reports/index.html lists every run's; the first failing notebook stops the run.")
     parser.add_argument("--profile", required=True, help=f"one of {available_profiles()}")
     _overrides(parser, "--set data_root=/data/nih --set n_bootstrap=200")
     parser.add_argument("--only", action="append", default=[], metavar="NOTEBOOK",
                         help="run only this notebook (e.g. 01_eda or 01); repeatable")
     parser.add_argument("--show-code", action="store_true", help="include code cells in the HTML")
-    parser.add_argument("--reports-dir", default=str(REPORTS_DIR), help="where reports go (default: reports/)")
+    parser.add_argument("--reports-dir", default=str(REPORTS_DIR),
+                        help="where the folders of every run's reports go (default: reports/)")
 
     def run(args: argparse.Namespace) -> int:
         from cxrutils.publish.runner import run_reports
@@ -294,14 +301,16 @@ def _add_rehearsal(verbs: argparse._SubParsersAction) -> Callable[[argparse.Name
 
 
 def _add_card(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
-    parser = verbs.add_parser("card", help="the model card of a trained run (reports/model_card.html and .json)")
+    parser = verbs.add_parser("card", help="the model card of a trained run (reports/<run name>/model_card.html, .json)")
     _run_argument(parser)
-    parser.add_argument("--reports-dir", default=str(REPORTS_DIR), help="where the card goes (default: reports/)")
+    parser.add_argument("--reports-dir", default=None,
+                        help="where the card goes (default: reports/<run name>/, beside the run's other reports)")
 
     def run(args: argparse.Namespace) -> int:
         from cxrutils.publish.model_card import write_model_card
 
-        page = write_model_card(args.run, args.reports_dir)  # a folder that is not a run: one line (main)
+        reports_dir = args.reports_dir or REPORTS_DIR / _absolute(args.run).name
+        page = write_model_card(args.run, reports_dir)  # a folder that is not a run: one line (main)
         print(f"model card: {page}")
         return 0
 
@@ -312,7 +321,8 @@ def _add_check_reports(verbs: argparse._SubParsersAction) -> Callable[[argparse.
     parser = verbs.add_parser("check-reports", help="render every report in headless Chromium and list its problems",
                               description="Broken links, figures that do not load, errors in the console, progress-bar "
                                           "debris and unformatted numbers, page by page.")
-    parser.add_argument("reports_dir", nargs="?", default=str(REPORTS_DIR), help="default: reports/")
+    parser.add_argument("reports_dir", nargs="?", default=str(REPORTS_DIR / "demo"),
+                        help="one run's reports folder (default: reports/demo/, what make demo writes)")
     parser.add_argument("--screenshots", metavar="DIR", help="save index.png and one report's PNG here")
 
     def run(args: argparse.Namespace) -> int:
@@ -332,6 +342,61 @@ def _add_check_reports(verbs: argparse._SubParsersAction) -> Callable[[argparse.
     return run
 
 
+# --------------------------------------------------------------------------- getting the data
+
+
+def _add_download(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    sources = verbs.add_parser(
+        "download", help="fetch and unpack NIH ChestX-ray14 (the box release, about 42 GB)",
+        description="Fetch a dataset into a data root. One source today: nih.").add_subparsers(
+        dest="source", required=True, metavar="SOURCE")
+    parser = sources.add_parser(
+        "nih", help="the 12 image archives of NIH's box into ROOT/images/",
+        description="Downloads images_001.tar.gz ... images_012.tar.gz into ROOT (an interrupted download resumes), "
+                    "checks each (gzip CRC, safe tar members; SHA-256 recorded in ROOT/download_manifest.json) and "
+                    "unpacks it into ROOT/images/. NIH publishes no direct link to Data_Entry_2017_v2020.csv, "
+                    "BBox_List_2017.csv, train_val_list.txt and test_list.txt: download them from "
+                    "https://nihcc.app.box.com/v/ChestXray-NIHCC into ROOT; the command lists those still missing.")
+    parser.add_argument("--root", required=True,
+                        help="the data root: archives land here, images in ROOT/images/ (use it as data_root)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--extract-only", action="store_true",
+                      help="fetch nothing: check and unpack the archives already in ROOT or ROOT/images/")
+    mode.add_argument("--download-only", action="store_true", help="fetch and check the archives, do not unpack them")
+    mode.add_argument("--verify", action="store_true",
+                      help="fetch nothing: re-read every kept archive and check every unpacked image against the "
+                           "manifest; exit 1 on a problem")
+    parser.add_argument("--archives", nargs="+", metavar="NAME", default=None,
+                        help="only these, e.g. images_001.tar.gz (default: all 12)")
+    parser.add_argument("--keep-archives", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep each archive after unpacking (default); --no-keep-archives frees 42 GB, but "
+                             "--verify then checks images only and a lost image means downloading its archive again")
+    parser.add_argument("--checksums", metavar="FILE", default=None,
+                        help="a sha256sum-format file; every file it names must match (NIH publishes none)")
+    parser.add_argument("--retries", type=int, default=5,
+                        help="failures in a row without new bytes before giving up; what arrived is kept for the "
+                             "next run (default: 5)")
+
+    def run(args: argparse.Namespace) -> int:
+        from cxrutils.data.download import download_nih, verify_nih_download
+
+        root = _absolute(args.root)
+        checksums = _absolute(args.checksums) if args.checksums else None
+        if args.verify:
+            problems = verify_nih_download(root, checksums=checksums, show_progress=True)
+            print("\n".join(printable(problem) for problem in problems) or "verified: nothing changed")
+            return 1 if problems else 0
+        report = download_nih(root, archives=args.archives, checksums=checksums, download=not args.extract_only,
+                              extract=not args.download_only, keep_archives=args.keep_archives, retries=args.retries)
+        print(f"{report.images:,} images in {printable(report.images_dir)}: {len(report.downloaded)} downloaded, "
+              f"{len(report.extracted)} unpacked now, {len(report.already_extracted)} before")
+        for step in report.next_steps():
+            print(printable(step))
+        return 0
+
+    return run
+
+
 VERBS = {
     "train": _add_train,
     "cache": _add_cache,
@@ -343,6 +408,7 @@ VERBS = {
     "rehearsal": _add_rehearsal,
     "card": _add_card,
     "check-reports": _add_check_reports,
+    "download": _add_download,
 }
 
 
@@ -358,6 +424,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
     Each message names the file or setting and what to do. Anything else is a defect and keeps its traceback.
     """
+    from cxrutils.data.download import DownloadError
     from cxrutils.data.film_files import ImageReadError
     from cxrutils.data.metadata import MetadataError
     from cxrutils.data.splits import PatientOverlapError
@@ -371,7 +438,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from cxrutils.locks import FolderLocked
 
     return (SettingsError, FolderLocked, NotATrainedRunError, DataChangedError, RunExistsError, NothingToResumeError,
-            SettingsChangedError, MetadataError, PatientOverlapError, ImageReadError)
+            SettingsChangedError, MetadataError, PatientOverlapError, ImageReadError, DownloadError)
 
 
 def main(argv: list[str] | None = None) -> int:

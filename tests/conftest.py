@@ -121,4 +121,6 @@ def rendered_reports(tiny_phantom_root: Path, tmp_path_factory: pytest.TempPathF
                                                               environment.get("PYTHONPATH")]))
     finished = subprocess.run(command, cwd=Path(__file__).parent.parent, env=environment, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=900)
-    return RenderedReports(folder / "reports", folder / "runs" / "tiny_reports", finished.stdout, finished.returncode)
+    # Each run's reports have their own folder (reports/<run name>/); reports/index.html lists the runs.
+    return RenderedReports(folder / "reports" / "tiny_reports", folder / "runs" / "tiny_reports", finished.stdout,
+                           finished.returncode)

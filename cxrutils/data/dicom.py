@@ -85,6 +85,11 @@ class DicomHeader:
     orientation: tuple[bool, bool, bool]  # (transpose, mirror left-right, flip top-bottom) to the convention
     orientation_source: str
     notes: tuple[str, ...] = field(default=())
+    # What links a result back to the PACS: the study, series and instance, and the accession number ("" when absent).
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    sop_instance_uid: str = ""
+    accession_number: str = ""
 
     @property
     def problem(self) -> str | None:
@@ -123,7 +128,13 @@ class DicomHeader:
             "pixel_spacing_row_mm": spacing[0], "pixel_spacing_column_mm": spacing[1],
             "pixel_spacing_source": self.pixel_spacing_source, "transfer_syntax": self.transfer_syntax,
             "intensity": self.intensity, "orientation": self.orientation_source,
+            **self.identifiers(),
         }
+
+    def identifiers(self) -> dict[str, str]:
+        """The header's study, series and instance UIDs and accession number, by DICOM keyword ("" when absent)."""
+        return {"StudyInstanceUID": self.study_instance_uid, "SeriesInstanceUID": self.series_instance_uid,
+                "SOPInstanceUID": self.sop_instance_uid, "AccessionNumber": self.accession_number}
 
 
 # --------------------------------------------------------------------------- reading
@@ -317,8 +328,25 @@ def header_of(dataset: Any, path: str | os.PathLike[str]) -> DicomHeader:
         intensity=_describe_intensity(dataset),
         orientation=orientation,
         orientation_source=orientation_source,
+        **{field_name: _identifier(dataset, keyword) for field_name, keyword in _IDENTIFIER_FIELDS.items()},
     )
     return DicomHeader(**{**header.__dict__, "notes": _notes(header)})
+
+
+_IDENTIFIER_FIELDS = {"study_instance_uid": "StudyInstanceUID", "series_instance_uid": "SeriesInstanceUID",
+                      "sop_instance_uid": "SOPInstanceUID", "accession_number": "AccessionNumber"}
+# A UID is at most 64 characters and an accession number 16 (PS3.5 6.2); a hostile header may hold megabytes.
+_IDENTIFIER_MAX_CHARS = 64
+
+
+def _identifier(dataset: Any, keyword: str) -> str:
+    """A header's identifier as text: a multi-valued or malformed element is written as read, clipped, never raised."""
+    try:
+        value = dataset.get(keyword)
+    except Exception:  # a damaged element fails on access; the film's identity is then unknown, not an error
+        return ""
+    text = "" if value is None else str(value).strip()
+    return text[:_IDENTIFIER_MAX_CHARS] + ("..." if len(text) > _IDENTIFIER_MAX_CHARS else "")
 
 
 def _integer(dataset: Any, keyword: str, default: int) -> int:

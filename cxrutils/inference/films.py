@@ -46,7 +46,7 @@ from cxrutils.progress import progress_bar
 FACT_COLUMNS = (
     "source_format", "width", "height", "bits_stored", "photometric", "modality", "view", "view_source",
     "body_part", "pixel_spacing_row_mm", "pixel_spacing_column_mm", "pixel_spacing_source", "transfer_syntax",
-    "intensity", "orientation",
+    "intensity", "orientation", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber",
 )
 INTEGER_FACTS = ("width", "height", "bits_stored")
 DECIMAL_FACTS = ("pixel_spacing_row_mm", "pixel_spacing_column_mm")

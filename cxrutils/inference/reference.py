@@ -5,7 +5,8 @@ how far the film is from the training films. ``training_reference`` describes th
 run's training split (views from its metadata; stored size, bit depth and format
 from the headers of a seeded sample of its files), and ``compare_with_training``
 puts each scored film beside it. Both need the run's data (``open_run``); inference
-itself does not. ``sample_test_films`` picks films of the run's own test split, for
+itself does not, and ``training_reference_if_here`` says why when that data is not on
+this machine. ``sample_test_films`` picks films of the run's own test split, for
 a demonstration or a check against ``predictions_test.csv``.
 """
 
@@ -20,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 from cxrutils.data.images import bits_of_mode, image_header
+from cxrutils.data.metadata import MetadataError
 from cxrutils.engine import run_folder
+from cxrutils.engine.run_folder import DataChangedError
 from cxrutils.inference.scoring import SCORED
 
 TRAIN_SPLIT = "train"
@@ -83,6 +86,21 @@ def training_reference(run_dir: str | os.PathLike[str], sample: int = 200, seed:
     return TrainingReference(films=len(train), views={str(k): float(v) for k, v in views.items()},
                              sampled=len(headers), width=spread(widths), height=spread(heights), bits=shares(bits),
                              formats=shares(formats))
+
+
+def training_reference_if_here(run_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None,
+                               ) -> tuple[TrainingReference | None, str]:
+    """``training_reference``, or None and why not when the run's training data is not on this machine.
+
+    Inference needs only the run folder; the comparison with the training films needs
+    their metadata and a sample of their files. A machine without them (a radiologist's
+    workstation with a run folder and a PACS export) gets the reason, not an error.
+    """
+    try:
+        return training_reference(run_dir, data_root=data_root), ""
+    except (FileNotFoundError, DataChangedError, MetadataError) as err:
+        return None, (f"the run's training films are not readable here ({err}); give data_root to compare "
+                      "with them")
 
 
 def compare_with_training(table: pd.DataFrame, reference: TrainingReference) -> pd.DataFrame:

@@ -167,14 +167,14 @@ def rehearse(size: str, reports_dir: Path, seed: int = 0) -> dict[str, Any]:
             os.environ[STAGE_LOG_VARIABLE] = str(logs[NO_IMAGES_LABEL])
             no_images_dir = out / f"{size}{NO_IMAGES_SUFFIX}"
             code = reports.run_reports(PROFILE, [f"data_root={root_for(size + NO_IMAGES_SUFFIX)}"], only=["01"],
-                                       reports_dir=no_images_dir)
+                                       into=no_images_dir)
             entries.update(_notebook_entries(no_images_dir, NO_IMAGES_LABEL))
             if code == 0:
                 print(f"== rehearsal ({size}): every notebook on {root_for(size)}", flush=True)
                 os.environ[STAGE_LOG_VARIABLE] = str(logs[""])
                 notebooks_dir = out / size
                 code = reports.run_reports(PROFILE, [f"data_root={root_for(size)}", f"name={run_name_for(size)}"],
-                                           reports_dir=notebooks_dir)
+                                           into=notebooks_dir)
                 entries.update(_notebook_entries(notebooks_dir))
     finally:
         os.environ.pop(STAGE_LOG_VARIABLE, None)
@@ -422,7 +422,7 @@ def write_results(results: dict[str, dict[str, Any]], reports_dir: Path) -> tupl
     files.write_json(path, document)
     page = reports_dir / PAGE_NAME
     page.write_text(render_page(document), encoding="utf-8")
-    reports.write_index([], PROFILE, reports_dir)  # the index links the page
+    reports.write_runs_index(reports_dir)  # the index of runs links the page
     return path, page
 
 

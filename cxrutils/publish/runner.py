@@ -5,12 +5,17 @@
 Every notebook receives the same training profile and settings (``train_profile``,
 ``settings``: the data root, its split, the run's name; see ``cxrutils.settings``), so
 they all describe one split of one dataset; plus the profile's notebook parameters
-that its ``parameters`` cell declares, and ``output_dir`` (``reports/<notebook>/``),
+that its ``parameters`` cell declares, and ``output_dir`` (``<run's reports>/<notebook>/``),
 where it writes ``report_summary.json`` (status, data source, headline figures).
 ``--set KEY=VALUE`` changes a training setting or a notebook parameter, whichever KEY
-names. Executed copies and HTML go to ``reports/``; ``reports/index.html`` lists every
-report. The first failing notebook stops the run with a non-zero exit; its HTML keeps
-the error.
+names.
+
+Each run's reports have their own folder, ``reports/<run name>/`` (the run's folder
+name: ``runs/demo`` reports into ``reports/demo``), so a second run never replaces the
+first one's pages: executed copies, HTML, the model card and the run's ``index.html``
+go there, and ``reports/index.html`` lists every run's folder. Notebook 05 given a
+``run_dir`` reports into that run's folder. The first failing notebook stops the run
+with a non-zero exit; its HTML keeps the error.
 
 The terminal shows what runs: each notebook's sections as they start, and the live
 progress of its long steps (``cxrutils.progress``: the kernels inherit this process's
@@ -26,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cxrutils import files
 from cxrutils.demo.roots import prepare_data_root
@@ -43,11 +49,16 @@ KERNEL_NAME = "cxrutils"
 # Parameters the runner fills for every notebook from the profile; --set reaches them through the settings.
 SHARED_PARAMETERS = {"train_profile", "settings", "output_dir"}
 INDEX_JSON_NAME = "index.json"
-# Pages other commands write into the reports folder, linked from the index when present.
+# Pages other commands write beside a run's reports, linked from its index when present.
 EXTRA_PAGES = {
     "model_card.html": "Model card: the trained run's data, training, evaluation and limitations, from its run folder",
+}
+# Pages other commands write into the top reports folder, linked from the index of runs when present.
+TOP_PAGES = {
     "rehearsal.html": "Full-size rehearsal: every stage's time and memory at 112,120 films (make rehearsal)",
 }
+# Where `cxrutils infer` writes by default (reports/inference/<run name>/inference.html); listed by the index of runs.
+INFERENCE_FOLDER = "inference"
 
 
 def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -178,8 +189,12 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, 
     }
 
 
-def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) -> Path:
-    """Merge this run's entries into ``index.json`` and render ``index.html``."""
+def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path, in_runs_index: bool = True) -> Path:
+    """Merge this run's entries into ``index.json`` and render ``index.html``.
+
+    ``in_runs_index``: the folder is one run's among the others of the top reports
+    folder, whose ``index.html`` (``write_runs_index``) the page links.
+    """
     index_json = reports_dir / INDEX_JSON_NAME
     previous = json.loads(index_json.read_text()) if index_json.is_file() else {}
     for entry in entries:
@@ -219,14 +234,83 @@ def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path) 
     extras = [f"<li><a href='{name}'>{html_text(title)}</a></li>" for name, title in EXTRA_PAGES.items()
               if (reports_dir / name).is_file()]
     others = f"<h2>Other pages</h2><ul>{''.join(extras)}</ul>" if extras else ""
+    up = "<a href='../index.html'>Every run's reports</a>. " if in_runs_index else ""
     page = _INDEX_TEMPLATE.format(rows="\n".join(rows), generated=dt.datetime.now().isoformat(timespec="seconds"),
-                                  others=others)
+                                  others=others, up=up)
     return files.atomic_write_text(reports_dir / INDEX_PAGE, page)
 
 
-_INDEX_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>cxrutils reports</title>
-<style>
+def write_runs_index(reports_dir: Path) -> Path:
+    """``index.html`` of the top reports folder: every run's folder of reports, newest first, and the other pages.
+
+    A run's folder is one holding the ``index.json`` that ``write_index`` writes. Each
+    row names the run, its profile, its reports' statuses, the data source and the
+    evaluation's headline (the first report's when there is no evaluation), and links
+    the run's index, its model card and its inference results when they exist.
+    """
+    runs = []
+    for index_json in reports_dir.glob(f"*/{INDEX_JSON_NAME}"):
+        try:
+            entries = json.loads(index_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # a folder someone else wrote: listed as unreadable, not fatal
+            entries = None
+        runs.append((index_json.parent, entries if isinstance(entries, dict) else None))
+    # Newest first; finish times are to the second, so the index's own write time breaks ties.
+    runs.sort(key=lambda run: (_last_finished(run[1] or {}), (run[0] / INDEX_JSON_NAME).stat().st_mtime_ns),
+              reverse=True)
+    rows = [_run_row(reports_dir, folder, entries) for folder, entries in runs]
+    others = [f"<li><a href='{name}'>{html_text(title)}</a></li>" for name, title in TOP_PAGES.items()
+              if (reports_dir / name).is_file()]
+    # Inference results of runs whose notebooks were never rendered here (cxrutils infer alone).
+    listed = {folder.name for folder, _ in runs}
+    others += [f"<li><a href='{INFERENCE_FOLDER}/{html_text(quote(page.parent.name))}/inference.html'>Inference with run "
+               f"{html_text(page.parent.name)}</a></li>"
+               for page in sorted((reports_dir / INFERENCE_FOLDER).glob("*/inference.html"))
+               if page.parent.name not in listed]
+    page = _RUNS_INDEX_TEMPLATE.format(
+        rows="\n".join(rows) or ("<tr><td colspan='7'>No run has reports here yet: make demo, or cxrutils reports "
+                                 "--profile NAME.</td></tr>"),
+        generated=dt.datetime.now().isoformat(timespec="seconds"),
+        others=f"<h2>Other pages</h2><ul>{''.join(others)}</ul>" if others else "",
+    )
+    return files.atomic_write_text(reports_dir / INDEX_PAGE, page)
+
+
+def _last_finished(entries: dict[str, Any]) -> str:
+    return max((str(entry.get("finished_at", "")) for entry in entries.values() if isinstance(entry, dict)),
+               default="")
+
+
+def _run_row(reports_dir: Path, folder: Path, entries: dict[str, Any] | None) -> str:
+    """One run's row of the index of runs."""
+    href = html_text(quote(folder.name))  # a folder named "a#b" or "x?y" is a path, not a fragment or a query
+    link = f"<a href='{href}/{INDEX_PAGE}'>{html_text(folder.name)}</a>"
+    entries = {name: entry for name, entry in (entries or {}).items() if isinstance(entry, dict)} or None
+    if entries is None:
+        return (f"<tr><td>{link}</td><td class='status failed'>no readable {INDEX_JSON_NAME}</td>"
+                "<td></td><td></td><td></td><td></td><td></td></tr>")
+    statuses: dict[str, int] = {}
+    for entry in entries.values():
+        status = str(entry.get("status", "unknown"))
+        statuses[status] = statuses.get(status, 0) + 1
+    status_text = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+    worst = "failed" if "failed" in statuses else "ok" if set(statuses) == {"ok"} else "skipped"
+    main = entries.get("03_evaluate") or next(iter(entries.values()))
+    source = html_text(str(main.get("data_source", "")))
+    if any(entry.get("synthetic") for entry in entries.values()):
+        source = f"<span class='synthetic'>SYNTHETIC</span> {source.removeprefix('SYNTHETIC ')}"
+    extras = [f"<a href='{href}/{page}'>{html_text(page.removesuffix('.html').replace('_', ' '))}</a>"
+              for page in EXTRA_PAGES if (folder / page).is_file()]
+    if (reports_dir / INFERENCE_FOLDER / folder.name / "inference.html").is_file():
+        extras.append(f"<a href='{INFERENCE_FOLDER}/{href}/inference.html'>cxrutils infer results</a>")
+    profiles = sorted({str(entry.get("profile", "")) for entry in entries.values()} - {""})
+    return (f"<tr><td>{link}</td><td class='status {worst}'>{html_text(status_text)}</td>"
+            f"<td><div class='headline'>{html_text(str(main.get('headline', '')))}</div></td><td>{source}</td>"
+            f"<td>{html_text(', '.join(profiles))}</td><td>{' · '.join(extras)}</td>"
+            f"<td>{html_text(_last_finished(entries))}</td></tr>")
+
+
+_STYLE = """<style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
 table {{ border-collapse: collapse; width: 100%; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: .5rem .75rem; text-align: left; vertical-align: top; }}
@@ -238,9 +322,30 @@ th {{ background: #f4f4f4; }}
 .synthetic {{ background: #b00020; color: white; padding: 0 .3em; border-radius: 3px; font-size: .85em; }}
 .headline {{ font-weight: 600; }}
 .thumbnail {{ display: block; max-width: 240px; max-height: 160px; margin-bottom: .3rem; border: 1px solid #ddd; }}
-</style></head><body>
+</style>"""
+
+_RUNS_INDEX_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>cxrutils reports: every run</title>
+""" + _STYLE + """</head><body>
+<h1>cxrutils reports: every run</h1>
+<p>Generated {generated}. Each run's notebooks, model card and inference results have their own folder; a
+second run never replaces the first one's pages. Runs marked <span class="synthetic">SYNTHETIC</span> were
+trained or evaluated on rendered phantoms and say nothing about real chest X-rays.</p>
+<table><thead><tr><th>Run</th><th>Reports</th><th>Headline</th><th>Data source</th><th>Profile</th>
+<th>Also</th><th>Last finished</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+{others}
+</body></html>
+"""
+
+
+_INDEX_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>cxrutils reports</title>
+""" + _STYLE + """</head><body>
 <h1>cxrutils reports</h1>
-<p>Generated {generated} by <code>cxrutils reports</code>. Reports marked
+<p>{up}Generated {generated} by <code>cxrutils reports</code>. Reports marked
 <span class="synthetic">SYNTHETIC</span> were computed on rendered phantoms and say
 nothing about real chest X-rays.</p>
 <table><thead><tr><th>Report</th><th>Status</th><th>Headline</th><th>Data source</th><th>Run time</th>
@@ -253,25 +358,37 @@ nothing about real chest X-rays.</p>
 """
 
 
+def report_folder_name(profile: dict[str, Any]) -> str:
+    """The name of the folder a profile's reports go to: its run's folder name (notebook 05's ``run_dir`` when set)."""
+    run_dir = str(profile["parameters"].get("run_dir") or "")
+    return Path(run_dir).name if run_dir else profile_train_config(profile).run_dir.name
+
+
 def run_reports(
     profile_name: str,
     overrides: list[str] | None = None,
     only: list[str] | None = None,
     show_code: bool = False,
     reports_dir: str | os.PathLike[str] = REPORTS_DIR,
+    into: str | os.PathLike[str] | None = None,
 ) -> int:
     """Run the profile's notebooks (``only`` narrows them) with ``--set`` overrides; 0 when every one succeeded.
 
-    A bad profile, setting or data root is a ``SettingsError`` (or ``FileNotFoundError``)
-    before any notebook starts.
+    The reports go to ``reports_dir/<run name>/`` and ``reports_dir/index.html`` lists every
+    run's folder; ``into`` names the folder instead, and no index of runs is written (the
+    rehearsal's layout). A bad profile, setting or data root is a ``SettingsError`` (or
+    ``FileNotFoundError``) before any notebook starts.
     """
     profile = load_profile(profile_name)
     notebooks = select_notebooks(profile, only or [], notebook_paths())
     profile = apply_overrides(profile, overrides or [], parameters=_declared(notebooks) - SHARED_PARAMETERS)
     profile_train_config(profile)  # an unknown training profile or a bad setting fails here, not in a notebook
-    reports_dir = resolve(reports_dir)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    if "settings" in _declared(notebooks):  # notebooks that read the data: a phantom root is built, a missing one named
+    top = resolve(reports_dir)
+    run_reports_dir = resolve(into) if into is not None else top / report_folder_name(profile)
+    run_reports_dir.mkdir(parents=True, exist_ok=True)
+    if "settings" in _declared(notebooks) and not profile["parameters"].get("run_dir"):
+        # Notebooks that read the data: a phantom root is built, a missing one named. Notebook 05 given a run
+        # folder needs none (its films are the paths given), so a machine without the training data can run it.
         try:
             prepare_data_root(profile_train_config(profile).data_root)
         except ValueError as err:
@@ -286,22 +403,25 @@ def run_reports(
             )
             continue
         print(f"== {notebook.name} ({profile_name})", flush=True)
-        entry = run_notebook(notebook, parameters, reports_dir, show_code)
+        entry = run_notebook(notebook, parameters, run_reports_dir, show_code)
         entries.append(entry)
-        print(f"   {entry['status']} in {entry['run_seconds']} s -> {reports_dir / notebook.stem}.html", flush=True)
+        print(f"   {entry['status']} in {entry['run_seconds']} s -> {run_reports_dir / notebook.stem}.html", flush=True)
         failed = entry["status"] == "failed"
         if failed:
             print(f"   error: {entry['status_reason']}", file=sys.stderr, flush=True)
     if not failed:
-        write_card_if_trained(profile, reports_dir)
-    index = write_index(entries, profile_name, reports_dir)
+        write_card_if_trained(profile, run_reports_dir)
+    index = write_index(entries, profile_name, run_reports_dir, in_runs_index=into is None)
     print(f"index: {index}", flush=True)
+    if into is None:
+        print(f"index of runs: {write_runs_index(top)}", flush=True)
     return 1 if failed else 0
 
 
 def write_card_if_trained(profile: dict[str, Any], reports_dir: Path) -> Path | None:
     """The model card of the profile's run, when that run has been trained and evaluated."""
-    run_dir = profile_train_config(profile).run_dir
+    given = profile["parameters"].get("run_dir")  # notebook 05's run, when it names one
+    run_dir = resolve(given) if given else profile_train_config(profile).run_dir
     if not run_folder.metrics_path(run_dir).is_file():
         return None
     with stage("model card"):

@@ -1,12 +1,19 @@
 import shutil
+import warnings
 
 import pandas as pd
 import pytest
 from conftest import write_png
 
 import cxrutils.data.splits as split_lib
-from cxrutils.data.dataset import RecordedSplit, listed_image_paths, load_dataset
-from cxrutils.data.layout import index_images, locate_files
+from cxrutils.data.dataset import SYNTHETIC_MANIFEST_NAME, RecordedSplit, listed_image_paths, load_dataset
+from cxrutils.data.layout import (
+    PHANTOM_MANIFEST_NAME,
+    OlderLabelReleaseWarning,
+    UnextractedArchivesWarning,
+    index_images,
+    locate_files,
+)
 
 NAMES = ["00000001_000.png", "00000001_001.png", "00000002_000.png", "00000003_000.png", "00000013_005.png"]
 
@@ -21,7 +28,8 @@ def test_nih_box_layout_flat_images_folder(tmp_path, fixtures_dir):
     _metadata_files(tmp_path, fixtures_dir)
     for name in NAMES:
         write_png(tmp_path / "images" / name)
-    files = locate_files(tmp_path)
+    with pytest.warns(OlderLabelReleaseWarning):
+        files = locate_files(tmp_path)
     assert files.metadata_csv.name == "Data_Entry_2017.csv" and files.test_list and files.bbox_csv
     index = index_images(tmp_path, NAMES + ["00020393_000.png"])
     assert sorted(index.paths.index) == sorted(NAMES)
@@ -36,7 +44,8 @@ def test_kaggle_full_layout_with_a_partial_extraction(tmp_path, fixtures_dir):
     for i, name in enumerate(NAMES[:3]):  # only two archives extracted
         write_png(tmp_path / f"images_00{1 + i % 2}" / "images" / name)
     write_png(tmp_path / "images_002" / "images" / "99999999_000.png")  # not in the metadata
-    dataset = load_dataset(tmp_path)
+    with pytest.warns(OlderLabelReleaseWarning, match="Data_Entry_2017_v2020.csv"):
+        dataset = load_dataset(tmp_path)
     assert dataset.index.paths.size == 3
     assert dataset.index.missing == ["00000003_000.png", "00000013_005.png", "00020393_000.png"]
     assert dataset.index.unlisted == ["99999999_000.png"]
@@ -120,3 +129,91 @@ def test_root_without_a_csv_falls_back_to_the_shipped_metadata(tmp_path):
 def test_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_dataset(tmp_path / "nowhere")
+
+
+def _no_warnings_of(category, call):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call()
+    assert [str(w.message) for w in caught if issubclass(w.category, category)] == []
+    return result
+
+
+def test_missing_images_beside_box_archives_never_unpacked_name_the_archives_and_how_to_unpack_them(tmp_path,
+                                                                                                    fixtures_dir):
+    _metadata_files(tmp_path, fixtures_dir, csv="Data_Entry_2017_v2020.csv")
+    for name in ("images_001.tar.gz", "images_002.tar.gz"):
+        (tmp_path / name).write_bytes(b"downloaded, never unpacked")
+    with pytest.warns(UnextractedArchivesWarning) as caught:
+        dataset = load_dataset(tmp_path)
+    (message,) = [str(w.message) for w in caught if w.category is UnextractedArchivesWarning]
+    root = str(tmp_path.resolve())
+    assert message.startswith(f"5 listed images are not on disk, and {root} holds image archives that were never "
+                              "unpacked: images_001.tar.gz, images_002.tar.gz.")
+    assert f"`cxrutils download nih --root {root} --extract-only`" in message
+    assert f"`tar -xzf {root}/images_001.tar.gz -C {root}` for each" in message
+    assert dataset.index.archives == [f"{root}/images_001.tar.gz", f"{root}/images_002.tar.gz"]
+    assert dataset.index.archives_note == message
+
+
+def test_a_kaggle_zip_and_an_unfinished_download_are_named_with_their_own_commands(tmp_path):
+    (tmp_path / "archive.zip").write_bytes(b"PK")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "images_003.tar.gz.part").write_bytes(b"\x1f\x8b")
+    with pytest.warns(UnextractedArchivesWarning) as caught:
+        index = index_images(tmp_path, NAMES)
+    (message,) = [str(w.message) for w in caught]
+    assert "archive.zip, images_003.tar.gz.part." in message
+    assert f"`unzip -q {tmp_path}/archive.zip -d {tmp_path}`" in message
+    assert (f"images_003.tar.gz.part is a download that never finished: `cxrutils download nih --root {tmp_path}` "
+            "resumes it") in message
+    assert [path.rsplit("/", 1)[1] for path in index.archives] == ["archive.zip", "images_003.tar.gz.part"]
+
+
+def test_archives_kept_beside_a_complete_extraction_are_not_mentioned(tmp_path):
+    for name in NAMES:
+        write_png(tmp_path / "images" / name)
+    (tmp_path / "images_001.tar.gz").write_bytes(b"kept after unpacking")
+    index = _no_warnings_of(UnextractedArchivesWarning, lambda: index_images(tmp_path, NAMES))
+    assert index.missing == [] and index.archives == [] and index.archives_note == ""
+
+
+def test_some_images_missing_beside_archives_say_the_unpacking_may_be_incomplete(tmp_path):
+    write_png(tmp_path / "images" / NAMES[0])
+    (tmp_path / "images_001.tar.gz").write_bytes(b"unpacked halfway")
+    with pytest.warns(UnextractedArchivesWarning, match=rf"^4 listed images are not on disk, and {tmp_path} holds "
+                                                        "image archives that may not have been unpacked completely: "
+                                                        "images_001.tar.gz. Unpack"):
+        index_images(tmp_path, NAMES)
+
+
+def test_missing_images_without_archives_say_nothing_about_archives(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "notes.zip").write_bytes(b"PK")  # a zip that is not a release's
+    index = _no_warnings_of(UnextractedArchivesWarning, lambda: index_images(tmp_path, NAMES))
+    assert len(index.missing) == len(NAMES) and index.archives == []
+
+
+def test_only_kaggles_older_label_release_warns_and_says_how_to_add_v2020(tmp_path, fixtures_dir):
+    _metadata_files(tmp_path, fixtures_dir, csv="Data_Entry_2017.csv")
+    with pytest.warns(OlderLabelReleaseWarning) as caught:
+        files = locate_files(tmp_path)
+    assert files.metadata_csv.name == "Data_Entry_2017.csv"  # still read: a warning, not an error
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith(f"{tmp_path}/Data_Entry_2017.csv is the 2017 label release")
+    assert f"download it from https://nihcc.app.box.com/v/ChestXray-NIHCC into {tmp_path}" in message
+    # torchxrayvision (installed in the project's environment) ships the v2020 file: the message says how to copy it.
+    assert f"> {tmp_path}/Data_Entry_2017_v2020.csv`" in message and "Data_Entry_2017_v2020.csv.gz" in message
+
+
+def test_v2020_beside_the_older_release_is_preferred_without_a_warning(tmp_path, fixtures_dir):
+    _metadata_files(tmp_path, fixtures_dir, csv="Data_Entry_2017.csv")
+    shutil.copy(fixtures_dir / "Data_Entry_2017_v2020.csv", tmp_path / "Data_Entry_2017_v2020.csv")
+    files = _no_warnings_of(OlderLabelReleaseWarning, lambda: locate_files(tmp_path))
+    assert files.metadata_csv.name == "Data_Entry_2017_v2020.csv"
+
+
+def test_a_phantom_root_in_kaggles_shape_gets_no_label_release_advice(phantom_copy):
+    assert PHANTOM_MANIFEST_NAME == SYNTHETIC_MANIFEST_NAME  # layout's copy of the name dataset owns
+    files = _no_warnings_of(OlderLabelReleaseWarning, lambda: locate_files(phantom_copy))
+    assert files.metadata_csv.name == "Data_Entry_2017.csv"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from dicom_files import pydicom_test_file, windowed_copy
 from PIL import Image
@@ -177,3 +178,39 @@ def test_films_are_set_beside_the_training_films(run_copy):
     deep = differences.loc["deep.dcm", "differs"]
     assert "view LLD: no training film has it" in deep and "size 2500 x 2048" in deep and "12-bit" in deep
     assert "dicom: training films are png" in deep
+
+
+def test_every_row_of_a_dicom_carries_its_pacs_identifiers_as_text(run_copy, tmp_path):
+    """StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID and AccessionNumber link each result back to the PACS.
+
+    A refused DICOM keeps them too (a lateral still has to be found in the PACS), a PNG
+    has none, and an accession number that looks like a formula stays text in the CSV.
+    """
+    from cxrutils.files import read_csv_text
+    from cxrutils.inference.scoring import write_results
+
+    run_dir, _ = run_copy
+    film = (np.add.outer(np.arange(128), np.arange(128)) % 251).astype(np.uint8)
+    study = "1.2.826.0.1.3680043.8.498.1"
+    identities = {
+        "frontal.dcm": {"StudyInstanceUID": study, "SeriesInstanceUID": study + ".2", "AccessionNumber": "=1+2"},
+        "lateral.dcm": {"StudyInstanceUID": study, "SeriesInstanceUID": study + ".3", "AccessionNumber": "A77"},
+    }
+    folder = tmp_path / "pacs"
+    for name, extra in identities.items():
+        write_dicom(folder / name, film, view="LL" if "lateral" in name else "PA", extra=extra)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "plain.png")
+    result = infer_films(run_dir, [folder], with_gradcam=False, show_progress=False)
+    csv_path, _ = write_results(result, tmp_path / "out")
+    table = read_csv_text(csv_path).set_index("image")
+    assert table.loc["lateral.dcm", "status"] == REFUSED
+    for name, extra in identities.items():
+        written = pydicom.dcmread(folder / name, stop_before_pixels=True)
+        assert table.loc[name, "SOPInstanceUID"] == str(written.SOPInstanceUID) != ""
+        for keyword, value in extra.items():
+            assert table.loc[name, keyword] == value, (name, keyword)
+    assert table.loc["plain.png", ["StudyInstanceUID", "SOPInstanceUID", "AccessionNumber"]].tolist() == ["", "", ""]
+    assert "'=1+2" in csv_path.read_text(encoding="utf-8")  # a spreadsheet shows the text, never computes it
+    document = json.loads((tmp_path / "out" / JSON_NAME).read_text())
+    assert json.dumps(document).count(study + ".2") >= 1
+

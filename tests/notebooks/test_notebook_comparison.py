@@ -50,6 +50,7 @@ def _run(run_dir: Path, reports_dir: Path, *overrides: str) -> tuple[int, dict[s
             *overrides]
     argv = ["--profile", "demo", "--only", "04", "--reports-dir", str(reports_dir)]
     code = cli_main(["reports", *argv] + [arg for text in sets for arg in ("--set", text)])
+    reports_dir = reports_dir / run_dir.name  # each run's reports in their own folder
     entry = json.loads((reports_dir / reports.INDEX_JSON_NAME).read_text())[NOTEBOOK]
     page = (reports_dir / f"{NOTEBOOK}.html").read_text()
     return code, entry, page, json.loads((run_dir / run_folder.COMPARISON_NAME).read_text())

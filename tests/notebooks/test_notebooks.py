@@ -19,6 +19,11 @@ def _summary(reports_dir, notebook="01_eda"):
     return json.loads((reports_dir / notebook / SUMMARY_NAME).read_text())
 
 
+def _run_reports(reports_dir, run_name="demo"):
+    """The folder of one run's reports under the top reports folder (reports/<run name>/)."""
+    return reports_dir / run_name
+
+
 def test_eda_on_a_damaged_phantom_root_names_the_missing_and_the_truncated_file(phantom_copy, tmp_path):
     images = sorted((phantom_copy / "images").iterdir())
     deleted, truncated = images[0], images[1]
@@ -41,6 +46,7 @@ def test_eda_on_a_damaged_phantom_root_names_the_missing_and_the_truncated_file(
         ]
     )
     assert code == 0
+    reports_dir = _run_reports(reports_dir)
     summary = _summary(reports_dir)
     problems = {p["image"]: p["problem"] for p in summary["problems"]}
     assert set(problems) == {deleted.name, truncated.name}
@@ -60,6 +66,7 @@ def test_eda_on_a_damaged_phantom_root_names_the_missing_and_the_truncated_file(
 def test_metadata_only_eda_reproduces_the_published_v2020_facts(tmp_path):
     reports_dir = tmp_path / "reports"
     assert cli_main(["reports", "--profile", "metadata", "--reports-dir", str(reports_dir)]) == 0
+    reports_dir = _run_reports(reports_dir, "metadata")  # its own folder: never mixed with a real NIH run's
     summary = _summary(reports_dir)
     facts = summary["summary"]
     assert (facts["images"], facts["patients"], facts["view PA"], facts["view AP"]) == (112_120, 30_805, 67_310, 44_810)
@@ -77,9 +84,11 @@ def test_eda_on_a_full_size_root_without_images_reports_every_film_missing(tmp_p
     from cxrutils.demo.roots import RehearsalSpec, build_rehearsal_dataset
 
     root = build_rehearsal_dataset(tmp_path / "lists_only", RehearsalSpec(with_images=False))
+    (root / "images_001.tar.gz").write_bytes(b"\x1f\x8b")  # downloaded, never unpacked: named in the report
     reports_dir = tmp_path / "reports"
     assert cli_main(["reports", "--profile", "demo", "--only", "01", "--set", f"data_root={root}",
                          "--reports-dir", str(reports_dir)]) == 0
+    reports_dir = _run_reports(reports_dir)
     summary = _summary(reports_dir)
     assert summary["summary"]["images"] == 112_120 and summary["summary"]["patients"] == 30_805
     assert summary["problem_counts"] == {"listed in the metadata, no file found": 112_120}
@@ -91,6 +100,7 @@ def test_eda_on_a_full_size_root_without_images_reports_every_film_missing(tmp_p
     assert "112,120 listed images not on disk" in summary["headline"]
     page = (reports_dir / "01_eda.html").read_text()
     assert "nothing to show" in page and "Bounding boxes" in page and "Geometry" in page
+    assert "holds image archives that were never unpacked: images_001.tar.gz" in page and "--extract-only" in page
 
 
 def test_a_split_setting_changes_the_eda_and_the_training_split_alike(tiny_phantom_root, tmp_path):
@@ -102,7 +112,7 @@ def test_a_split_setting_changes_the_eda_and_the_training_split_alike(tiny_phant
     assert cli_main(["reports", "--profile", "demo", "--only", "01", "--set", f"data_root={tiny_phantom_root}",
                          "--set", "val_fraction=0.5", "--set", "integrity_check=off",
                          "--reports-dir", str(reports_dir)]) == 0
-    shown = _summary(reports_dir)["split"]
+    shown = _summary(_run_reports(reports_dir))["split"]
     trained = training_dataset(load_train_config("demo", {"data_root": str(tiny_phantom_root),
                                                           "val_fraction": 0.5})).metadata
     default = training_dataset(load_train_config("demo", {"data_root": str(tiny_phantom_root)})).metadata

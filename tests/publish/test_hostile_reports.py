@@ -136,6 +136,7 @@ def test_notebook_05_on_a_hostile_folder_runs_lists_and_shows_only_text(tiny_run
                          "--set", f"paths=['{folder}']", "--set", "max_films_shown=2",
                          "--reports-dir", str(reports_dir)])
     assert code == 0
+    reports_dir = reports_dir / run_dir.name  # each run's reports in their own folder
     summary = json.loads((reports_dir / "05_inference" / SUMMARY_NAME).read_text())
     assert (summary["scored"], summary["refused"], summary["films_kept_in_memory"]) == (5, 7, 2)
     assert "3 more scored films are not drawn here" in (reports_dir / "05_inference.html").read_text("utf-8")
@@ -164,6 +165,7 @@ def test_the_eda_of_a_root_with_markup_in_its_metadata_and_odd_files_shows_only_
     code = cli_main(["reports", "--profile", "demo", "--only", "01_eda", "--set", f"data_root={phantom_copy}",
                          "--set", "integrity_check=quick", "--reports-dir", str(reports_dir)])
     assert code == 0
+    reports_dir = reports_dir / "demo"  # the demo profile's run
     summary = json.loads((reports_dir / "01_eda" / SUMMARY_NAME).read_text())
     problems = {p["image"]: p["problem"] for p in summary["problems"]}
     assert "FIFO" in problems[listed[2].name] and SCRIPT_NAME in problems and FORMULA_NAME in problems

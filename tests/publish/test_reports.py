@@ -198,6 +198,9 @@ def test_a_notebook_that_never_writes_its_summary_fails_the_run_and_the_later_on
     monkeypatch.setattr(reports, "notebook_paths", lambda: [quiet, later])
     reports_dir = tmp_path / "reports"
     assert cli_main(["reports", "--profile", "demo", "--reports-dir", str(reports_dir)]) == 1
+    runs_page = (reports_dir / "index.html").read_text()
+    reports_dir = reports_dir / "demo"  # the demo profile's run, listed by the index of runs
+    assert "href='demo/index.html'" in runs_page and "1 failed, 1 not run" in runs_page
     index = json.loads((reports_dir / reports.INDEX_JSON_NAME).read_text())
     assert index["01_quiet"]["status"] == "failed"
     assert SUMMARY_NAME in index["01_quiet"]["status_reason"]
@@ -205,3 +208,24 @@ def test_a_notebook_that_never_writes_its_summary_fails_the_run_and_the_later_on
     assert not (reports_dir / "02_later.html").exists() and not (reports_dir / "02_later").exists()
     page = (reports_dir / "index.html").read_text()
     assert "not run" in page and "failed" in page
+
+
+def test_a_second_run_gets_its_own_reports_folder_and_the_index_lists_both(tmp_path, monkeypatch):
+    """reports/<run name>/ per run: a second run's pages never replace the first's, and reports/index.html lists
+    each run with its statuses and headline, its names shown as text."""
+    notebook = _notebook(tmp_path / "notebooks" / "01_note.ipynb",
+                         "from cxrutils.summary import write_summary\nwrite_summary(output_dir, headline='ran')")
+    monkeypatch.setattr(reports, "notebook_paths", lambda: [notebook])
+    reports_dir = tmp_path / "reports"
+    for name in ("first", "<i>second"):
+        assert cli_main(["reports", "--profile", "demo", "--set", f"name={name}", "--reports-dir",
+                         str(reports_dir)]) == 0
+    for name in ("first", "<i>second"):
+        assert (reports_dir / name / "01_note.html").is_file()
+        assert json.loads((reports_dir / name / reports.INDEX_JSON_NAME).read_text())["01_note"]["status"] == "ok"
+        assert "href='../index.html'" in (reports_dir / name / "index.html").read_text()
+    runs_page = (reports_dir / "index.html").read_text()
+    assert "href='first/index.html'" in runs_page and "href='%3Ci%3Esecond/index.html'" in runs_page
+    assert "<i>second" not in runs_page and "&lt;i&gt;second" in runs_page and runs_page.count("1 ok") == 2
+    # Newest first: the second run's row comes before the first's.
+    assert runs_page.index("%3Ci%3Esecond") < runs_page.index("first/index.html")
