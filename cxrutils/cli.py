@@ -428,6 +428,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from cxrutils.data.film_files import ImageReadError
     from cxrutils.data.metadata import MetadataError
     from cxrutils.data.splits import PatientOverlapError
+    from cxrutils.engine.model import WeightsNotFoundError
     from cxrutils.engine.run_folder import (
         DataChangedError,
         NotATrainedRunError,
@@ -438,7 +439,8 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from cxrutils.locks import FolderLocked
 
     return (SettingsError, FolderLocked, NotATrainedRunError, DataChangedError, RunExistsError, NothingToResumeError,
-            SettingsChangedError, MetadataError, PatientOverlapError, ImageReadError, DownloadError)
+            SettingsChangedError, MetadataError, PatientOverlapError, ImageReadError, DownloadError,
+            WeightsNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

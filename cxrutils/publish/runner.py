@@ -364,6 +364,20 @@ def report_folder_name(profile: dict[str, Any]) -> str:
     return Path(run_dir).name if run_dir else profile_train_config(profile).run_dir.name
 
 
+def resolve_profile(profile_name: str, overrides: list[str] | None = None, only: list[str] | None = None,
+                    ) -> tuple[dict[str, Any], list[Path]]:
+    """The profile with its ``--set`` overrides applied, and the notebooks it runs; ``SettingsError`` when either is off.
+
+    An unknown profile, notebook, setting or parameter, or a value of the wrong type, fails
+    here, before any notebook starts.
+    """
+    profile = load_profile(profile_name)
+    notebooks = select_notebooks(profile, only or [], notebook_paths())
+    profile = apply_overrides(profile, overrides or [], parameters=_declared(notebooks) - SHARED_PARAMETERS)
+    profile_train_config(profile)  # an unknown training profile or a bad setting fails here, not in a notebook
+    return profile, notebooks
+
+
 def run_reports(
     profile_name: str,
     overrides: list[str] | None = None,
@@ -379,10 +393,7 @@ def run_reports(
     rehearsal's layout). A bad profile, setting or data root is a ``SettingsError`` (or
     ``FileNotFoundError``) before any notebook starts.
     """
-    profile = load_profile(profile_name)
-    notebooks = select_notebooks(profile, only or [], notebook_paths())
-    profile = apply_overrides(profile, overrides or [], parameters=_declared(notebooks) - SHARED_PARAMETERS)
-    profile_train_config(profile)  # an unknown training profile or a bad setting fails here, not in a notebook
+    profile, notebooks = resolve_profile(profile_name, overrides, only)
     top = resolve(reports_dir)
     run_reports_dir = resolve(into) if into is not None else top / report_folder_name(profile)
     run_reports_dir.mkdir(parents=True, exist_ok=True)

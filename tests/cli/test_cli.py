@@ -160,3 +160,18 @@ def test_resume_on_the_command_line_reaches_train(argv, resume, monkeypatch):
 
 class _Finished:
     best_epoch, best_val_auroc_mean, run_dir = 1, 0.5, "runs/x"
+
+
+def test_missing_imagenet_weights_are_one_line_naming_the_file_and_the_folder(tiny_phantom_root, tmp_path, monkeypatch,
+                                                                              capsys):
+    """The nih profile starts from ImageNet's file; offline, its absence is what to do, not a traceback."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--config", "nih", "--set", f"data_root={tiny_phantom_root}", "--set",
+                  f"runs_dir={tmp_path / 'runs'}", "--set", f"cache_dir={tmp_path / 'cache'}"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(
+        f"cxrutils train: error: ImageNet weights densenet121-a639ec97.pth not found in "
+        f"{tmp_path / 'torch' / 'hub' / 'checkpoints'}")
+    assert "Traceback" not in err

@@ -1,8 +1,8 @@
-import re
 
 import pytest
 import torch
 import torchvision
+from weights_files import write_imagenet_densenet121
 
 from cxrutils.engine.model import (
     IMAGENET_DENSENET121_FILE,
@@ -14,21 +14,8 @@ from cxrutils.engine.model import (
 )
 
 
-def _fake_imagenet_file(path):
-    """A file in torchvision's real ImageNet format: legacy 'norm.1' keys, RGB conv0, no num_batches_tracked."""
-    reference = torchvision.models.densenet121(weights=None)
-    state = {}
-    for key, value in reference.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        legacy = re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", key)
-        state[legacy] = value
-    torch.save(state, path)
-    return reference
-
-
 def test_imagenet_weights_load_with_conv0_folded_to_one_channel(tmp_path):
-    reference = _fake_imagenet_file(tmp_path / IMAGENET_DENSENET121_FILE)
+    reference = write_imagenet_densenet121(tmp_path / IMAGENET_DENSENET121_FILE)
     model = build_model("none")
     load_imagenet_features(model, tmp_path / IMAGENET_DENSENET121_FILE)
     gray = torch.rand(2, 1, 64, 64)
