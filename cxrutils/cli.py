@@ -429,6 +429,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from cxrutils.data.metadata import MetadataError
     from cxrutils.data.splits import PatientOverlapError
     from cxrutils.engine.model import WeightsNotFoundError
+    from cxrutils.engine.runtime import UncoordinatedLaunchError
     from cxrutils.engine.run_folder import (
         DataChangedError,
         NotATrainedRunError,
@@ -440,7 +441,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
     return (SettingsError, FolderLocked, NotATrainedRunError, DataChangedError, RunExistsError, NothingToResumeError,
             SettingsChangedError, MetadataError, PatientOverlapError, ImageReadError, DownloadError,
-            WeightsNotFoundError)
+            WeightsNotFoundError, UncoordinatedLaunchError)
 
 
 def main(argv: list[str] | None = None) -> int:

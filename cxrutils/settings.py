@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import inspect
 import io
+import math
 import os
 import textwrap
 import tokenize
@@ -148,7 +149,10 @@ class TrainConfig:
     plateau_patience: int = 5
     epochs: int = 20
     early_stopping_patience: int = 10  # epochs without a better mean val AUROC
-    batch_size: int = 64
+    batch_size: int = 64  # films per batch and process; a step sees batch_size x processes x grad_accumulation_steps
+    grad_accumulation_steps: int = 1  # batches per optimizer step (an epoch's last step may have fewer)
+    warmup_epochs: float = 0.0  # lr rises linearly per step, from lr/(warmup steps) to lr, over these epochs (0: none)
+    sync_batchnorm: bool = False  # torchrun on GPUs: BatchNorm statistics over all processes' batches (one: ignored)
     num_workers: int = 4
     seed: int = 0  # the training run's randomness (initialisation, shuffling, augmentation)
     amp: bool = True  # bf16 autocast on CUDA where supported, else fp16 with a GradScaler
@@ -158,6 +162,20 @@ class TrainConfig:
     limit_train_batches: int | None = None  # for smoke tests and benchmarks
     runs_dir: str = str(RUNS_DIR)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        # Here, so that a profile or a --set with an impossible value is refused before torch loads or anything is read.
+        if self.grad_accumulation_steps < 1:
+            raise SettingsError(f"grad_accumulation_steps={self.grad_accumulation_steps}: must be 1 (a step per batch) "
+                                "or more (k: one step per k batches)")
+        if not 0 <= self.warmup_epochs < math.inf:
+            raise SettingsError(f"warmup_epochs={self.warmup_epochs}: must be 0 (no warmup) or a positive number of "
+                                "epochs, e.g. 1 or 0.5")
+        # The name is a folder under runs_dir and under reports/: one plain path component, never a way out of them.
+        if (not self.name or self.name in (".", "..") or any(separator in self.name for separator in ("/", "\\"))
+                or not self.name.isprintable()):
+            raise SettingsError(f"name={self.name!r}: a run's name is one folder name (no / or \\, not . or .., "
+                                "no control characters), e.g. nih_448 or seed1")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -522,7 +540,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise SettingsError(f"--set expects KEY=VALUE, got {text!r}")
     raw_value = raw_value.strip()
-    value = yaml.safe_load(raw_value) if raw_value else ""
+    try:
+        value = yaml.safe_load(raw_value) if raw_value else ""
+    except yaml.YAMLError as err:
+        problem = str(err).splitlines()[0]
+        raise SettingsError(f"--set {key.strip()}={raw_value}: the value is not one YAML can read ({problem}); "
+                            f"quote it as text, e.g. --set '{key.strip()}=\"{raw_value}\"'") from err
     # YAML 1.1 reads on/off/yes/no as booleans; only true/false mean a boolean here.
     if isinstance(value, bool) and raw_value.lower() not in ("true", "false"):
         value = raw_value

@@ -12,6 +12,7 @@ import platform
 import random
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -32,6 +33,10 @@ OLDER_WHEELS_INDEX = "https://download.pytorch.org/whl/cu126"
 
 class GPUUnusableError(RuntimeError):
     """A GPU is there, but the installed torch cannot use it."""
+
+
+class UncoordinatedLaunchError(RuntimeError):
+    """Several processes were started without torchrun's variables: each would train alone, into one run folder."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,47 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+# What torchrun gives every process it starts; with them, the processes find each other.
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def check_coordinated_launch(environment: Mapping[str, str] = os.environ) -> None:
+    """Raise ``UncoordinatedLaunchError`` in a process that srun started as one of several tasks without torchrun.
+
+    ``srun -n 8 cxrutils train ...`` starts eight processes that know nothing of each other:
+    each would train alone on the first GPU, all into one run folder. srun gives every task of
+    a step ``SLURM_STEP_NUM_TASKS`` (the step's task count) and ``SLURM_PROCID`` (its rank).
+    The batch script runs outside any srun step: it has no step task count and rank 0, however
+    many tasks the allocation has (its ``SLURM_NTASKS``), so one training started there passes.
+    The processes torchrun starts pass too, however torchrun itself was started.
+    """
+    if all(name in environment for name in TORCHRUN_VARIABLES):
+        return
+    tasks = _whole_number(environment.get("SLURM_STEP_NUM_TASKS")) or 1
+    task = _whole_number(environment.get("SLURM_PROCID")) or 0
+    if tasks <= 1 and task == 0:
+        return
+    of_tasks = f" of {tasks}" if tasks > 1 else ""
+    raise UncoordinatedLaunchError(
+        f"srun started this process as task {task}{of_tasks} (SLURM_STEP_NUM_TASKS="
+        f"{environment.get('SLURM_STEP_NUM_TASKS', 'unset')}, SLURM_PROCID={environment.get('SLURM_PROCID', 'unset')}) "
+        f"without torchrun (not all of {', '.join(TORCHRUN_VARIABLES)} are set), so every task would train alone into "
+        "the same run "
+        "folder. Start one torchrun per node instead (it starts a process per GPU and connects them), as "
+        "`sbatch configs/slurm/train.sbatch --set data_root=...` does: srun --ntasks-per-node=1 torchrun "
+        "--nnodes=$SLURM_JOB_NUM_NODES --nproc-per-node=GPUS_PER_NODE --rdzv-backend=c10d "
+        "--rdzv-endpoint=FIRST_HOST:PORT --rdzv-id=$SLURM_JOB_ID -m cxrutils train ..."
+    )
+
+
+def _whole_number(text: str | None) -> int | None:
+    """A variable's value as an int; None when unset or unreadable, which then says nothing about the launch."""
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def start_process_group(ddp: Distributed, device: torch.device) -> None:

@@ -2,6 +2,7 @@
 
     cxrutils train --config demo [--set key=value ...]
     torchrun --nproc_per_node=N -m cxrutils train --config nih --set data_root=/data/nih
+    sbatch configs/slurm/train.sbatch --set data_root=/data/nih   (one torchrun per node)
 
 The notebook calls ``train(config)`` too. Images come from the uint8 cache;
 augmentation runs batched on the training device; validation is never augmented or
@@ -40,6 +41,7 @@ from cxrutils.engine.runtime import (
     Distributed,
     autocast_dtype,
     broadcast,
+    check_coordinated_launch,
     code_version,
     describe_runtime,
     environment,
@@ -58,7 +60,7 @@ from cxrutils.locks import folder_lock
 from cxrutils.predictions import predictions_table
 from cxrutils.profiling import mark_once, stage
 from cxrutils.progress import announce, duration_text, progress_bar
-from cxrutils.settings import TrainConfig
+from cxrutils.settings import SettingsError, TrainConfig
 from cxrutils.stats.metrics import per_class_auroc
 from cxrutils.stats.thresholds import METHODS, choose_thresholds
 
@@ -218,6 +220,33 @@ class TrainingState:
 # --------------------------------------------------------------------------- one epoch
 
 
+def accumulate_gradients(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    criterion: nn.Module,
+    scaler: torch.amp.GradScaler,
+    amp_dtype: torch.dtype | None,
+    batches_in_step: int = 1,
+) -> torch.Tensor:
+    """Forward and backward on a prepared batch, adding its share of the step's gradient; returns its (detached) loss.
+
+    The loss is divided by ``batches_in_step``, so the gradients a step sums over its
+    batches are their mean: the gradient of one batch that holds them all.
+    """
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(images)
+    loss = criterion(logits.float(), targets)
+    scaler.scale(loss / batches_in_step).backward()
+    return loss.detach()
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Apply the gradients gathered since ``zero_grad``; the fp16 scaler unscales them (and skips a step on inf)."""
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def training_step(
     model: nn.Module,
     images: torch.Tensor,
@@ -228,26 +257,44 @@ def training_step(
     amp_dtype: torch.dtype | None,
 ) -> torch.Tensor:
     """One optimisation step on a prepared batch; returns the (detached) loss."""
-    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = model(images)
-    loss = criterion(logits.float(), targets)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
+    loss = accumulate_gradients(model, images, targets, criterion, scaler, amp_dtype)
+    optimizer_step(optimizer, scaler)
+    return loss
 
 
-def training_network(model: nn.Module, ddp: Distributed, device: torch.device, compile: bool = False) -> nn.Module:
+def warmup_factor(warmup_epochs: float, progress_epochs: float) -> float:
+    """The share of the scheduled lr that the optimizer step ending ``progress_epochs`` into training uses.
+
+    Linear: the first of W warmup steps uses 1/W of the lr, the W-th the whole lr (W: the
+    steps in ``warmup_epochs``); 1 without warmup. Counted in epochs, not steps: a run resumes
+    at an epoch boundary, so it continues the ramp where it stopped, on any number of
+    processes or batches per step.
+    """
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, progress_epochs / warmup_epochs)
+
+
+def training_network(
+    model: nn.Module, ddp: Distributed, device: torch.device, compile: bool = False, sync_batchnorm: bool = False,
+) -> nn.Module:
     """What ``training_step`` calls: the model, inside DDP under torchrun, compiled around that with ``compile``.
 
     DDP averages the gradients over the processes during the backward pass, so N
     processes at batch B take the step one process takes at batch N x B on the same
     films (with BatchNorm in training mode, each process still normalises by its own
-    batch's statistics). Compiled around DDP, its all-reduce overlaps the backward pass.
+    batch's statistics, unless ``sync_batchnorm`` makes every BatchNorm layer a
+    ``SyncBatchNorm``, which normalises by all N batches). Compiled around DDP, its
+    all-reduce overlaps the backward pass. One process has nothing to synchronise:
+    ``sync_batchnorm`` changes nothing there.
     """
     network: nn.Module = model
     if ddp.enabled:
+        if sync_batchnorm:
+            # In place (the network is no BatchNorm itself): the new layers hold the model's own parameters and buffers,
+            # so the optimizer, the checkpoint's keys and validation (which uses ``model``) are unchanged.
+            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
         network = nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None)
     if compile:
@@ -267,31 +314,68 @@ def train_one_epoch(
     epoch: int,
     show_progress: bool,
 ) -> dict[str, float]:
+    """One pass over the training films: an optimizer step per ``grad_accumulation_steps`` batches, the lr warmed up.
+
+    A step's gradient is the mean over its batches (the epoch's last step may have fewer), so
+    k batches of B films take the step one batch of k x B takes, up to BatchNorm (which
+    normalises each batch by its own statistics). Under DDP only a step's last batch
+    all-reduces the gradients. The warmup scales the lr the epoch's scheduler set, step by
+    step, and gives it back when the epoch ends: the scheduler and the checkpoint never see it.
+    The progress bar counts batches, the loss and the images per second count films.
+    """
     model.train()
     amp_dtype = autocast_dtype(device, config.amp)
     # The loss stays on the device: reading it every step would make the CPU wait for the GPU each time.
     total_loss = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
     seen = 0
     batches = len(loader) if config.limit_train_batches is None else min(len(loader), config.limit_train_batches)
+    per_step = config.grad_accumulation_steps
+    steps = math.ceil(batches / per_step)  # optimizer steps this epoch, a last short one included
+    scheduled_lrs = [group["lr"] for group in optimizer.param_groups]
     started = time.perf_counter()
     # Transient: the epoch's line (``announce`` in ``train``) is what stays.
     bar = progress_bar(total=batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not show_progress,
                        leave=False, done=False)
-    for step, (pixels, targets) in enumerate(loader):
-        if step >= batches:
-            break
-        images = prepare_batch(pixels, device, config.input_size, config.channels_last, config.augment, generator)
-        targets = targets.to(device, non_blocking=True)
-        loss = training_step(model, images, targets, criterion, optimizer, scaler, amp_dtype)
-        mark_once("first training batch")
-        total_loss += loss.to(total_loss.dtype) * targets.shape[0]
-        seen += targets.shape[0]
-        bar.update()
-        if step % LOSS_SHOWN_EVERY == 0:
-            bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", refresh=False)
+    try:
+        for batch, (pixels, targets) in enumerate(loader):
+            if batch >= batches:
+                break
+            step_start = batch - batch % per_step
+            batches_in_step = min(per_step, batches - step_start)
+            ends_step = batch == step_start + batches_in_step - 1
+            if batch == step_start:
+                optimizer.zero_grad(set_to_none=True)
+            images = prepare_batch(pixels, device, config.input_size, config.channels_last, config.augment, generator)
+            targets = targets.to(device, non_blocking=True)
+            with nullcontext() if ends_step else _gradients_kept_local(model):
+                loss = accumulate_gradients(model, images, targets, criterion, scaler, amp_dtype, batches_in_step)
+            if ends_step:
+                if config.warmup_epochs > 0:
+                    factor = warmup_factor(config.warmup_epochs, epoch - 1 + (batch // per_step + 1) / steps)
+                    for group, scheduled in zip(optimizer.param_groups, scheduled_lrs):
+                        group["lr"] = scheduled * factor
+                optimizer_step(optimizer, scaler)
+            mark_once("first training batch")
+            total_loss += loss.to(total_loss.dtype) * targets.shape[0]
+            seen += targets.shape[0]
+            bar.update()
+            if batch % LOSS_SHOWN_EVERY == 0:
+                bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", refresh=False)
+    finally:
+        for group, scheduled in zip(optimizer.param_groups, scheduled_lrs):
+            group["lr"] = scheduled
     bar.close()
     elapsed = time.perf_counter() - started
     return {"train_loss": total_loss.item() / max(seen, 1), "train_images_per_second": seen / max(elapsed, 1e-9)}
+
+
+def _gradients_kept_local(network: nn.Module) -> Any:
+    """DDP's ``no_sync``: this batch's gradients stay on this process until the step's last batch all-reduces the sum.
+
+    Nothing to keep local for one process (no DDP) or a network without ``no_sync``.
+    """
+    no_sync = getattr(network, "no_sync", None)  # a compiled network finds it on the DDP module it wraps
+    return no_sync() if no_sync is not None else nullcontext()
 
 
 def validate(
@@ -354,6 +438,7 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
     the first, before it reads or writes anything there. The other ranks write nothing
     to the run folder; torchrun stops them as soon as rank 0 fails.
     """
+    check_coordinated_launch()  # before anything is read or written: srun's tasks without torchrun are refused
     ddp = Distributed.from_environment()
     writer = folder_lock(config.run_dir, purpose=f"training run {config.name!r}") if ddp.is_main else nullcontext()
     with writer:
@@ -362,6 +447,11 @@ def train(config: TrainConfig, resume: bool | str = False, dataset: NIHDataset |
 
 def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, ddp: Distributed) -> TrainResult:
     device = select_device(config.device, ddp)
+    if config.sync_batchnorm and ddp.enabled and device.type != "cuda":
+        raise SettingsError(
+            f"sync_batchnorm=true needs GPUs: torch {torch.__version__.split('+')[0]}'s SyncBatchNorm normalises only "
+            f"GPU tensors, and these {ddp.world_size} processes train on {device.type}; set sync_batchnorm=false "
+            "(each process then normalises by its own batch's statistics)")
     if device.type == "cpu" and ddp.enabled:  # processes on one machine share its cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ddp.world_size))
     if device.type == "cuda":
@@ -381,8 +471,7 @@ def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, 
     start_process_group(ddp, device)
     data = training_data(config, dataset, cache, ddp)
     if ddp.is_main:
-        announce(f"{describe_runtime(device, config.amp, config.channels_last, ddp)}; batch {config.batch_size} per "
-                 f"process ({config.batch_size * ddp.world_size} in all), lr {config.lr:g}")
+        announce(f"{describe_runtime(device, config.amp, config.channels_last, ddp)}; {_describe_step(config, ddp)}")
 
     model = model.to(device)
     if config.channels_last:
@@ -401,7 +490,7 @@ def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, 
             )
         state.load_checkpoint(checkpoint, ddp)
 
-    network = training_network(model, ddp, device, config.compile)
+    network = training_network(model, ddp, device, config.compile, config.sync_batchnorm)
     finished = state.epoch >= config.epochs or state.stale_epochs >= config.early_stopping_patience
     # A finished run reopened (the reports after a command-line training, a requeued job that had ended) keeps the
     # record of the machine that trained it: nothing is trained here, so nothing of this machine belongs in it.
@@ -426,7 +515,8 @@ def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, 
         with stage("validate", images=len(data.val_names)):
             val = validate(model, data.val_loader, val_criterion, config, device, ddp)
         val_loss, val_mean = broadcast((val["val_loss"], float(np.nanmean(val["auroc"]))) if val else None, ddp)
-        lr = state.optimizer.param_groups[0]["lr"]
+        # The lr the epoch's last step used: the scheduler's, times the warmup's share at the epoch's end.
+        lr = state.optimizer.param_groups[0]["lr"] * warmup_factor(config.warmup_epochs, epoch)
         if config.scheduler == "plateau":
             state.scheduler.step(val_loss)
         else:
@@ -451,6 +541,21 @@ def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, 
         dist.destroy_process_group()
     return TrainResult(run_dir=run_dir, best_epoch=state.best_epoch, best_val_auroc_mean=state.best_val_auroc_mean,
                        epochs_run=len(state.history))
+
+
+def _describe_step(config: TrainConfig, ddp: Distributed) -> str:
+    """"batch 32 per process (64 in all), lr 0.001", with the accumulation, warmup and SyncBatchNorm where set."""
+    films = config.batch_size * ddp.world_size
+    if config.grad_accumulation_steps == 1:
+        text = f"batch {config.batch_size} per process ({films} in all), lr {config.lr:g}"
+    else:
+        text = (f"batch {config.batch_size} per process, {config.grad_accumulation_steps} batches a step "
+                f"({films * config.grad_accumulation_steps} films a step in all), lr {config.lr:g}")
+    if config.warmup_epochs > 0:
+        text += f" after a linear warmup over {config.warmup_epochs:g} epochs"
+    if config.sync_batchnorm and ddp.enabled:
+        text += ", BatchNorm synchronised over the processes"
+    return text
 
 
 def _time_left(epoch_seconds: list[float], epochs_left: int, stale_epochs: int, config: TrainConfig) -> str:

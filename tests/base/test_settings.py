@@ -28,6 +28,7 @@ from cxrutils.settings import (
     describe_settings,
     load_profile,
     load_train_config,
+    parse_override,
     profile_train_config,
     set_setting,
     settings_table,
@@ -173,7 +174,8 @@ NOTEBOOK_SETTINGS = {
     "04_txv_comparison": (ComparisonSettings, {"txv_max_images": "max_images"},
                           {"train_profile", "settings", "output_dir", "use_random_txv_weights_for_testing"}),
     "05_inference": (InferenceSettings, {},
-                     {"train_profile", "settings", "output_dir", "paths", "n_films", "film_seed", "max_films_shown"}),
+                     {"train_profile", "settings", "output_dir", "paths", "n_films", "film_seed", "max_films_shown",
+                      "run_dir", "with_training_films"}),
 }
 
 
@@ -315,3 +317,40 @@ def test_every_training_setting_is_read_as_its_type_or_refused(key):
     if kind != "str":
         with pytest.raises(SettingsError, match=re.escape(key)):
             load_train_config("tiny", [f"{key}=[1, 2]"])
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("grad_accumulation_steps=0", "grad_accumulation_steps=0: must be 1"),
+    ("grad_accumulation_steps=-2", "grad_accumulation_steps=-2: must be 1"),
+    ("warmup_epochs=-0.5", "warmup_epochs=-0.5: must be 0"),
+    ("warmup_epochs=.inf", "warmup_epochs=inf: must be 0"),
+    ("warmup_epochs=.nan", "warmup_epochs=nan: must be 0"),
+])
+def test_an_impossible_accumulation_or_warmup_is_refused_naming_the_setting(override, named):
+    with pytest.raises(SettingsError, match=re.escape(named)):
+        load_train_config("tiny", [override])
+    with pytest.raises(SettingsError, match=re.escape(named)):  # made in code, as a notebook does
+        key, value = settings.parse_override(override)
+        settings.TrainConfig(**{key: value})
+
+
+def test_the_cluster_settings_default_to_training_as_before():
+    """One step per batch, no warmup, each process's own BatchNorm: what every run did before they existed."""
+    config = settings.TrainConfig()
+    assert (config.grad_accumulation_steps, config.warmup_epochs, config.sync_batchnorm) == (1, 0, False)
+    table = describe_settings("train")
+    assert "grad_accumulation_steps = 1" in table and "warmup_epochs = 0.0" in table
+    assert "sync_batchnorm = False" in table
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "a\\b", "..", ".", "", "tab\there"])
+def test_a_run_name_that_is_not_one_folder_name_is_refused(name):
+    """The name is a folder under runs_dir and under reports/: '../x' would write outside both."""
+    with pytest.raises(SettingsError, match="one folder name"):
+        load_train_config("tiny", {"name": name})
+
+
+@pytest.mark.parametrize("text", ["weights_dir=...", "paths=[unclosed", "lr={"])
+def test_a_set_value_yaml_cannot_read_is_a_settings_error_that_says_to_quote_it(text):
+    with pytest.raises(SettingsError, match="quote it as text"):
+        parse_override(text)

@@ -1,7 +1,8 @@
-"""The training engine on tiny phantom data: run folder, resume, determinism, DDP, missing weights."""
+"""The training engine on tiny phantom data: run folder, resume, determinism, DDP, accumulation, warmup, weights."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -555,3 +556,178 @@ def test_reopening_a_finished_run_keeps_the_record_of_the_machine_that_trained_i
     before = record_path.read_bytes()
     result = train(config, resume="auto")
     assert result.epochs_run == 1 and record_path.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- gradient accumulation and warmup
+
+
+class _ConvNetWithoutBatchNorm(torch.nn.Module):
+    """A small network whose gradient does not depend on which films share a batch (no BatchNorm), with DDP's
+    ``no_sync`` as a stand-in that records which batches ran inside it. In float64, so that summing a gradient over
+    one batch or over two leaves differences far below any a wrong step would make."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                          torch.nn.Flatten(), torch.nn.Linear(4, len(FINDINGS))).double()
+        self.syncing = True
+        self.synced_batches: list[bool] = []
+
+    def forward(self, images):
+        self.synced_batches.append(self.syncing)
+        return self.layers(images.double())
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = True
+
+
+def _film_batches(sizes: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of the same 32 px films (uint8, as the cache serves them) and labels, cut to ``sizes``."""
+    generator = torch.Generator().manual_seed(1)
+    films = sum(sizes)
+    pixels = torch.randint(0, 256, (films, 1, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = (torch.rand(films, len(FINDINGS), generator=generator) < 0.3).float()
+    return list(zip(pixels.split(sizes), labels.split(sizes)))
+
+
+def _one_epoch(batches, config, optimizer_lr: float = 0.5, epoch: int = 1, scheduler_steps: tuple = ()) -> dict:
+    """``train_one_epoch`` on ``batches`` with SGD (its step is proportional to the gradient) and an fp16-style
+    scaler; what each optimizer step saw: its lr and gradients, and the weights, lr and bar after the epoch."""
+    from cxrutils.engine import train as train_module
+
+    model = _ConvNetWithoutBatchNorm()
+    optimizer = torch.optim.SGD(model.parameters(), lr=optimizer_lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=0)
+    for val_loss in scheduler_steps:
+        scheduler.step(val_loss)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)  # power-of-two scale: unscaling is exact
+    steps, updates, bars = [], [], []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: steps.append({
+        "lr": opt.param_groups[0]["lr"], "gradients": [p.grad.clone() for p in model.parameters()]}))
+    real_update = scaler.update
+    scaler.update = lambda *args: updates.append(1) or real_update(*args)
+    real_bar = train_module.progress_bar
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "progress_bar", lambda **kwargs: bars.append(real_bar(**kwargs)) or bars[-1])
+        stats = train_module.train_one_epoch(model, batches, torch.nn.BCEWithLogitsLoss(), optimizer, scaler, config,
+                                             torch.device("cpu"), torch.Generator(), epoch, show_progress=True)
+    return {"steps": steps, "scaler_updates": len(updates), "weights": [p.detach() for p in model.parameters()],
+            "train_loss": stats["train_loss"], "synced_batches": model.synced_batches, "bar": (bars[0].n, bars[0].total),
+            "lr_after": optimizer.param_groups[0]["lr"], "scheduler": scheduler.state_dict()}
+
+
+def _epoch_config(**overrides):
+    identity = {"augment.rotation_degrees": 0, "augment.scale_min": 1, "augment.scale_max": 1,
+                "augment.translate_fraction": 0, "augment.hflip_probability": 0}
+    return load_train_config("tiny", {"input_size": 32, "limit_train_batches": None, "data_root": "unused",
+                                      **identity, **overrides})
+
+
+def test_k_batches_accumulated_take_the_step_one_batch_of_k_times_as_many_films_takes():
+    """Five batches of 4 films, 2 per step: the steps (lr, gradient, weights after) equal those of batches of 8, 8
+    and 4 films, one per step, up to BatchNorm (this network has none: with it, each batch normalises by its own
+    statistics). The epoch's last, short step still steps; the fp16 scaler steps once per step; only each step's last
+    batch synchronises the processes' gradients (DDP's no_sync on the others); the bar counts batches."""
+    accumulated = _one_epoch(_film_batches([4] * 5), _epoch_config(batch_size=4, grad_accumulation_steps=2))
+    films = _film_batches([4] * 5)
+    together = [(torch.cat([p for p, _ in films[i:i + 2]]), torch.cat([t for _, t in films[i:i + 2]]))
+                for i in (0, 2, 4)]
+    assert [len(t) for _, t in together] == [8, 8, 4]
+    one_batch_per_step = _one_epoch(together, _epoch_config(batch_size=8))
+
+    assert len(accumulated["steps"]) == len(one_batch_per_step["steps"]) == 3
+    assert accumulated["scaler_updates"] == one_batch_per_step["scaler_updates"] == 3
+    for step, (mine, reference) in enumerate(zip(accumulated["steps"], one_batch_per_step["steps"])):
+        assert mine["lr"] == reference["lr"] == 0.5
+        for gradient, expected in zip(mine["gradients"], reference["gradients"]):
+            scale = expected.abs().max().item()  # the loss is float32: errors relative to the tensor
+            torch.testing.assert_close(gradient, expected, rtol=0, atol=1e-6 * scale, msg=f"step {step + 1}")
+    for weight, expected in zip(accumulated["weights"], one_batch_per_step["weights"]):
+        torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-9)
+    assert accumulated["train_loss"] == pytest.approx(one_batch_per_step["train_loss"], rel=1e-6)  # a mean over films
+    assert accumulated["synced_batches"] == [False, True, False, True, True]
+    assert one_batch_per_step["synced_batches"] == [True, True, True]
+    assert accumulated["bar"] == (5, 5) and one_batch_per_step["bar"] == (3, 3)
+
+
+
+def test_warmup_scales_the_lr_the_epoch_scheduler_set_step_by_step_and_gives_it_back():
+    """ReduceLROnPlateau (per epoch, on the validation loss) has cut the lr to a tenth; epoch 2 of a 4-epoch warmup
+    with three optimizer steps (5 batches, 2 per step) uses a tenth of lr x (1 + j/3)/4 at its j-th step. After the
+    epoch the optimizer holds the scheduler's lr again, exactly: the scheduler and the checkpoint never see the ramp."""
+    lr = 0.5
+    run = _one_epoch(_film_batches([4] * 5), _epoch_config(batch_size=4, grad_accumulation_steps=2, warmup_epochs=4),
+                     optimizer_lr=lr, epoch=2, scheduler_steps=(1.0, 2.0))
+    reduced = lr * 0.1
+    assert run["scheduler"]["_last_lr"] == [pytest.approx(reduced)]  # the plateau really did cut it
+    expected = [reduced * (1 + j / 3) / 4 for j in (1, 2, 3)]
+    assert [step["lr"] for step in run["steps"]] == pytest.approx(expected, rel=1e-12)
+    assert run["lr_after"] == run["scheduler"]["_last_lr"][0]
+
+
+def test_warmup_raises_the_lr_linearly_per_step_and_a_resumed_run_continues_the_ramp(tiny_phantom_root, tmp_path,
+                                                                                      monkeypatch):
+    """Warmup over 2.5 epochs of 3 steps: step n (counted from the run's start) uses lr x min(1, n / 7.5). A run
+    killed in epoch 2 and resumed goes on from epoch 2's first step (n = 4), not from the ramp's start; the history's
+    lr is each epoch's last step's; the checkpoint keeps the scheduler's lr, unwarmed."""
+    config = _config(tiny_phantom_root, tmp_path, name="warm", epochs=3, warmup_epochs=2.5)
+    steps_per_epoch = config.limit_train_batches
+    assert steps_per_epoch == 3 and config.scheduler == "plateau"
+
+    def expected(n: int) -> float:
+        return config.lr * min(1.0, n / (config.warmup_epochs * steps_per_epoch))
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    used_lrs: list[float] = []
+    hook = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: used_lrs.append(optimizer.param_groups[0]["lr"]))
+    try:
+        calls = {"n": 0}
+        real_affine = network_input.random_affine
+
+        def dying_affine(*args, **kwargs):  # augmentation runs once per batch: call 5 is batch 2 of epoch 2
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt("simulated kill")
+            return real_affine(*args, **kwargs)
+
+        monkeypatch.setattr(network_input, "random_affine", dying_affine)
+        with pytest.raises(KeyboardInterrupt):
+            train(config)
+        monkeypatch.setattr(network_input, "random_affine", real_affine)
+        assert used_lrs == pytest.approx([expected(n) for n in (1, 2, 3, 4)], rel=1e-12)
+        assert _checkpoint(config.run_dir)["epoch"] == 1
+
+        used_lrs.clear()
+        train(config, resume=True)
+    finally:
+        hook.remove()
+    assert used_lrs == pytest.approx([expected(n) for n in range(4, 10)], rel=1e-12)
+    assert run_folder.read_history(config.run_dir)["lr"].tolist() == pytest.approx(
+        [expected(3), expected(6), expected(9)], rel=1e-12)
+    assert expected(9) == config.lr
+    checkpoint = _checkpoint(config.run_dir)
+    assert [group["lr"] for group in checkpoint["optimizer"]["param_groups"]] == [config.lr]
+    assert checkpoint["scheduler"]["_last_lr"] == [config.lr]
+
+
+def test_a_run_saved_before_the_cluster_settings_existed_resumes_with_their_defaults_only(tmp_path):
+    """Its checkpoint's settings have no grad_accumulation_steps, warmup_epochs or sync_batchnorm: they count as the
+    defaults (how it trained), so it resumes with them, and with any other value is refused, naming the setting."""
+    from cxrutils.engine.train import check_same_settings
+
+    config = load_train_config("tiny", {"data_root": "/data", "runs_dir": str(tmp_path)})
+    new = ("grad_accumulation_steps", "warmup_epochs", "sync_batchnorm")
+    saved = {key: value for key, value in config.to_dict().items() if key not in new}
+    check_same_settings(saved, config)  # raises nothing
+    for key, value in zip(new, (2, 1.0, True)):
+        with pytest.raises(run_folder.SettingsChangedError, match=key):
+            check_same_settings(saved, load_train_config("tiny", {"data_root": "/data", "runs_dir": str(tmp_path),
+                                                                  key: value}))
