@@ -17,6 +17,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import Any
@@ -25,6 +26,27 @@ import numpy as np
 import pandas as pd
 
 from cxrutils.text import from_spreadsheet, printable, spreadsheet_safe
+
+
+def atomic_same_file(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Make ``path`` hold what ``source`` holds, at once: a hard link where the file system has them, else a copy.
+
+    The name is switched by a rename, like ``atomic_write``: a reader sees the old file or
+    the new one. Every later ``atomic_write`` of either name makes a new file, so the two
+    part again without one changing the other.
+    """
+    path = Path(path)
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}"
+    try:
+        os.link(source, temporary)
+    except OSError:  # no hard links here (some network and FAT file systems), or another device: copy it
+        return atomic_write(path, lambda target: shutil.copyfile(source, target))
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], durable: bool = False) -> Path:

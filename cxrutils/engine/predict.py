@@ -58,11 +58,13 @@ def predict_logits(
         images = prepare_batch(pixels, device, input_size, channels_last)
         views = (images, images.flip(-1)) if mirrored else (images,)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            batches.append(torch.stack([model(view).float() for view in views]).cpu())
+            # Kept on the device: a .cpu() per batch would wait for the GPU at every batch. 14 logits a film are
+            # 5.6 MB for 100,000 films, copied once at the end.
+            batches.append(torch.stack([model(view).float() for view in views]))
         labels.append(targets)
         bar.update(len(targets))
     bar.close()
-    return torch.cat(batches, dim=1), torch.cat(labels)
+    return torch.cat(batches, dim=1).cpu(), torch.cat(labels)
 
 
 def probabilities_of(logits: torch.Tensor) -> np.ndarray:

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from scipy.special import expit
 from torch import nn
 
+from cxrutils import files
 from cxrutils.data.cache import ImageCache
 from cxrutils.data.dataset import NIHDataset
 from cxrutils.engine import run_folder
@@ -622,13 +623,22 @@ def _save_epoch(
     run_dir: Path, state: TrainingState, config: TrainConfig, rng: list[Any], cache_fingerprint: str, improved: bool,
     val_rows: pd.DataFrame, val: dict[str, Any] | None,
 ) -> None:
-    """The best checkpoint and its validation outputs when improved, then the last checkpoint and the history."""
+    """The best checkpoint and its validation outputs when improved, then the last checkpoint and the history.
+
+    The checkpoint is serialised and written once: when the epoch improved, the last
+    checkpoint is the best one's file under a second name (a hard link, or a copy where
+    the file system has none). Rank 0 writes while the other ranks wait at the barrier,
+    so a second 85 MB write would be the epoch tail of every GPU.
+    """
     checkpoint = state.to_checkpoint(config, rng, cache_fingerprint)
+    last, best = run_dir / run_folder.LAST_CHECKPOINT, run_dir / run_folder.BEST_CHECKPOINT
     if improved:
-        run_folder.save_checkpoint(run_dir / run_folder.BEST_CHECKPOINT, checkpoint)
+        run_folder.save_checkpoint(best, checkpoint)
         assert val is not None  # rank 0 validates
         _write_validation_outputs(run_dir, val_rows, val)
-    run_folder.save_checkpoint(run_dir / run_folder.LAST_CHECKPOINT, checkpoint)  # written last: the epoch is done
+        files.atomic_same_file(best, last)  # written last: the epoch is done
+    else:
+        run_folder.save_checkpoint(last, checkpoint)  # written last: the epoch is done
     run_folder.write_history(run_dir, state.history)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -174,6 +175,8 @@ def test_the_best_checkpoint_and_its_validation_outputs_are_those_of_the_epoch_w
     best = run_folder.load_checkpoint(run_dir / run_folder.BEST_CHECKPOINT)
     assert best["epoch"] == 1 and best["best_val_auroc_mean"] == pytest.approx(0.83)
     assert _checkpoint(run_dir)["epoch"] == 2 and _checkpoint(run_dir)["best_epoch"] == 1
+    # The last checkpoint of a better epoch is the best one's file (one write); a later epoch's write parts them.
+    assert not os.path.samefile(run_dir / run_folder.BEST_CHECKPOINT, run_dir / run_folder.LAST_CHECKPOINT)
 
     predictions = run_folder.read_predictions(run_dir, "val")
     labels = predictions[list(FINDINGS)].to_numpy()
@@ -210,6 +213,27 @@ def test_the_best_checkpoint_and_its_validation_outputs_are_those_of_the_epoch_w
         candidates = np.unique(s)
         assert youden(as_written(thresholds["youden"][finding])) == pytest.approx(max(map(youden, candidates)))
         assert f1(as_written(thresholds["max_f1"][finding])) == pytest.approx(max(map(f1, candidates)))
+
+
+def test_an_epoch_that_improves_writes_its_checkpoint_once_under_both_names(tiny_phantom_root, tmp_path, monkeypatch):
+    """Rank 0 writes while every other rank waits: the best and the last checkpoint of an improving epoch are one
+    file (a hard link), and the run resumes from it as from any last checkpoint."""
+    import cxrutils.engine.train as train_module
+
+    scripted = iter([0.61, 0.83, 0.90])
+    monkeypatch.setattr(train_module, "per_class_auroc", lambda labels, scores: np.full(len(FINDINGS),
+                                                                                        next(scripted)))
+    saves = []
+    real_save = run_folder.save_checkpoint
+    monkeypatch.setattr(run_folder, "save_checkpoint", lambda path, state: saves.append(path.name) or
+                        real_save(path, state))
+    config = _config(tiny_phantom_root, tmp_path, epochs=2)
+    result = train(config)
+    best, last = result.run_dir / run_folder.BEST_CHECKPOINT, result.run_dir / run_folder.LAST_CHECKPOINT
+    assert os.path.samefile(best, last) and run_folder.load_checkpoint(last)["epoch"] == 2
+    assert saves == [run_folder.BEST_CHECKPOINT] * 2  # two epochs, each improved: one serialisation each
+    train(dataclasses.replace(config, epochs=3), resume=True)
+    assert run_folder.load_checkpoint(last)["epoch"] == 3 and run_folder.load_checkpoint(best)["epoch"] == 3
 
 
 def test_resume_refuses_changed_settings_a_missing_checkpoint_and_changed_images_and_auto_starts_or_returns(
