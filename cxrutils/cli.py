@@ -429,7 +429,6 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from cxrutils.data.metadata import MetadataError
     from cxrutils.data.splits import PatientOverlapError
     from cxrutils.engine.model import WeightsNotFoundError
-    from cxrutils.engine.runtime import UncoordinatedLaunchError
     from cxrutils.engine.run_folder import (
         DataChangedError,
         NotATrainedRunError,
@@ -437,6 +436,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
         RunExistsError,
         SettingsChangedError,
     )
+    from cxrutils.engine.runtime import UncoordinatedLaunchError
     from cxrutils.locks import FolderLocked
 
     return (SettingsError, FolderLocked, NotATrainedRunError, DataChangedError, RunExistsError, NothingToResumeError,
