@@ -12,7 +12,7 @@ HEAVY_PINS := $(shell sed -n 's/^ *"\(torch[a-z]*==[^"]*\)".*/\1/p' pyproject.to
 PROFILE ?= demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reports metadata-report test bench gpu-check mutation rehearsal lab clean-reports clean-demo clean-rehearsal
+.PHONY: help install demo reports metadata-report test bench gpu-check mutation rehearsal lab tensorboard clean-reports clean-demo clean-rehearsal
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -56,6 +56,10 @@ gpu-check: $(INSTALLED)  ## on a GPU box: benchmark, train, kill and resume, tor
 
 lab: $(INSTALLED)  ## open JupyterLab on notebooks/ with the project's kernel
 	$(VENV)/bin/jupyter lab notebooks/
+
+RUN ?= runs/demo
+tensorboard: $(INSTALLED)  ## follow a run's training live: make tensorboard RUN=runs/nih (http://localhost:6006)
+	$(VENV)/bin/tensorboard --logdir $(RUN)/tensorboard
 
 clean-reports:  ## delete generated reports: every run's folder, the inference results, the index
 	rm -rf reports/*.html reports/*.ipynb reports/index.json reports/[0-9][0-9]_*/ reports/inference/

@@ -160,6 +160,7 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"  # "auto" (cuda, then mps, then cpu), or a torch device string
     limit_train_batches: int | None = None  # for smoke tests and benchmarks
+    tensorboard: bool = True  # rank 0 writes each epoch's scalars and an augmented batch to <run>/tensorboard/
     runs_dir: str = str(RUNS_DIR)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

@@ -56,6 +56,7 @@ from cxrutils.engine.runtime import (
     share_main_buffers,
     start_process_group,
 )
+from cxrutils.engine.tensorboard_log import TrainingBoard
 from cxrutils.labels import FINDINGS
 from cxrutils.locks import folder_lock
 from cxrutils.predictions import predictions_table
@@ -68,7 +69,8 @@ from cxrutils.stats.thresholds import METHODS, choose_thresholds
 # The progress bar's running loss is read from the device this often (each read waits for the GPU).
 LOSS_SHOWN_EVERY = 25
 # Settings that may differ when a run is resumed (they do not change what is learned).
-RESUMABLE_CHANGES = {"num_workers", "epochs", "early_stopping_patience", "device", "runs_dir", "cache_dir", "compile"}
+RESUMABLE_CHANGES = {"num_workers", "epochs", "early_stopping_patience", "device", "runs_dir", "cache_dir", "compile",
+                     "tensorboard"}
 
 
 # --------------------------------------------------------------------------- what the run trains on
@@ -498,6 +500,12 @@ def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, 
     if ddp.is_main and not (resume and finished):
         _write_run_record(run_dir, config, dataset, cache, data, device, ddp, pos_weight)
 
+    # Rank 0 only; events an interrupted process wrote after its last checkpoint are dropped (purge from the epoch on).
+    board = TrainingBoard(run_dir, enabled=config.tensorboard and ddp.is_main and not finished,
+                          first_epoch=state.epoch + 1)
+    if board.enabled:
+        images, _ = _augmented_images(config, cache, data.train_names[:8])
+        board.augmented_batch(images, state.epoch + 1)
     generator = torch.Generator(device=device)
     epoch_seconds: list[float] = []  # this process's epochs (not a resumed run's earlier ones): the time-left estimate
     for epoch in range(state.epoch + 1, config.epochs + 1):
@@ -531,6 +539,7 @@ def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, 
         if ddp.is_main:
             with stage("checkpoint"):
                 _save_epoch(run_dir, state, config, rng, cache.fingerprint, improved, data.val_rows, val)
+            board.epoch(row)
             epoch_seconds.append(row["epoch_seconds"])
             announce(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
                      f"val AUROC {val_mean:.4f}{' (best)' if improved else ''}, "
@@ -538,6 +547,7 @@ def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, 
                      live=_time_left(epoch_seconds, config.epochs - epoch, state.stale_epochs, config))
         if ddp.enabled:
             dist.barrier()
+    board.close()
     if ddp.enabled:
         dist.destroy_process_group()
     return TrainResult(run_dir=run_dir, best_epoch=state.best_epoch, best_val_auroc_mean=state.best_val_auroc_mean,
@@ -688,9 +698,13 @@ def augmented_sample(
     dataset = dataset or training_dataset(config)
     cache = open_training_cache(config, dataset)
     train_names = dataset.images_in("train")
-    names = train_names[train_names.isin(cache.usable_names)][:count].tolist()
-    pixels = torch.from_numpy(np.asarray(cache.pixels[cache.rows(names)]))[:, None]
+    return _augmented_images(config, cache, train_names[train_names.isin(cache.usable_names)][:count].tolist())
+
+
+def _augmented_images(config: TrainConfig, cache: ImageCache, names: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """``names``' films of the cache after the run's augmentation (seeded by the run's seed), in [0, 1]."""
+    pixels = torch.from_numpy(np.asarray(cache.pixels[cache.rows(list(names))]))[:, None]
     generator = torch.Generator().manual_seed(config.seed)
     images = prepare_batch(pixels, torch.device("cpu"), config.input_size, False, config.augment, generator)
-    return denormalize(images), names
+    return denormalize(images), list(names)
 
