@@ -1,14 +1,17 @@
 """Grad-CAM (Selvaraju et al. 2017): where in a film the network found a finding.
 
-``gradcam`` works on the model's ``gradcam_layer`` or any dense block, from a forward
-hook and ``autograd.grad``, so no parameter's ``.grad`` is touched. Evaluation (maps
-against the radiologists' boxes) and inference (overlays on new films) both use it;
-``gradcam_layer_for`` picks the block whose grid is fine enough at an input size.
+``gradcam_per_film`` works on the model's ``gradcam_layer`` or any dense block, from a
+forward hook and ``autograd.grad``, so no parameter's ``.grad`` is touched; each film
+goes through the network once for all the findings asked of it (``gradcam``: one
+finding per image). Evaluation (maps against the radiologists' boxes) and inference
+(overlays on new films) both use it; ``gradcam_layer_for`` picks the block whose grid
+is fine enough at an input size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +23,9 @@ from cxrutils.labels import FINDINGS
 AUTO_GRADCAM_LAYER = "auto"
 # Grad-CAM on a grid coarser than this cannot point anywhere: its upsampled maximum is a quadrant.
 MIN_GRADCAM_GRID = 4
+# Input pixels per Grad-CAM pass (16 films at 224 px, one at 1024 px; small inputs share a pass): the
+# forward's activations and the autograd record above the Grad-CAM layer grow with the films in a pass.
+GRADCAM_PIXELS_PER_PASS = 16 * 224 * 224
 
 
 def gradcam_layer_for(input_size: int, requested: str = AUTO_GRADCAM_LAYER) -> str:
@@ -59,36 +65,102 @@ def gradcam(
     runs in eval mode (BatchNorm statistics fixed, so images do not influence each
     other) and is put back in its previous mode afterwards. Each map is scaled to
     [0, 1] by its own min and max; a flat map (no positive evidence, or a
-    1 x 1 activation from a too-small input) is all zeros.
+    1 x 1 activation from a too-small input) is all zeros. Several findings of one
+    film: ``gradcam_per_film``, which runs the film through the network once.
+    """
+    if isinstance(class_index, (int, str)):
+        targets = [finding_index(class_index)] * images.shape[0]
+    else:
+        targets = [finding_index(c) for c in class_index]
+    return gradcam_per_film(model, images, [[target] for target in targets], layer=layer,
+                            films_per_pass=max(1, len(images)))
+
+
+def gradcam_films_per_pass(input_size: int, pixels_per_pass: int = GRADCAM_PIXELS_PER_PASS) -> int:
+    """How many films of ``input_size``² share one Grad-CAM pass within ``pixels_per_pass`` input pixels."""
+    return max(1, pixels_per_pass // input_size**2)
+
+
+def gradcam_per_film(
+    model: nn.Module,
+    images: torch.Tensor,
+    findings: Sequence[Sequence[int | str]],
+    layer: nn.Module | None = None,
+    films_per_pass: int | None = None,
+) -> torch.Tensor:
+    """Grad-CAM of every finding asked of every film: (P, H, W) in [0, 1], like ``gradcam``'s maps.
+
+    ``findings[i]`` lists the findings (indices or names) wanted for ``images[i]``; row p
+    is the p-th (film, finding) pair of ``findings`` flattened, and a film with none adds
+    no row and is not run. Each film goes through the network once, however many
+    findings it has: the layer's activation is kept by a forward hook, and round j
+    backpropagates a one-hot at (film i, its j-th finding) for every film at once.
+    That gives each film its own gradient because the films of a pass are independent
+    (eval-mode BatchNorm; nothing in the network mixes the batch). A pass costs one
+    forward and, above the layer only, as many backwards as its films' most findings;
+    only that part is recorded for autograd. ``films_per_pass`` bounds a pass's memory
+    (default: ``gradcam_films_per_pass`` at the images' size).
     """
     layer = layer if layer is not None else getattr(model, "gradcam_layer", None)
     if not isinstance(layer, nn.Module):
         raise TypeError(f"{type(model).__name__} has no gradcam_layer module to take Grad-CAM on")
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, H, W); got shape {tuple(images.shape)}")
-    if isinstance(class_index, (int, str)):
-        targets = torch.full((images.shape[0],), finding_index(class_index), dtype=torch.long)
-    else:
-        targets = torch.as_tensor([finding_index(c) for c in class_index], dtype=torch.long)
+    if len(findings) != images.shape[0]:
+        raise ValueError(f"need one list of findings per image: {images.shape[0]} images, {len(findings)} lists")
+    wanted = [[finding_index(finding) for finding in film] for film in findings]
+    films = [i for i, film in enumerate(wanted) if film]
+    per_pass = gradcam_films_per_pass(max(images.shape[-2:])) if films_per_pass is None else films_per_pass
+    if per_pass < 1:
+        raise ValueError(f"films_per_pass must be at least 1, got {per_pass}")
+    maps = [
+        _gradcam_pass(model, layer, images[films[start : start + per_pass]],
+                      [wanted[i] for i in films[start : start + per_pass]])
+        for start in range(0, len(films), per_pass)
+    ]
+    return torch.cat(maps) if maps else images.new_zeros((0, *images.shape[-2:]), dtype=torch.float32)
+
+
+def _gradcam_pass(model: nn.Module, layer: nn.Module, images: torch.Tensor, wanted: list[list[int]]) -> torch.Tensor:
+    """``gradcam_per_film`` on one pass's films, each with at least one finding."""
     captured: list[torch.Tensor] = []
-    hook = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
+
+    def keep_activation(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        # Below the layer the network runs without autograd; from this activation on it is recorded,
+        # so the backward and its memory cover only the part above the layer. A fresh leaf also
+        # has a gradient when every parameter is frozen.
+        activation = output.detach().requires_grad_(True)
+        captured.append(activation)
+        torch.set_grad_enabled(True)
+        return activation
+
+    hook = layer.register_forward_hook(keep_activation)
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
-            # A leaf that needs a gradient, so the hooked activation has one even when
-            # every parameter is frozen.
-            inputs = images.detach().float().requires_grad_(True)
-            logits = model(inputs)
-            activation = captured[-1]
-            chosen = logits.gather(1, targets.to(logits.device)[:, None]).sum()
-            (gradient,) = torch.autograd.grad(chosen, activation)
+        with torch.no_grad():  # on exit the caller's grad mode is back, whatever the hook set
+            logits = model(images.detach().float())
+        if not captured:
+            raise ValueError(f"the Grad-CAM layer ({type(layer).__name__}) is not run by {type(model).__name__}")
+        activation = captured[-1]
+        pair_round = torch.tensor([j for film in wanted for j in range(len(film))])
+        pair_film = torch.tensor([i for i, film in enumerate(wanted) for _ in film])
+        rounds = int(pair_round.max()) + 1
+        # Round j's one-hot: (film i, its j-th finding) for every film that has one.
+        selections = torch.zeros((rounds, *logits.shape), dtype=logits.dtype)
+        selections[pair_round, pair_film, torch.tensor([f for film in wanted for f in film])] = 1
+        selections = selections.to(logits.device)
+        weights = []  # alpha_k per round, (films, channels): the pooled gradient of each film's j-th finding
+        for j in range(rounds):
+            (gradient,) = torch.autograd.grad(logits, activation, selections[j], retain_graph=j < rounds - 1)
+            weights.append(gradient.float().mean(dim=(2, 3)))
     finally:
         hook.remove()
         model.train(was_training)
-    weights = gradient.float().mean(dim=(2, 3), keepdim=True)  # alpha_k: pooled gradient per channel
-    cam = F.relu((weights * activation.detach().float()).sum(dim=1, keepdim=True))
+    pair_round, pair_film = pair_round.to(activation.device), pair_film.to(activation.device)
+    pair_weights = torch.stack(weights)[pair_round, pair_film][:, :, None, None]
+    cam = F.relu((pair_weights * activation.detach()[pair_film].float()).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     low = cam.amin(dim=(1, 2), keepdim=True)
     span = cam.amax(dim=(1, 2), keepdim=True) - low
-    return torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), torch.zeros_like(cam)).detach()
+    return torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), torch.zeros_like(cam))

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,8 @@ from torch import nn
 
 from cxrutils.data.bboxes import boxes_in_stored_frame
 from cxrutils.data.images import image_header
-from cxrutils.engine.gradcam import finding_index, gradcam
+from cxrutils.engine.gradcam import finding_index, gradcam_per_film
+from cxrutils.engine.gradcam import gradcam as gradcam  # re-exported: localization.gradcam, as documented above
 from cxrutils.engine.network_input import prepare_batch
 from cxrutils.labels import FINDINGS
 from cxrutils.progress import progress_bar
@@ -234,23 +236,35 @@ def box_heatmaps(
 
     Pixels come from the image cache (``cxrutils.data.cache.ImageCache``) through the same
     ``prepare_batch`` as training and prediction, so the heatmap is in the square
-    model frame that ``boxes_to_heatmap`` maps boxes into.
+    model frame that ``boxes_to_heatmap`` maps boxes into. Each image goes through the
+    network once for all its boxed findings (``gradcam_per_film``), ``batch_size``
+    images per pass; boxes of the same image and finding share one map.
     """
     device = torch.device(device)
     model = model.to(device)
     pixels = cache.pixels
-    rows = cache.rows(boxes["image"].tolist())
-    classes = [finding_index(f) for f in boxes["finding"]]
+    keys = list(zip(boxes["image"], [finding_index(f) for f in boxes["finding"]]))
+    wanted: dict[str, list[int]] = {}  # image -> its boxed findings, each once, in order of first box
+    for image, finding in keys:
+        if finding not in wanted.setdefault(image, []):
+            wanted[image].append(finding)
+    images = list(wanted)
+    position = {pair: p for p, pair in enumerate((image, f) for image in images for f in wanted[image])}
+    boxes_on = Counter(image for image, _ in keys)
+    rows = cache.rows(images)
     maps = []
     bar = progress_bar(total=len(boxes), desc=desc, unit="map", done=f"{desc}: {{n:,}} heatmaps")
-    for start in range(0, len(boxes), batch_size):
-        chunk = rows[start : start + batch_size]
-        batch = torch.from_numpy(np.asarray(pixels[chunk]))[:, None]
-        images = prepare_batch(batch, device, input_size, channels_last=False)
-        maps.append(gradcam(model, images, classes[start : start + batch_size], layer=layer).cpu().numpy())
-        bar.update(len(chunk))
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        batch = torch.from_numpy(np.asarray(pixels[rows[start : start + batch_size]]))[:, None]
+        inputs = prepare_batch(batch, device, input_size, channels_last=False)
+        found = [wanted[image] for image in chunk]
+        maps.append(gradcam_per_film(model, inputs, found, layer=layer, films_per_pass=batch_size).cpu().numpy())
+        bar.update(sum(boxes_on[image] for image in chunk))
     bar.close()
-    return np.concatenate(maps) if maps else np.zeros((0, input_size, input_size))
+    if not maps:
+        return np.zeros((0, input_size, input_size))
+    return np.concatenate(maps)[[position[key] for key in keys]]  # one map per box, shared by its image's finding
 
 
 def place_boxes(boxes: pd.DataFrame, paths: pd.Series, heatmap_size: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -35,7 +35,7 @@ import torch
 
 from cxrutils import files
 from cxrutils.engine import run_folder
-from cxrutils.engine.gradcam import gradcam, gradcam_layer_for
+from cxrutils.engine.gradcam import gradcam_layer_for, gradcam_per_film
 from cxrutils.engine.loader import make_loader
 from cxrutils.engine.model import ChestXrayDenseNet
 from cxrutils.engine.network_input import prepare_batch
@@ -331,15 +331,17 @@ def _score(
 
 def _add_heatmaps(loaded: InferenceModel, layer: torch.nn.Module, films: list[ScoredFilm],
                   pixels: torch.Tensor) -> None:
-    """Grad-CAM of every finding called positive, one (film, finding) pair per row of a batch."""
-    pairs = [(index, finding) for index, film in enumerate(films) for finding in film.positive_findings]
+    """Grad-CAM of every finding called positive; a film goes through the network once for all of its findings."""
+    positive = [index for index, film in enumerate(films) if film.positive_findings]
     size = max(1, GRADCAM_PIXELS_PER_PASS // loaded.config.input_size**2)
-    for start in range(0, len(pairs), size):
-        chunk = pairs[start : start + size]
-        rows = torch.tensor([index for index, _ in chunk])
-        images = prepare_batch(pixels[rows], loaded.device, loaded.config.input_size, channels_last=False)
-        maps = gradcam(loaded.model, images, [FINDINGS.index(finding) for _, finding in chunk], layer=layer)
-        for (index, finding), heatmap in zip(chunk, maps.cpu().numpy().astype(np.float32)):
+    for start in range(0, len(positive), size):
+        chunk = positive[start : start + size]
+        images = prepare_batch(pixels[torch.tensor(chunk)], loaded.device, loaded.config.input_size,
+                               channels_last=False)
+        findings = [films[index].positive_findings for index in chunk]
+        maps = gradcam_per_film(loaded.model, images, findings, layer=layer, films_per_pass=size)
+        pairs = [(index, finding) for index, found in zip(chunk, findings) for finding in found]  # the maps' order
+        for (index, finding), heatmap in zip(pairs, maps.cpu().numpy().astype(np.float32)):
             films[index].heatmaps[finding] = heatmap
 
 
