@@ -388,7 +388,8 @@ class InferenceSettings(_SettingsFamily):
     threshold_method: str = _setting("youden", "which validation thresholds of the run's thresholds.json make the calls",
                                      choices=THRESHOLD_METHODS)
     batch_size: int | None = _setting(None, "films per batch", default_text="the run's")
-    workers: int = _setting(0, "loader processes that decode films (0: this one)")
+    workers: int | None = _setting(None, "loader processes that decode films (0: this one)",
+                                   default_text="a core each but one, at most 8, none for fewer than 2 batches")
     device: str = _setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda:0, ...")
     overlays: bool = _setting(True, "a Grad-CAM overlay per finding called positive; --no-overlays skips them "
                                     "(faster on large folders)")

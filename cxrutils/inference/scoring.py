@@ -201,7 +201,7 @@ def infer_films(
     paths: Sequence[str | os.PathLike[str]],
     threshold_method: str = "youden",
     batch_size: int | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     device: str = "auto",
     with_gradcam: bool = True,
     keep_films: bool | int = True,
@@ -214,7 +214,7 @@ def infer_films(
 
     ``run`` is a run folder or an ``InferenceModel`` already loaded (its own threshold
     method and device then apply). ``num_workers`` loader processes decode films
-    (0: in this process). ``on_film`` receives each scored film as its batch
+    (0: in this process; None: ``default_workers``, from the cores and the films). ``on_film`` receives each scored film as its batch
     finishes (and each film taken from the ``journal``, with ``resumed`` set);
     ``keep_films`` keeps every film's pixels and heatmaps (True), none (False) or
     those of the first ``keep_films`` films scored. ``max_pixels``: the largest film
@@ -287,17 +287,30 @@ def _resume(journal: InferenceJournal, records: list[FilmRecord], scored: dict[i
     return remaining
 
 
+def default_workers(films: int, batch_size: int, cpus: int | None = None) -> int:
+    """Loader processes for ``films``: a core for each but this one's, at most 8, and none beyond the batches there are.
+
+    Decoding a 1024-px PNG or a 16-bit DICOM costs more than scoring it on a GPU, so one
+    decoding process caps a GPU box near 100 films/s; a worker also costs a second or so to
+    start, which a handful of films never pays back.
+    """
+    cpus = os.cpu_count() if cpus is None else cpus
+    return max(0, min(8, (cpus or 1) - 1, -(-films // batch_size) - 1))
+
+
 def _score(
-    loaded: InferenceModel, records: list[FilmRecord], batch_size: int | None, num_workers: int, with_gradcam: bool,
+    loaded: InferenceModel, records: list[FilmRecord], batch_size: int | None, num_workers: int | None,
+    with_gradcam: bool,
     show_progress: bool, max_pixels: int | None = None,
 ) -> Any:
     """Yield (record, ``ScoredFilm``) per record that decodes, (record, None) for one that does not (refused in place)."""
     if not records:
         return
     config = loaded.config
+    batch_size = batch_size or config.batch_size
+    num_workers = default_workers(len(records), batch_size) if num_workers is None else num_workers
     loader = make_loader(FilmDataset([record.path for record in records], config.cache_size, max_pixels),
-                         batch_size=batch_size or config.batch_size, shuffle=False, seed=config.seed,
-                         num_workers=num_workers)
+                         batch_size=batch_size, shuffle=False, seed=config.seed, num_workers=num_workers)
     cut = loaded.threshold_array
     layer = loaded.model.dense_block(loaded.gradcam_layer)
     bar = progress_bar(total=len(records), desc="scoring films", unit="film", disable=not show_progress)

@@ -214,3 +214,29 @@ def test_every_row_of_a_dicom_carries_its_pacs_identifiers_as_text(run_copy, tmp
     document = json.loads((tmp_path / "out" / JSON_NAME).read_text())
     assert json.dumps(document).count(study + ".2") >= 1
 
+
+
+def test_the_same_probabilities_calls_and_maps_whatever_the_number_of_decoding_processes(run_copy, tiny_phantom_root):
+    run_dir, _ = run_copy
+    films = sorted((tiny_phantom_root / "images").glob("*.png"))[:24]
+    results = {workers: infer_films(run_dir, films, batch_size=8, num_workers=workers, show_progress=False)
+               for workers in (0, 2, None)}  # None: the default, from the cores and the films
+    reference = results[0]
+    for workers, result in results.items():
+        pd.testing.assert_frame_equal(result.table, reference.table, obj=f"{workers} workers")
+        assert [film.record.image for film in result.films] == [film.record.image for film in reference.films]
+        for film, expected in zip(result.films, reference.films):
+            assert film.heatmaps.keys() == expected.heatmaps.keys()
+            for finding, heatmap in film.heatmaps.items():
+                np.testing.assert_array_equal(heatmap, expected.heatmaps[finding], err_msg=f"{workers}: {finding}")
+    assert sum(len(film.heatmaps) for film in reference.films) > 0  # the maps compared are not all absent
+
+
+def test_the_default_decoding_processes_follow_the_cores_and_the_batches():
+    from cxrutils.inference.scoring import default_workers
+
+    assert default_workers(films=1_899, batch_size=64, cpus=2) == 1  # this project's 2-core machine
+    assert default_workers(films=100_000, batch_size=64, cpus=16) == 8  # a GPU box: at most 8
+    assert default_workers(films=3, batch_size=64, cpus=16) == 0  # one batch: a worker would only cost its start
+    assert default_workers(films=129, batch_size=64, cpus=16) == 2  # three batches: two decoded while one scores
+    assert default_workers(films=10, batch_size=64, cpus=1) == 0
