@@ -10,7 +10,7 @@ is fine enough at an input size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -123,6 +123,51 @@ def gradcam_per_film(
 
 def _gradcam_pass(model: nn.Module, layer: nn.Module, images: torch.Tensor, wanted: list[list[int]]) -> torch.Tensor:
     """``gradcam_per_film`` on one pass's films, each with at least one finding."""
+    logits, activation = _forward_keeping_activation(model, layer, images)
+    return _maps(logits, activation, wanted, images.shape[-2:])
+
+
+def scores_and_gradcam(
+    model: nn.Module,
+    images: torch.Tensor,
+    choose: Callable[[torch.Tensor], Sequence[Sequence[int]]],
+    layer: nn.Module | None = None,
+    films_per_pass: int | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and Grad-CAM maps from one forward: what inference needs when it scores in float32.
+
+    ``choose(logits)`` receives a pass's logits (films, classes), detached, and returns
+    the findings (indices) to map for each of its films, e.g. those called positive.
+    Returns every film's logits (B, classes) float32, and per film a (k, H, W) tensor of
+    its k chosen findings' maps, in the order ``choose`` gave them (``gradcam_per_film``'s
+    maps exactly). A film costs one forward whether or not it gets maps, where scoring
+    and then ``gradcam_per_film`` would cost two.
+    """
+    layer = layer if layer is not None else getattr(model, "gradcam_layer", None)
+    if not isinstance(layer, nn.Module):
+        raise TypeError(f"{type(model).__name__} has no gradcam_layer module to take Grad-CAM on")
+    per_pass = gradcam_films_per_pass(max(images.shape[-2:])) if films_per_pass is None else films_per_pass
+    if per_pass < 1:
+        raise ValueError(f"films_per_pass must be at least 1, got {per_pass}")
+    all_logits: list[torch.Tensor] = []
+    film_maps: list[torch.Tensor] = []
+    for start in range(0, images.shape[0], per_pass):
+        logits, activation = _forward_keeping_activation(model, layer, images[start : start + per_pass])
+        wanted = [[finding_index(finding) for finding in film] for film in choose(logits.detach())]
+        if len(wanted) != logits.shape[0]:
+            raise ValueError(f"choose gave {len(wanted)} lists of findings for {logits.shape[0]} films")
+        mapped = [i for i, film in enumerate(wanted) if film]
+        maps = _maps(logits, activation, wanted, images.shape[-2:])
+        by_film = iter(maps.split([len(wanted[i]) for i in mapped])) if mapped else iter(())
+        empty = maps.new_zeros((0, *images.shape[-2:]))
+        film_maps += [next(by_film) if film else empty for film in wanted]
+        all_logits.append(logits.detach().float())
+    return torch.cat(all_logits), film_maps
+
+
+def _forward_keeping_activation(model: nn.Module, layer: nn.Module,
+                                images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits, and the layer's activation as a leaf from which the rest of the forward is recorded."""
     captured: list[torch.Tensor] = []
 
     def keep_activation(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
@@ -140,27 +185,34 @@ def _gradcam_pass(model: nn.Module, layer: nn.Module, images: torch.Tensor, want
     try:
         with torch.no_grad():  # on exit the caller's grad mode is back, whatever the hook set
             logits = model(images.detach().float())
-        if not captured:
-            raise ValueError(f"the Grad-CAM layer ({type(layer).__name__}) is not run by {type(model).__name__}")
-        activation = captured[-1]
-        pair_round = torch.tensor([j for film in wanted for j in range(len(film))])
-        pair_film = torch.tensor([i for i, film in enumerate(wanted) for _ in film])
-        rounds = int(pair_round.max()) + 1
-        # Round j's one-hot: (film i, its j-th finding) for every film that has one.
-        selections = torch.zeros((rounds, *logits.shape), dtype=logits.dtype)
-        selections[pair_round, pair_film, torch.tensor([f for film in wanted for f in film])] = 1
-        selections = selections.to(logits.device)
-        weights = []  # alpha_k per round, (films, channels): the pooled gradient of each film's j-th finding
-        for j in range(rounds):
-            (gradient,) = torch.autograd.grad(logits, activation, selections[j], retain_graph=j < rounds - 1)
-            weights.append(gradient.float().mean(dim=(2, 3)))
     finally:
         hook.remove()
-        model.train(was_training)
+        model.train(was_training)  # the graph is recorded: the backward does not depend on the mode any more
+    if not captured:
+        raise ValueError(f"the Grad-CAM layer ({type(layer).__name__}) is not run by {type(model).__name__}")
+    return logits, captured[-1]
+
+
+def _maps(logits: torch.Tensor, activation: torch.Tensor, wanted: list[list[int]],
+          size: Sequence[int]) -> torch.Tensor:
+    """(P, H, W): the (film, finding) pairs of ``wanted``, in order, from one recorded forward."""
+    pair_round = torch.tensor([j for film in wanted for j in range(len(film))], dtype=torch.long)
+    if not len(pair_round):
+        return torch.zeros((0, *size), dtype=torch.float32, device=logits.device)
+    pair_film = torch.tensor([i for i, film in enumerate(wanted) for _ in film], dtype=torch.long)
+    rounds = int(pair_round.max()) + 1
+    # Round j's one-hot: (film i, its j-th finding) for every film that has one.
+    selections = torch.zeros((rounds, *logits.shape), dtype=logits.dtype)
+    selections[pair_round, pair_film, torch.tensor([f for film in wanted for f in film], dtype=torch.long)] = 1
+    selections = selections.to(logits.device)
+    weights = []  # alpha_k per round, (films, channels): the pooled gradient of each film's j-th finding
+    for j in range(rounds):
+        (gradient,) = torch.autograd.grad(logits, activation, selections[j], retain_graph=j < rounds - 1)
+        weights.append(gradient.float().mean(dim=(2, 3)))
     pair_round, pair_film = pair_round.to(activation.device), pair_film.to(activation.device)
     pair_weights = torch.stack(weights)[pair_round, pair_film][:, :, None, None]
     cam = F.relu((pair_weights * activation.detach()[pair_film].float()).sum(dim=1, keepdim=True))
-    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    cam = F.interpolate(cam, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     low = cam.amin(dim=(1, 2), keepdim=True)
     span = cam.amax(dim=(1, 2), keepdim=True) - low
     return torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), torch.zeros_like(cam))

@@ -35,12 +35,12 @@ import torch
 
 from cxrutils import files
 from cxrutils.engine import run_folder
-from cxrutils.engine.gradcam import gradcam_layer_for, gradcam_per_film
+from cxrutils.engine.gradcam import gradcam_layer_for, gradcam_per_film, scores_and_gradcam
 from cxrutils.engine.loader import make_loader
 from cxrutils.engine.model import ChestXrayDenseNet
 from cxrutils.engine.network_input import prepare_batch
 from cxrutils.engine.predict import predict_logits, probabilities_of
-from cxrutils.engine.runtime import select_device
+from cxrutils.engine.runtime import autocast_dtype, select_device
 from cxrutils.inference.films import (
     DECIMAL_FACTS,
     FACT_COLUMNS,
@@ -311,20 +311,26 @@ def _score(
     num_workers = default_workers(len(records), batch_size) if num_workers is None else num_workers
     loader = make_loader(FilmDataset([record.path for record in records], config.cache_size, max_pixels),
                          batch_size=batch_size, shuffle=False, seed=config.seed, num_workers=num_workers)
-    cut = loaded.threshold_array
     layer = loaded.model.dense_block(loaded.gradcam_layer)
+    # Scored in float32 (a CPU, or amp off), Grad-CAM's forward is the scoring forward: one pass a film. Under
+    # autocast the scores come from the same bf16/fp16 forward as evaluation's, and Grad-CAM (float32) has its own.
+    one_forward = with_gradcam and autocast_dtype(loaded.device, config.amp) is None
     bar = progress_bar(total=len(records), desc="scoring films", unit="film", disable=not show_progress)
     start = 0
     try:
         for pixels, decoded in loader:
             batch = records[start : start + len(pixels)]
             start += len(pixels)
-            # The one inference loop, a batch at a time, so the pixels stay here for Grad-CAM and the pictures.
-            logits, _ = predict_logits(loaded.model, [(pixels, decoded)], loaded.device, config.input_size,
-                                       config.amp, config.channels_last, show_progress=False)
-            probabilities = probabilities_of(logits)
-            calls = np.where(np.isnan(cut), np.nan, binarise(probabilities, np.nan_to_num(cut, nan=np.inf)))
             ok = decoded[:, 0].numpy() == 1
+            heatmaps: list[torch.Tensor] | None = None
+            if one_forward:
+                probabilities, calls, heatmaps = _scores_and_heatmaps(loaded, layer, pixels, ok)
+            else:
+                # The one inference loop, a batch at a time, so the pixels stay here for Grad-CAM and the pictures.
+                logits, _ = predict_logits(loaded.model, [(pixels, decoded)], loaded.device, config.input_size,
+                                           config.amp, config.channels_last, show_progress=False)
+                probabilities = probabilities_of(logits)
+                calls = _calls(loaded, probabilities)
             films: list[ScoredFilm] = []
             outcomes: list[tuple[FilmRecord, ScoredFilm | None]] = []
             for position, record in enumerate(batch):
@@ -334,12 +340,44 @@ def _score(
                     continue
                 films.append(ScoredFilm(record, probabilities[position], calls[position], pixels[position, 0].numpy()))
                 outcomes.append((record, films[-1]))
-            if with_gradcam:
+                if heatmaps is not None:
+                    maps = heatmaps[position].cpu().numpy().astype(np.float32)
+                    films[-1].heatmaps.update(zip(films[-1].positive_findings, maps))
+            if with_gradcam and not one_forward:
                 _add_heatmaps(loaded, layer, films, pixels[torch.from_numpy(ok)])
             yield from outcomes
             bar.update(len(batch))
     finally:
         bar.close()
+
+
+def _calls(loaded: InferenceModel, probabilities: np.ndarray) -> np.ndarray:
+    """1 where a probability reaches its finding's validation threshold, 0 below it, NaN where there is none."""
+    cut = loaded.threshold_array
+    return np.where(np.isnan(cut), np.nan, binarise(probabilities, np.nan_to_num(cut, nan=np.inf)))
+
+
+def _scores_and_heatmaps(loaded: InferenceModel, layer: torch.nn.Module, pixels: torch.Tensor,
+                         ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[torch.Tensor]]:
+    """Probabilities, calls and, from the same forward, each film's maps of its positive calls (in FINDINGS order)."""
+    config = loaded.config
+    images = prepare_batch(pixels, loaded.device, config.input_size, config.channels_last)
+    chosen: list[tuple[np.ndarray, np.ndarray]] = []  # each pass's probabilities and calls, in order
+
+    def positive_calls(logits: torch.Tensor) -> list[list[int]]:
+        probabilities = torch.sigmoid(logits).cpu().numpy().astype(np.float64)
+        calls = _calls(loaded, probabilities)
+        first = sum(len(p) for p, _ in chosen)
+        chosen.append((probabilities, calls))
+        # A film that did not decode scored zeros: no maps for it (it is refused below).
+        return [[k for k in range(len(FINDINGS)) if calls[i, k] == 1] if ok[first + i] else []
+                for i in range(len(probabilities))]
+
+    size = max(1, GRADCAM_PIXELS_PER_PASS // config.input_size**2)
+    _, heatmaps = scores_and_gradcam(loaded.model, images, positive_calls, layer=layer, films_per_pass=size)
+    probabilities = np.concatenate([p for p, _ in chosen])
+    calls = np.concatenate([c for _, c in chosen])
+    return probabilities, calls, heatmaps
 
 
 def _add_heatmaps(loaded: InferenceModel, layer: torch.nn.Module, films: list[ScoredFilm],
