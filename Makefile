@@ -51,7 +51,8 @@ rehearsal: $(INSTALLED)  ## every notebook at the real dataset's size (112,120 p
 bench: $(INSTALLED)  ## data path and training-epoch throughput (benchmarks/; add BENCH_ARGS="--preset gpu --both" on a GPU)
 	$(VENV_PYTHON) benchmarks/bench_training.py --out reports/benchmark.json $(BENCH_ARGS)
 
-gpu-check: $(INSTALLED)  ## on a GPU box: benchmark, train, kill and resume, torchrun -> reports/gpu_check.json (GPU_CHECK_ARGS="--preset cpu" elsewhere)
+gpu-check:  ## on a GPU box, in under 5 min, no install step: training img/s, epoch tail, torchrun, inference -> reports/gpu_check.json (GPU_CHECK_ARGS="--preset cpu" elsewhere)
+	@test -x $(VENV_PYTHON) || { echo "make gpu-check: $(VENV_PYTHON) is missing. It runs the project's own environment and installs nothing (a lent GPU has minutes, and often no network): run make install first, or run benchmarks/gpu_check.py with a python that has torch and the project (PYTHONPATH=.)." >&2; exit 2; }
 	$(VENV_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 lab: $(INSTALLED)  ## open JupyterLab on notebooks/ with the project's kernel

@@ -362,6 +362,8 @@ class EvaluationSettings(_SettingsFamily):
     tta_hflip: bool = _setting(False, "also score each film mirrored and average (films are not left-right symmetric)")
     gradcam_layer: str = _setting("auto", "denseblock1-4, or auto: the deepest dense block with at least a 4 x 4 grid")
     gallery_per_kind: int = _setting(4, "films per gallery row: true positives, false positives, false negatives")
+    subgroup_min_positive_patients: int = _setting(5, "a subgroup figure needs at least this many patients (not "
+                                                      "films) with a positive film in the group")
 
 
 @dataclass(frozen=True)
@@ -379,6 +381,8 @@ class ComparisonSettings(_SettingsFamily):
                                      choices=THRESHOLD_METHODS)
     max_images: int | None = _setting(None, "compare at most this many films per split: a seeded sample of whole "
                                             "patients, for CPU runs", default_text="every film")
+    subgroup_min_positive_patients: int = _setting(5, "a subgroup figure needs at least this many patients (not "
+                                                      "films) with a positive film in the group")
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import pandas as pd
 
+from cxrutils.compare.provenance import NIH_TRAINING_SHARE
 from cxrutils.compare.txv import RANDOM_INIT_LABEL, txv_spec
 from cxrutils.stats.paired import OURS, TXV, PairedPredictions, pair_predictions
 
 LEAKAGE_CAVEAT = (
     "TorchXRayVision's released NIH and \"all\" models were trained on random splits of NIH ChestX-ray14, "
-    "which overlap the official test list: some official-test images (and more of their patients) were in "
-    "their training data. Their scores on the official test set are therefore likely optimistic, and a "
-    "comparison with a model that never saw the test list is tilted in their favour."
+    f"which overlap the official test list: a random {NIH_TRAINING_SHARE:.0%} of NIH patients were training "
+    f"patients, so about {NIH_TRAINING_SHARE:.0%} of the official test films (the exact films are unknown: the "
+    "draw was not published) were in their training data. Their scores on the official test set are therefore "
+    "likely optimistic, and a comparison with a model that never saw the test list is tilted in their favour."
 )
 PATIENT_NOTE = (
     "p-values use the patient-clustered DeLong variance and intervals resample patients: a patient's films "
@@ -34,8 +36,10 @@ def comparison_caveats(txv_name: str, random_init: bool = False) -> list[str]:
     if spec.includes_nih_images:
         caveats.append(f"{LEAKAGE_CAVEAT} {spec.name} was trained on: {spec.trained_on}.")
     else:
-        caveats.append(f"{spec.name} was trained on {spec.trained_on}, not on NIH: this measures how it transfers "
-                       "to NIH films, and its labels for the same finding names come from another labeller.")
+        caveats.append(f"{spec.name} never saw an NIH film: it was trained on {spec.trained_on}, a different "
+                       "training set with its own recipe. This measures how it transfers to NIH films, not how the "
+                       "two architectures compare on the same data, and its labels for the same finding names come "
+                       "from another labeller.")
     caveats.append(PATIENT_NOTE)
     return caveats
 

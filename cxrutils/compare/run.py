@@ -42,6 +42,7 @@ from cxrutils.engine.runtime import select_device
 from cxrutils.evaluate.radiologist import RadiologistResult, score_against_radiologists
 from cxrutils.labels import FINDINGS
 from cxrutils.profiling import stage
+from cxrutils.stats.cohort import ClusterFacts, cluster_facts
 from cxrutils.stats.metrics import MEAN_ROW
 from cxrutils.stats.paired import (
     TXV,
@@ -55,6 +56,7 @@ from cxrutils.stats.thresholds import METHODS, ThresholdMethod
 
 NO_WEIGHTS_REASON = "no weights"
 SUBGROUPS: tuple[str, ...] = ("sex", "view")
+SUBGROUP_MIN_POSITIVE_PATIENTS = 5  # the default of the setting subgroup_min_positive_patients
 
 
 # --------------------------------------------------------------------------- the models
@@ -249,6 +251,7 @@ class ModelComparison:
     split: str
     threshold_method: str
     radiologist: RadiologistResult | None = None  # this model against radiologists' labels, on the same films
+    subgroup_min_positive_patients: int = SUBGROUP_MIN_POSITIVE_PATIENTS  # the rule of the subgroup table
 
     @property
     def names(self) -> dict[str, str]:
@@ -266,7 +269,8 @@ class ModelComparison:
                             "findings": list(self.auroc.mean_over)})
 
     def subgroup_differences(self) -> pd.DataFrame:
-        """Finding x (subgroup, value): the AUROC difference (ours - TXV), NaN where a group has too few positives."""
+        """Finding x (subgroup, value): the AUROC difference (ours - TXV), NaN where a group has too few positive
+        patients."""
         rows = self.subgroups[self.subgroups["finding"] != MEAN_ROW]
         wide = rows.set_index(["finding", "subgroup", "value"])["difference"].astype(np.float64).unstack(
             ["subgroup", "value"])
@@ -318,10 +322,13 @@ def compare_models(
     bootstrap_seed: int = 0,
     threshold_method: str = "youden",
     device: str = "auto",
+    subgroup_min_positive_patients: int = SUBGROUP_MIN_POSITIVE_PATIENTS,
 ) -> list[ModelComparison]:
     """Score the same images with each model and compare it with ours; [] when there is nothing to compare.
 
-    The TorchXRayVision models run on ``device`` ("auto": CUDA, then MPS, then the CPU).
+    The TorchXRayVision models run on ``device`` ("auto": CUDA, then MPS, then the CPU). A
+    finding is compared within a sex or view with ``subgroup_min_positive_patients``
+    patients with a positive film in that group.
     """
     if threshold_method not in METHODS:
         raise ValueError(f"threshold_method must be one of {METHODS}, got {threshold_method!r}")
@@ -347,11 +354,13 @@ def compare_models(
             classification = classification_comparison(test, paired["val"], method=method,
                                                        txv_op_thresholds=model.op_thresholds)
             subgroups = subgroup_comparison(test, metadata, by=SUBGROUPS, n_resamples=n_bootstrap,
-                                            seed=bootstrap_seed)
+                                            seed=bootstrap_seed,
+                                            min_positive_patients=subgroup_min_positive_patients)
             radiologist = score_against_radiologists(frames["test"], radiologist_labels, n_bootstrap, bootstrap_seed)
         results.append(ModelComparison(model=model, test=test, validation=paired["val"], auroc=auroc,
                                        classification=classification, subgroups=subgroups, split=inputs.split,
-                                       threshold_method=threshold_method, radiologist=radiologist))
+                                       threshold_method=threshold_method, radiologist=radiologist,
+                                       subgroup_min_positive_patients=subgroup_min_positive_patients))
     return results
 
 
@@ -376,6 +385,11 @@ class ComparisonResult:
                                   for c in comparison_caveats(name, self.loaded.random_init)))
 
     @property
+    def clusters(self) -> ClusterFacts | None:
+        """Films per patient and positive patients per finding on the films both models score; None when skipped."""
+        return None if self.inputs is None else cluster_facts(self.inputs.test)
+
+    @property
     def lead(self) -> ModelComparison | None:
         """The comparison to lead with: against a model that never saw NIH films, when one was compared."""
         clean = headline_model([c.model.name for c in self.comparisons])
@@ -395,7 +409,8 @@ class ComparisonResult:
             ci = (f" [{result.auroc.confidence:.0%} CI {mean['ci_low']:+.3f}, {mean['ci_high']:+.3f}]"
                   if mean["ci_low"] is not None else "")
             value = "n/a" if mean["difference"] is None else f"{mean['difference']:+.3f}"
-            parts.append(f"{label}mean AUROC diff ours - {result.model.name} ({provenance(result.model.name).verdict}) "
+            parts.append(f"{label}mean AUROC diff ours - {result.model.name} "
+                         f"({provenance(result.model.name).headline_label}) "
                          f"{value}{ci} over {len(mean['findings'])} findings")
         if self.loaded.missing:
             parts.append(f"skipped (no weights): {', '.join(m.model for m in self.loaded.missing)}")
@@ -426,6 +441,7 @@ class ComparisonResult:
                 "of": {split: sizes[0] for split, sizes in self.inputs.full_sizes.items()},
             },
             "lead_model": None if self.lead is None else self.lead.model.name,
+            "clusters": None if self.clusters is None else self.clusters.to_document(),
             "models": {result.model.name: result.to_document() for result in self.comparisons},
             "radiologist_labels_ours": None if self.radiologist_ours is None else self.radiologist_ours.to_document(),
         })
@@ -457,6 +473,7 @@ def compare_run(
     threshold_method: str = "youden",
     random_init: bool = False,
     max_images: int | None = None,
+    subgroup_min_positive_patients: int = SUBGROUP_MIN_POSITIVE_PATIENTS,
     data_root: str | os.PathLike[str] | None = None,
 ) -> ComparisonResult:
     """Compare a run with each TorchXRayVision model in ``txv_models`` on the same films.
@@ -465,19 +482,24 @@ def compare_run(
     ``~/.torchxrayvision/models_data``) are skipped and listed; with none loaded, the
     result is ``skipped`` and nothing is scored. ``random_init`` (tests only) builds the
     models with random weights, labelled as such. ``max_images`` caps each split to a
-    seeded sample of whole patients (a CPU run).
+    seeded sample of whole patients (a CPU run). Within a sex or view, a finding is
+    compared only with ``subgroup_min_positive_patients`` patients with a positive film.
     """
+    if subgroup_min_positive_patients < 1:
+        raise ValueError(f"subgroup_min_positive_patients must be at least 1, got {subgroup_min_positive_patients}")
     run = run if isinstance(run, run_folder.Run) else run_folder.open_run(run, data_root=data_root)
     loaded = load_models(txv_models, weights_dir, random_init=random_init, seed=bootstrap_seed)
     inputs = prepare_inputs(run, split, loaded, max_images=max_images, seed=bootstrap_seed)
     comparisons = compare_models(run, inputs, loaded.models, n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed,
-                                 threshold_method=threshold_method)
+                                 threshold_method=threshold_method,
+                                 subgroup_min_positive_patients=subgroup_min_positive_patients)
     radiologist_ours = (None if inputs is None else
                         score_against_radiologists(inputs.test, read_radiologist_labels(), n_bootstrap,
                                                    bootstrap_seed))
     settings = {"split": split, "txv_models": list(txv_models), "weights_dir": weights_dir,
                 "n_bootstrap": n_bootstrap, "bootstrap_seed": bootstrap_seed, "threshold_method": threshold_method,
-                "use_random_txv_weights_for_testing": random_init, "txv_max_images": max_images}
+                "use_random_txv_weights_for_testing": random_init, "txv_max_images": max_images,
+                "subgroup_min_positive_patients": subgroup_min_positive_patients}
     return ComparisonResult(run=run, loaded=loaded, inputs=inputs, comparisons=comparisons, settings=settings,
                             radiologist_ours=radiologist_ours)
 

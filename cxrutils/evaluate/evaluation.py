@@ -4,8 +4,10 @@
 its own split, its data checked against what it trained on), scores the split with the
 best checkpoint, takes the decision thresholds from the run's ``thresholds.json``
 (chosen on validation at training time: nothing here looks at the scored labels to
-pick one) and computes everything the evaluation report shows: AUROC with
-patient-bootstrap intervals, AP, operating points, the classification report,
+pick one) and computes everything the evaluation report shows: who the scored films
+come from (films per patient, positive films and patients per finding, children),
+AUROC with patient-bootstrap intervals and its patient-level counterparts (first film
+per patient, 1/n-weighted), AP, operating points, the classification report,
 calibration, subgroups, Grad-CAM localization against the boxes and a random
 baseline, a gallery of calls, and the published results for context. It returns an
 ``EvaluationResult``; ``write_metrics`` saves it in the run folder (``run_folder.write_metrics``:
@@ -39,13 +41,18 @@ from cxrutils.labels import FINDINGS
 from cxrutils.predictions import prediction_arrays
 from cxrutils.profiling import stage
 from cxrutils.stats import metrics
+from cxrutils.stats.cohort import ClusterFacts, cluster_facts, paediatric_counts
 from cxrutils.stats.intervals import CONFIDENCE
+from cxrutils.stats.patient_level import patient_level_auroc
 from cxrutils.stats.thresholds import METHODS
 
 CALIBRATION_BINS = 10
 RANDOM_BASELINE_REPEATS = 20
 GALLERY_KINDS: dict[str, str] = {"TP": "true positives", "FP": "false positives", "FN": "false negatives"}
 SUBGROUP_VARIABLES: tuple[str, ...] = ("sex", "age band", "view")
+# The evaluation's age bands: children (<18) apart from young adults, then 18-39, 40-59, 60-79, 80+.
+SUBGROUP_AGE_EDGES: tuple[float, ...] = (18.0, 40.0, 60.0, 80.0)
+SUBGROUP_MIN_POSITIVE_PATIENTS = 5  # the default of the setting subgroup_min_positive_patients
 
 
 # --------------------------------------------------------------------------- results
@@ -126,6 +133,10 @@ class EvaluationResult:
     gallery: Gallery
     context: pd.DataFrame  # published results with this run, each labelled with its split
     radiologist: RadiologistResult | None  # against Majkowska et al.'s radiologist labels, where films have them
+    clusters: ClusterFacts  # films per patient on the scored films, positive films and patients per finding
+    patient_level: pd.DataFrame  # patient_level.patient_level_auroc: first film per patient, 1/n-weighted
+    paediatric: dict[str, Any]  # cohort.paediatric_counts of the scored films
+    subgroup_min_positive_patients: int  # a subgroup figure needs this many positive patients in the group
 
     @property
     def n_images(self) -> int:
@@ -210,7 +221,9 @@ class EvaluationResult:
         mean_over = self.subgroups.attrs.get("mean_over", {})
         means = self.subgroups[self.subgroups["finding"] == metrics.MEAN_ROW].copy()
         means["findings in mean"] = [len(mean_over.get(name, [])) for name in means["subgroup"]]
-        columns = ["subgroup", "value", "auroc", "ci_low", "ci_high", "findings in mean", "images", "patients"]
+        means["positive patients (fewest)"] = means["positive_patients"]
+        columns = ["subgroup", "value", "auroc", "ci_low", "ci_high", "findings in mean", "images", "patients",
+                   "positive patients (fewest)"]
         return means[columns].set_index(["subgroup", "value"])
 
     def to_document(self) -> dict[str, Any]:
@@ -283,7 +296,20 @@ class EvaluationResult:
                 "table": self.subgroups.to_dict(orient="records"),
                 "mean_over": self.subgroups.attrs.get("mean_over"),
                 "images_without_group": self.subgroups.attrs.get("images_without_group"),
+                "min_positive_patients": self.subgroup_min_positive_patients,
+                "age_band_edges": list(SUBGROUP_AGE_EDGES),
+                "multiplicity": SUBGROUP_MULTIPLICITY,
             },
+            "clusters": self.clusters.to_document(),
+            "patient_level_auroc": {
+                "per_class": _by_row(self.patient_level),
+                "mean_over": self.patient_level.attrs.get("mean_over"),
+                "patients": self.patient_level.attrs.get("patients"),
+                "first_film": "each patient's film with the lowest follow-up number",
+                "weighted": "every film weighs 1 / its patient's films in this split",
+                "bootstrap": "the same patient resamples as the film-level intervals",
+            },
+            "paediatric": self.paediatric,
             "localization": located,
             "radiologist_labels": ({"available": False, "films": 0} if self.radiologist is None else
                                    {"available": True, **self.radiologist.to_document()}),
@@ -317,6 +343,7 @@ def evaluate_run(
     tta_hflip: bool = False,
     gradcam_layer: str = "auto",
     gallery_per_kind: int = 4,
+    subgroup_min_positive_patients: int = SUBGROUP_MIN_POSITIVE_PATIENTS,
     data_root: str | os.PathLike[str] | None = None,
 ) -> EvaluationResult:
     """Score ``split`` of a run with its best checkpoint and compute every table of the evaluation report.
@@ -324,13 +351,17 @@ def evaluate_run(
     ``run`` is a run folder (or an opened ``Run``); ``data_root`` points at its data where
     it moved. ``gradcam_layer`` "auto" reads the deepest dense block whose grid is at
     least 4 x 4 at the run's input size. ``n_bootstrap`` patient resamples (seeded by
-    ``bootstrap_seed``) give every interval. Predictions go to the run folder
+    ``bootstrap_seed``) give every interval. A subgroup's figure for a finding needs
+    ``subgroup_min_positive_patients`` patients with a positive film in the group.
+    Predictions go to the run folder
     (``predictions_<split>.csv``); nothing else is written: ``write_metrics`` saves the result.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if threshold_method not in METHODS:
         raise ValueError(f"threshold_method must be one of {METHODS}, got {threshold_method!r}")
+    if subgroup_min_positive_patients < 1:
+        raise ValueError(f"subgroup_min_positive_patients must be at least 1, got {subgroup_min_positive_patients}")
     run = run if isinstance(run, run_folder.Run) else run_folder.open_run(run, data_root=data_root)
     layer = gradcam_layer_for(run.config.input_size, gradcam_layer)
     thresholds_by_finding = run.thresholds(threshold_method)
@@ -348,7 +379,12 @@ def evaluate_run(
     calibration = metrics.calibration_table(labels, probabilities, n_bins=CALIBRATION_BINS)
     reliability = metrics.reliability_curves(labels, probabilities, n_bins=CALIBRATION_BINS)
     rows = run.dataset.metadata.set_index("image").loc[predictions["image"]].reset_index()
-    subgroups = subgroup_table(rows, labels, probabilities, patient_ids, n_bootstrap, bootstrap_seed)
+    clusters = cluster_facts(predictions)
+    with stage("patient-level AUROC", images=len(predictions), resamples=n_bootstrap):
+        patient_level = patient_level_auroc(labels, probabilities, patient_ids, rows["follow_up"], rows["image"],
+                                            n_resamples=n_bootstrap, seed=bootstrap_seed)
+    subgroups = subgroup_table(rows, labels, probabilities, patient_ids, n_bootstrap, bootstrap_seed,
+                               min_positive_patients=subgroup_min_positive_patients)
 
     boxes = run.dataset.boxes
     boxes = boxes[boxes["image"].isin(set(predictions["image"]))].reset_index(drop=True)
@@ -365,7 +401,8 @@ def evaluate_run(
         patient_ids=patient_ids, auroc=auroc, average_precision=average_precision, operating=operating,
         report=report, calibration=calibration, reliability=reliability, subgroups=subgroups,
         localization=located, localization_note=localization_note, gallery=gallery, context=context,
-        radiologist=radiologist,
+        radiologist=radiologist, clusters=clusters, patient_level=patient_level, paediatric=paediatric_counts(rows),
+        subgroup_min_positive_patients=subgroup_min_positive_patients,
     )
 
 
@@ -376,17 +413,27 @@ def write_metrics(result: EvaluationResult) -> Path:
 
 # --------------------------------------------------------------------------- subgroups
 
+SUBGROUP_MULTIPLICITY = (
+    "exploratory: one 95% patient-bootstrap interval per cell (variable x group x finding), none adjusted for "
+    "multiplicity, and no test of a difference between groups"
+)
+
 
 def subgroup_table(
     rows: pd.DataFrame, labels: np.ndarray, probabilities: np.ndarray, patient_ids: np.ndarray, n_resamples: int,
-    seed: int,
+    seed: int, min_positive_patients: int = SUBGROUP_MIN_POSITIVE_PATIENTS,
 ) -> pd.DataFrame:
-    """``metrics.subgroup_auroc`` by sex, age band and view (``rows``: the scored films' metadata), long format."""
-    groups = {"sex": rows["sex"], "age band": age_band(rows["age_years"]), "view": rows["view"]}
+    """``metrics.subgroup_auroc`` by sex, age band and view (``rows``: the scored films' metadata), long format.
+
+    Age bands: ``SUBGROUP_AGE_EDGES`` (<18, 18-39, 40-59, 60-79, 80+). A finding is
+    scored in a group with ``min_positive_patients`` patients with a positive film there.
+    """
+    groups = {"sex": rows["sex"], "age band": age_band(rows["age_years"], SUBGROUP_AGE_EDGES), "view": rows["view"]}
     with stage("subgroups", images=len(rows), resamples=n_resamples):
         tables = [
             metrics.subgroup_auroc(labels, probabilities, patient_ids, values.rename(name), n_resamples=n_resamples,
-                                   seed=seed, confidence=CONFIDENCE, progress=True)
+                                   seed=seed, confidence=CONFIDENCE, progress=True,
+                                   min_positive_patients=min_positive_patients)
             for name, values in groups.items()
         ]
     table = pd.concat(tables, ignore_index=True)

@@ -37,6 +37,34 @@ class RadiologistResult:
                 "per_finding": self.table.reset_index().to_dict(orient="records")}
 
 
+def label_agreement(metadata: pd.DataFrame, radiologist: pd.DataFrame, set_id: str | None = "test") -> pd.DataFrame:
+    """How often NIH's text-mined labels agree with the radiologists' on the films they both label, with Cohen's kappa.
+
+    No model is involved: this is how noisy the reference standard is. ``metadata``:
+    NIH rows with ``image`` and the 14 label columns; ``radiologist``:
+    ``read_radiologist_labels()``; ``set_id``: Google's ``test`` set (inside the
+    official test list), ``val``, or None for both. Per radiologist finding (NIH side:
+    the highest of its ``MAPPING`` labels): films, positives under each label set,
+    agreement and kappa.
+    """
+    chosen = radiologist if set_id is None else radiologist[radiologist["set"] == set_id]
+    rows = metadata.drop_duplicates("image").set_index("image")
+    missing = chosen.index.difference(rows.index)
+    if len(missing):
+        raise ValueError(f"{len(missing)} radiologist-labelled films are not in the metadata "
+                         f"(e.g. {list(missing[:3])})")
+    rows = rows.loc[chosen.index]
+    table = []
+    for finding, outputs in MAPPING.items():
+        nih = rows[list(outputs)].max(axis=1).to_numpy(dtype=np.int8)
+        panel = chosen[finding].to_numpy(dtype=np.int8)
+        both_kinds = len(set(panel)) > 1 or len(set(nih)) > 1
+        table.append({"finding": finding, "films": len(chosen), "radiologist positives": int(panel.sum()),
+                      "NIH positives": int(nih.sum()), "agreement": float((panel == nih).mean()),
+                      "kappa": float(cohen_kappa_score(panel, nih)) if both_kinds else np.nan})
+    return pd.DataFrame(table).set_index("finding")
+
+
 def score_against_radiologists(
     predictions: pd.DataFrame, radiologist: pd.DataFrame, n_resamples: int = 1000, seed: int = 0,
 ) -> RadiologistResult | None:

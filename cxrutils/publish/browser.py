@@ -310,8 +310,10 @@ def check_reports(
             check.links = facts.get("links", [])
             check.screenshot = shot
             if name == INDEX_PAGE:  # pages the index links are read too (the model card, ...)
+                # Pages of this folder only: a run's index links the index of every run, one folder up.
                 queue += [href.split("#")[0] for href in check.links
-                          if href.endswith(".html") and not urlsplit(href).scheme and (folder / href).is_file()]
+                          if href.endswith(".html") and not urlsplit(href).scheme and (folder / href).is_file()
+                          and (folder / href).resolve().is_relative_to(folder.resolve())]
     finally:
         session.close()
     if index.is_file():

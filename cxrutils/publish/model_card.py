@@ -35,6 +35,40 @@ PERSON_ITEMS = {
               "is accountable. (TRIPOD+AI items 14, 22)",
 }
 _SPLITS = ("train", "val", "test")
+LABEL_DEFINITIONS = (
+    "14 findings text-mined from radiology reports by NIH (ChestX-ray14; Wang et al. 2017); 'No Finding' means all "
+    "14 absent. NIH estimates its text mining above 90% accurate for most findings: that is the labeller's accuracy "
+    "against what the reports say, not agreement with the films."
+)
+
+
+def _radiologist_agreement(metrics: dict[str, Any] | None) -> str:
+    """What the run's own evaluation measured of the labels against radiologists who read the films, in words."""
+    section = (metrics or {}).get("radiologist_labels") or {}
+    kappas = {row["finding"]: row.get("kappa") for row in section.get("per_finding", [])
+              if row.get("kappa") is not None}
+    if not section.get("available") or not kappas:
+        why = "this run has not been evaluated" if metrics is None else "none of the films evaluated here has them"
+        return ("Agreement of these labels with radiologists who read the films is measured in the evaluation "
+                "report (notebook 03, section 8, against radiologists' labels) on the scored films that have "
+                f"radiologist labels; {why}.")
+    findings = ", ".join(f"{name} {value:.2f}" for name, value in kappas.items())
+    return (f"On the {section['films']:,} films of this evaluation that radiologists also labelled (Majkowska et al., "
+            f"Radiology 2019), NIH's labels agree with theirs with Cohen's kappa {min(kappas.values()):.2f} to "
+            f"{max(kappas.values()):.2f} ({findings}): every metric here is against noisy labels.")
+
+
+def _children_limitation(metrics: dict[str, Any] | None) -> str:
+    """Children in the evaluated films, counted from the run's metrics (or said to be uncounted)."""
+    children = (metrics or {}).get("paediatric")
+    if not children:
+        return ("Frontal films only (PA and AP); not validated on lateral films, and not validated on children "
+                "separately (how many children the evaluated films hold was not recorded: evaluate the run again).")
+    return (f"Frontal films only (PA and AP); not validated on lateral films. Children: {children['films']:,} of the "
+            f"{metrics['n_images']:,} evaluated {metrics['split']} films ({children['share_of_films']:.1%}), from "
+            f"{children['patients']:,} patients, were under {children['under_years']:g}; they are scored with the "
+            f"adults and also shown as their own age band (<{children['under_years']:g}) in the subgroups. That is "
+            "too few patients to validate the model for children, and it is not validated for them.")
 
 
 def _onnx_export(run_dir: Path) -> dict[str, Any]:
@@ -70,9 +104,7 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
         "metadata_fingerprint": config.get("data_fingerprint"),
         "image_cache_fingerprint": config.get("cache_fingerprint"),
         "films_unreadable_and_excluded": len(bad_files),
-        "label_definitions": "14 findings text-mined from radiology reports by NIH (ChestX-ray14; Wang et al. 2017); "
-                             "'No Finding' means all 14 absent. Text mining is estimated above 90% accurate for most "
-                             "findings, but the labels are noisy: see the radiologist-label comparison below.",
+        "label_definitions": f"{LABEL_DEFINITIONS} {_radiologist_agreement(metrics)}",
     }
     if split is not None:
         sides = {side: split[split["split"] == side] for side in _SPLITS}
@@ -126,6 +158,13 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
             "thresholds": {"method": metrics["thresholds"]["method"], "chosen_on": metrics["thresholds"]["source"]},
             "calibration": {"mean_ece": metrics["calibration"]["mean_ece"],
                             "mean_brier": metrics["calibration"]["mean_brier"]},
+            "films_per_patient": None if "clusters" not in metrics else {
+                "patients": metrics["clusters"]["patients"], **metrics["clusters"]["films_per_patient"],
+                "top_decile_share_of_films": metrics["clusters"]["top_decile"]["share_of_films"]},
+            "patient_level_mean_auroc": None if "patient_level_auroc" not in metrics else {
+                key: metrics["patient_level_auroc"]["per_class"]["mean"][key]
+                for key in ("auroc_films", "auroc_first_film", "auroc_weighted")}
+                | {"findings_averaged": len(metrics["patient_level_auroc"]["mean_over"] or [])},
             "subgroup_means": [row for row in metrics["subgroups"]["table"] if row["finding"] == "mean"],
             "localization": {k: metrics["localization"].get(k) for k in ("available", "boxes", "gradcam_layer")} | (
                 {"pointing_game": metrics["localization"]["scores"]["all"]["pointing_game"],
@@ -145,7 +184,7 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
         "NIH ChestX-ray14 comes from one hospital (NIH Clinical Center); performance elsewhere is unknown until "
         "measured there.",
         "The labels were text-mined from reports, not read from the films: every metric here is against noisy labels.",
-        "Frontal films only (PA and AP); not validated on lateral films or children.",
+        _children_limitation(metrics),
     ]
     if synthetic:
         limitations.insert(0, "SYNTHETIC: this run was trained and evaluated on rendered phantoms. Nothing on this "

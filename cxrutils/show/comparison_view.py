@@ -135,12 +135,12 @@ def classification_display(result: ModelComparison) -> Styler:
 
 
 def subgroup_display(result: ModelComparison) -> Styler:
-    """Mean AUROC of both models and their difference within each sex and view."""
+    """Mean AUROC of both models and their difference within each sex and view, with the fewest positive patients."""
     groups = result.subgroups
     means = groups[groups["finding"] == MEAN_ROW]
     shown = pd.DataFrame({
         "subgroup": means["subgroup"], "value": means["value"], "images": means["images"],
-        "patients": means["patients"],
+        "patients": means["patients"], "positive patients (fewest)": means["positive_patients"],
         "ours mean AUROC [CI]": [interval_text(*r) for r in
                                  means[["auroc_ours", "ours_ci_low", "ours_ci_high"]].itertuples(index=False)],
         "TXV mean AUROC [CI]": [interval_text(*r) for r in
@@ -149,7 +149,17 @@ def subgroup_display(result: ModelComparison) -> Styler:
                             means[["difference", "diff_ci_low", "diff_ci_high"]].itertuples(index=False)],
         "note": means["note"],
     }).set_index(["subgroup", "value"])
-    return table(shown, caption=_caption(result, "mean over the findings scored in every group of a subgroup"))
+    minimum = result.subgroup_min_positive_patients
+    return table(shown, caption=_caption(
+        result, "exploratory; mean over the findings scored in every group of a subgroup, a finding being scored in "
+                f"a group with at least {minimum} patients with a positive film there; p-values (in comparison.json) "
+                "adjusted within each group only"))
+
+
+def cluster_sentence(result: ComparisonResult) -> str:
+    """Markdown: films per patient on the compared films, in one sentence computed from them; empty when skipped."""
+    facts = result.clusters
+    return "" if facts is None or result.inputs is None else facts.sentence(f"compared {result.inputs.split} films")
 
 
 def _caption(result: ModelComparison, detail: str) -> str:

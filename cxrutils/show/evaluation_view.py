@@ -151,3 +151,58 @@ def radiologist_table(result: EvaluationResult) -> Styler:
     caption = (f"{result.radiologist.films:,} films of {result.radiologist.patients:,} patients with radiologist labels "
                f"(sets: {result.radiologist.sets}); {result.radiologist.source}")
     return table(shown, caption=caption)
+
+
+def cluster_sentence(result: EvaluationResult) -> str:
+    """Markdown: films per patient on the scored films, in one sentence computed from them."""
+    return result.clusters.sentence(f"{result.split} films")
+
+
+def positives_table(result: EvaluationResult) -> Styler:
+    """Per finding: positive films and the patients they come from."""
+    facts = result.clusters.per_finding
+    shown = facts.assign(**{"positive films per positive patient": (facts["positive films"]
+                                                                    / facts["positive patients"].where(
+                                                                        facts["positive patients"] > 0))})
+    return table(shown, caption=f"{result.split} split: {result.clusters.films:,} films of "
+                                f"{result.clusters.patients:,} patients")
+
+
+def patient_level_table(result: EvaluationResult) -> Styler:
+    """The film-level AUROC beside the first-film and 1/n-weighted AUROCs, each with its interval."""
+    scores = result.patient_level
+    shown = pd.DataFrame({
+        "every film (headline)": scores["auroc_films"].map(lambda v: interval_text(v, None, None)),
+        "first film per patient [95% CI]": [interval_text(*row) for row in scores[
+            ["auroc_first_film", "first_ci_low", "first_ci_high"]].itertuples(index=False)],
+        "first-film positives": scores["first_film_positives"],
+        "each patient weighs 1 [95% CI]": [interval_text(*row) for row in scores[
+            ["auroc_weighted", "weighted_ci_low", "weighted_ci_high"]].itertuples(index=False)],
+    }, index=scores.index)
+    over = scores.attrs.get("mean_over", [])
+    caption = (f"{scores.attrs.get('patients', 0):,} patients, {scores.attrs.get('films', 0):,} films; the mean row "
+               f"averages the {len(over)} findings scorable on first films too, in all three columns; intervals "
+               "from the film-level bootstrap's patient resamples")
+    return table(shown, caption=caption)
+
+
+def subgroup_means_table(result: EvaluationResult) -> Styler:
+    """The subgroup means with the fewest positive patients behind each, under the rule that shows a cell."""
+    caption = (f"Exploratory. A finding is shown in a group only with at least {result.subgroup_min_positive_patients} "
+               "patients with a positive film there (subgroup_min_positive_patients); each group's mean averages "
+               "the findings shown in every group of its variable. 95% patient-bootstrap intervals, not adjusted "
+               "for multiplicity.")
+    return table(result.subgroup_means(), caption=caption)
+
+
+def paediatric_note(result: EvaluationResult) -> HTML:
+    """How many films and patients of the scored split are children: the age band <18 below."""
+    children = result.paediatric
+    if not children["films"]:
+        return note(f"No film of the {result.split} split is from a patient under {children['under_years']:g}.",
+                    tone="neutral")
+    return note(
+        f"{children['films']:,} of the {result.n_images:,} {result.split} films ({children['share_of_films']:.1%}) are "
+        f"from {children['patients']:,} patients under {children['under_years']:g}: they are the age band "
+        f"<{children['under_years']:g} below, apart from the adults. So few patients give wide intervals; the model "
+        "is not validated for children.", tone="neutral")

@@ -15,10 +15,11 @@ O(n log n). AUROC is the mean of V10 (or of V01), and
 with sample variances. Two models scored on the same images have a covariance
 from the same formula, which gives the paired test of their difference.
 
-**Patients as clusters.** DeLong treats images as independent. NIH has about 3.6
-films per patient and a patient's films are alike, so image-level variances are
-too small. With ``clusters`` (patient ids) the variance is Obuchowski's (Biometrics
-1997, 53:567-578) clustered form of the same statistic. Per patient i, with m_i
+**Patients as clusters.** DeLong treats images as independent. NIH patients have
+several films each (3.6 on average over the dataset, about 9 on the official test
+list) and a patient's films are alike, so image-level variances are too small.
+With ``clusters`` (patient ids) the variance is Obuchowski's (Biometrics 1997,
+53:567-578) clustered form of the same statistic. Per patient i, with m_i
 positive and n_i negative films, sum the structural components of its films:
 
     A_i = sum over its positives of (V10 - AUROC)

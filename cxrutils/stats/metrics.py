@@ -3,8 +3,10 @@ reports, calibration, subgroups, and the published numbers to compare against.
 
 scikit-learn computes the point metrics. What it lacks is written here:
 
-- **Patient bootstrap.** NIH has about 3.6 images per patient, and one patient's
-  films are far more alike than two patients'. Resampling images would treat them
+- **Patient bootstrap.** NIH patients have several films each (3.6 on average over
+  the dataset, about 9 on the official test list, where a tenth of the patients hold
+  over half the films: ``cxrutils.stats.cohort`` gives the figures of the films
+  scored), and one patient's films are far more alike than two patients'. Resampling images would treat them
   as independent and give intervals that are too narrow, so whole patients are
   drawn with replacement. Each resample becomes an image multiplicity (how often
   its patient was drawn), and AUROC is the Mann-Whitney statistic with those
@@ -109,12 +111,15 @@ def threshold_array(by_finding: Mapping[str, float | None], class_names: Sequenc
 # --------------------------------------------------------------------------- point metrics
 
 
-def scorable(labels: Any, patient_ids: Any, min_positives: int = MIN_POSITIVES) -> np.ndarray:
+def scorable(labels: Any, patient_ids: Any, min_positives: int = MIN_POSITIVES,
+             min_positive_patients: int = MIN_PATIENTS_PER_SIDE) -> np.ndarray:
     """Per class: whether an AUROC (and an interval, and a DeLong test) can be given at all.
 
     At least ``min_positives`` (never fewer than 2) positive films and 2 negative ones,
-    from at least 2 patients on each side. Callers pass a larger ``min_positives`` for
-    small groups (the comparison's subgroups ask for 5).
+    from at least ``min_positive_patients`` (never fewer than 2) patients with a positive
+    film and 2 with a negative one. Subgroup figures pass a larger
+    ``min_positive_patients`` (the setting ``subgroup_min_positive_patients``): a
+    group's positives from a handful of patients are a handful of observations.
     """
     y = _as_2d(labels, "labels")
     ids = np.asarray(patient_ids).reshape(-1)
@@ -131,9 +136,19 @@ def scorable(labels: Any, patient_ids: Any, min_positives: int = MIN_POSITIVES) 
     return (
         (positive.sum(axis=0) >= max(min_positives, MIN_POSITIVES))
         & (negative.sum(axis=0) >= MIN_NEGATIVES)
-        & (patients_with["positive"] >= MIN_PATIENTS_PER_SIDE)
+        & (patients_with["positive"] >= max(min_positive_patients, MIN_PATIENTS_PER_SIDE))
         & (patients_with["negative"] >= MIN_PATIENTS_PER_SIDE)
     )
+
+
+def positive_patients(labels: Any, patient_ids: Any) -> np.ndarray:
+    """Per class: how many patients have at least one positive film."""
+    y = _as_2d(labels, "labels")
+    ids = np.asarray(patient_ids).reshape(-1)
+    if ids.size != y.shape[0]:
+        raise ValueError(f"{ids.size} patient ids for {y.shape[0]} images")
+    codes = pd.factorize(ids)[0]
+    return np.array([np.unique(codes[y[:, k] == 1]).size for k in range(y.shape[1])], dtype=int)
 
 
 def per_class_auroc(labels: Any, scores: Any) -> np.ndarray:
@@ -183,7 +198,10 @@ class _RankedClass:
     negatives_per_unit: np.ndarray
 
 
-def _rank_class(positive: np.ndarray, scores: np.ndarray, unit: np.ndarray, n_units: int) -> _RankedClass:
+def _rank_class(positive: np.ndarray, scores: np.ndarray, unit: np.ndarray, n_units: int,
+                image_weights: np.ndarray | None = None) -> _RankedClass:
+    """``image_weights`` (default 1): what each image adds to its unit's counts, e.g. 1 / its patient's films."""
+    weight = np.ones(scores.size) if image_weights is None else np.asarray(image_weights, dtype=np.float64)
     negative_scores = scores[~positive]
     order = np.argsort(negative_scores, kind="stable")
     ascending = negative_scores[order]
@@ -197,12 +215,12 @@ def _rank_class(positive: np.ndarray, scores: np.ndarray, unit: np.ndarray, n_un
     counted = segment < boundaries.size
     shape = (n_units, boundaries.size)
     negatives = sparse.csr_matrix(
-        (np.ones(int(counted.sum())), (unit[~positive][order][counted], segment[counted])), shape=shape
+        (weight[~positive][order][counted], (unit[~positive][order][counted], segment[counted])), shape=shape
     )
     positive_unit = unit[positive]
     positive_boundaries = sparse.csr_matrix(
         (
-            np.ones(2 * positive_unit.size),
+            np.r_[weight[positive], weight[positive]],
             (
                 np.r_[positive_unit, positive_unit],
                 np.r_[np.searchsorted(boundaries, below), np.searchsorted(boundaries, not_above)],
@@ -213,8 +231,8 @@ def _rank_class(positive: np.ndarray, scores: np.ndarray, unit: np.ndarray, n_un
     return _RankedClass(
         negatives=negatives,
         positive_boundaries=positive_boundaries,
-        positives_per_unit=np.bincount(positive_unit, minlength=n_units).astype(np.float64),
-        negatives_per_unit=np.bincount(unit[~positive], minlength=n_units).astype(np.float64),
+        positives_per_unit=np.bincount(positive_unit, weights=weight[positive], minlength=n_units),
+        negatives_per_unit=np.bincount(unit[~positive], weights=weight[~positive], minlength=n_units),
     )
 
 
@@ -235,7 +253,8 @@ def _weighted_aurocs(weights: np.ndarray, ranked: _RankedClass) -> np.ndarray:
     positive_at = np.asarray(ranked.positive_boundaries.T @ weights.T).T
     twice_wins = (negative_below * positive_at).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pairs > 0, twice_wins / (2.0 * np.where(pairs > 0, pairs, 1.0)), np.nan)
+        aurocs = np.where(pairs > 0, twice_wins / (2.0 * np.where(pairs > 0, pairs, 1.0)), np.nan)
+    return np.clip(aurocs, 0.0, 1.0)  # fractional weights (1 / films) can round a perfect ranking past 1
 
 
 def weighted_auroc(labels: Any, scores: Any, weights: Any | None = None) -> float:
@@ -279,19 +298,27 @@ def _patient_draw_chunks(n_patients: int, n_resamples: int, seed: int) -> Iterat
 
 
 def bootstrap_resample_aurocs(
-    labels: Any, scores: Any, patient_ids: Any, n_resamples: int = 1000, seed: int = 0, progress: str | None = None
+    labels: Any, scores: Any, patient_ids: Any, n_resamples: int = 1000, seed: int = 0, progress: str | None = None,
+    image_weights: Any | None = None,
 ) -> np.ndarray:
     """(n_resamples, n_classes) AUROCs of patient-bootstrap resamples (NaN: no positives or negatives).
 
     Each resample draws as many patients as there are, with replacement, and takes
-    all images of each drawn patient; same ``seed``, same resamples. ``progress`` names
-    a transient progress bar over the resamples (none by default).
+    all images of each drawn patient; same ``seed``, same resamples (the draws depend
+    on the patients, not on the images or ``image_weights``). ``image_weights`` (default
+    1) weigh each image inside every resample, e.g. 1 / its patient's films.
+    ``progress`` names a transient progress bar over the resamples (none by default).
     """
     y, s = _check_inputs(labels, scores)
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
     codes, n_patients = _patient_codes(patient_ids, y.shape[0])
-    ranked = [_rank_class(y[:, k].astype(bool), s[:, k], codes, n_patients) for k in range(y.shape[1])]
+    weights = None
+    if image_weights is not None:
+        weights = np.asarray(image_weights, dtype=np.float64).reshape(-1)
+        if weights.size != y.shape[0] or not np.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError(f"image_weights must be {y.shape[0]} finite, non-negative numbers")
+    ranked = [_rank_class(y[:, k].astype(bool), s[:, k], codes, n_patients, weights) for k in range(y.shape[1])]
     aurocs = np.empty((n_resamples, y.shape[1]))
     row = 0
     bar = progress_bar(total=n_resamples, desc=progress, unit="resample", disable=progress is None, leave=False,
@@ -617,19 +644,22 @@ def subgroup_auroc(
     class_names: Sequence[str] | None = None,
     min_positives: int = MIN_POSITIVES,
     progress: bool = False,
+    min_positive_patients: int = MIN_PATIENTS_PER_SIDE,
 ) -> pd.DataFrame:
     """AUROC with a patient-bootstrap interval per (group value, class), plus the mean per group.
 
     ``groups`` gives each image's group (sex, ``metadata.age_band(...)``, view), in the same
     row order as ``labels``. Within a group, its patients are resampled and their
     images in that group are taken. A class that is not ``scorable`` in a group
-    (``min_positives`` positives, 2 negatives, 2 patients each) gets NaN there. The per-group mean
+    (``min_positives`` positive films from ``min_positive_patients`` patients, 2 negative
+    films from 2 patients) gets NaN there. The per-group mean
     averages only the classes that are scored in every group, so group means
     compare like with like (``attrs["mean_over"]``). Images without a group value
     are left out and counted in ``attrs["images_without_group"]``.
 
     Long format: subgroup (``groups.name``), value, finding, auroc, ci_low, ci_high,
-    images, patients, positives, n_resamples.
+    images, patients, positives, positive_patients (patients with a positive film in
+    the group; on the mean row, the fewest of the findings it averages), n_resamples.
     """
     y, s = _check_inputs(labels, scores)
     names = _class_names(y.shape[1], class_names)
@@ -647,7 +677,8 @@ def subgroup_auroc(
     ]
     masks = {level: (values == level).to_numpy() for level in levels}
 
-    scored_by_level = {level: scorable(y[mask], ids[mask], min_positives) for level, mask in masks.items()}
+    scored_by_level = {level: scorable(y[mask], ids[mask], min_positives, min_positive_patients)
+                       for level, mask in masks.items()}
     common = np.logical_and.reduce(list(scored_by_level.values())) if levels else np.zeros(len(names), bool)
     mean_over = [n for n, c in zip(names, common) if c]
     frames = []
@@ -668,6 +699,9 @@ def subgroup_auroc(
         table.loc[unscored, ["auroc", "ci_low", "ci_high"]] = np.nan
         if not mean_over:
             table.loc[MEAN_ROW, ["auroc", "ci_low", "ci_high"]] = np.nan
+        with_positive = pd.Series(positive_patients(y[mask], ids[mask]), index=names)
+        table["positive_patients"] = with_positive.reindex(table.index).astype("Int64")
+        table.loc[MEAN_ROW, "positive_patients"] = (int(with_positive[mean_over].min()) if mean_over else pd.NA)
         table = table.reset_index()
         table.insert(0, "value", level)
         table.insert(0, "subgroup", values.name or "group")
@@ -684,11 +718,13 @@ def subgroup_auroc(
         "images",
         "patients",
         "positives",
+        "positive_patients",
         "n_resamples",
     ]
     result = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
     result.attrs.update(
         {
+            "min_positive_patients": max(min_positive_patients, MIN_PATIENTS_PER_SIDE),
             "mean_over": mean_over,
             "images_without_group": int((~present).sum()),
             "confidence": confidence,

@@ -12,10 +12,12 @@ Both models' predictions tables (``cxrutils.predictions``) are paired by image
 - ``classification_comparison``: each model at thresholds chosen on the validation
   films (each model's own validation predictions, same rule); the other model also at
   its published operating points.
-- ``subgroup_comparison``: the same AUROC comparison within sex and view.
+- ``subgroup_comparison``: the same AUROC comparison within sex and view, where a
+  finding needs ``min_positive_patients`` patients with a positive film in the group.
 
-**Patients.** DeLong's test treats images as independent; NIH has about 3.6 films
-per patient, which makes image-level p-values too small. By default the test uses
+**Patients.** DeLong's test treats images as independent; NIH patients have several
+films each (3.6 on average over the dataset, about 9 on the official test list), which
+makes image-level p-values too small. By default the test uses
 the patient-clustered DeLong variance (``cxrutils.stats.delong``), matching the
 patient bootstrap used for every interval here. Which findings are scored at all is
 ``metrics.scorable``'s one rule. The models' names and the caveats a reader must
@@ -35,7 +37,14 @@ from cxrutils.labels import FINDINGS
 from cxrutils.predictions import check_table, probability_column, scored_findings
 from cxrutils.stats.delong import adjust_p_values, delong_per_class
 from cxrutils.stats.intervals import percentile_interval
-from cxrutils.stats.metrics import MEAN_ROW, bootstrap_resample_aurocs, operating_points, scorable
+from cxrutils.stats.metrics import (
+    MEAN_ROW,
+    MIN_PATIENTS_PER_SIDE,
+    bootstrap_resample_aurocs,
+    operating_points,
+    positive_patients,
+    scorable,
+)
 from cxrutils.stats.thresholds import ThresholdMethod, choose_thresholds
 
 OURS, TXV = "ours", "txv"
@@ -148,6 +157,7 @@ def compare_auroc(
     delong_clusters: DelongClusters = "patient",
     min_positives: int = 2,
     mean_over: Sequence[str] | None = None,
+    min_positive_patients: int = MIN_PATIENTS_PER_SIDE,
 ) -> AurocComparison:
     """AUROC per shared finding for both models, their difference, DeLong's paired test, and the mean.
 
@@ -162,7 +172,7 @@ def compare_auroc(
     if delong_clusters not in ("patient", "image"):
         raise ValueError(f"delong_clusters must be 'patient' or 'image', got {delong_clusters!r}")
     y, k = paired.labels, len(paired.findings)
-    tested = scorable(y, paired.patient_ids, min_positives)
+    tested = scorable(y, paired.patient_ids, min_positives, min_positive_patients)
     clusters = paired.patient_ids if delong_clusters == "patient" else None
     delong = delong_per_class(y[:, tested], paired.ours[:, tested], paired.txv[:, tested],
                               [f for f, t in zip(paired.findings, tested) if t], clusters=clusters,
@@ -297,16 +307,19 @@ def subgroup_comparison(
     n_resamples: int = 500,
     seed: int = 0,
     confidence: float = 0.95,
-    min_positives: int = 5,
+    min_positive_patients: int = 5,
 ) -> pd.DataFrame:
     """``compare_auroc`` within each value of each ``by`` column of ``metadata`` (image, sex, view, ...).
 
-    Long format: subgroup, value, images, patients, finding (then ``mean``), and
-    the columns of ``compare_auroc``'s table. A finding with fewer than
-    ``min_positives`` positives in a group is not scored there. Within one
-    ``by`` column, every group's mean averages the same findings (those scored in
-    all its groups), so group means compare like with like. p-values are
-    adjusted within each group.
+    Long format: subgroup, value, images, patients, finding (then ``mean``),
+    positive_patients (patients with a positive film in the group; on the mean row,
+    the fewest of the findings it averages), and the columns of ``compare_auroc``'s
+    table. A finding with positive films from fewer than ``min_positive_patients``
+    patients in a group is not scored there. Within one ``by`` column, every group's
+    mean averages the same findings (those scored in all its groups), so group means
+    compare like with like. p-values are adjusted (Holm, Benjamini-Hochberg) within
+    each group, across its findings: not across groups or variables, so the grid as
+    a whole is exploratory.
     """
     if "image" not in metadata.columns:
         raise ValueError("metadata needs an image column to match predictions to their sex and view")
@@ -321,12 +334,18 @@ def subgroup_comparison(
         values = indexed.loc[paired.images, column].to_numpy()
         levels = [v for v in pd.unique(values) if not pd.isna(v)]
         masks = {level: values == level for level in sorted(levels, key=str)}
-        scored = [scorable(paired.labels[mask], paired.patient_ids[mask], min_positives) for mask in masks.values()]
+        scored = [scorable(paired.labels[mask], paired.patient_ids[mask], min_positive_patients=min_positive_patients)
+                  for mask in masks.values()]
         common = [f for f, ok in zip(paired.findings, np.logical_and.reduce(scored)) if ok] if scored else []
         for level, mask in masks.items():
             result = compare_auroc(paired.subset(mask), n_resamples=n_resamples, seed=seed, confidence=confidence,
-                                   min_positives=min_positives, mean_over=common)
+                                   min_positive_patients=min_positive_patients, mean_over=common)
             table = result.table.reset_index()
+            with_positive = dict(zip(paired.findings, positive_patients(paired.labels[mask],
+                                                                        paired.patient_ids[mask]).tolist()))
+            fewest = min((with_positive[f] for f in common), default=None)
+            table.insert(table.columns.get_loc("positives") + 1, "positive_patients",
+                         pd.array([with_positive.get(f, fewest) for f in table["finding"]], dtype="Int64"))
             table.insert(0, "patients", int(pd.unique(paired.patient_ids[mask]).size))
             table.insert(0, "images", int(mask.sum()))
             table.insert(0, "value", level)

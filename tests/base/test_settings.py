@@ -240,6 +240,23 @@ def test_options_set_the_settings_and_bad_choices_are_refused(capsys):
     assert InferenceSettings.from_arguments(parser.parse_args(["--no-overlays"])).overlays is False
 
 
+def test_one_subgroup_minimum_in_positive_patients_rules_evaluation_and_comparison_alike():
+    from cxrutils.compare.run import compare_run
+    from cxrutils.evaluate.evaluation import evaluate_run
+
+    assert EvaluationSettings().subgroup_min_positive_patients == 5
+    assert ComparisonSettings().subgroup_min_positive_patients == 5
+    for family in (EvaluationSettings, ComparisonSettings):
+        parser = argparse.ArgumentParser()
+        family.add_arguments(parser)
+        chosen = family.from_arguments(parser.parse_args(["--subgroup-min-positive-patients", "8"]))
+        assert chosen.subgroup_min_positive_patients == 8
+        assert "patients (not films)" in " ".join(parser.format_help().split())  # help wraps lines
+    for function in (evaluate_run, compare_run):
+        with pytest.raises(ValueError, match="subgroup_min_positive_patients must be at least 1"):
+            function("runs/none", subgroup_min_positive_patients=0)  # refused before any file is read
+
+
 def test_settings_made_in_code_are_checked_too():
     with pytest.raises(SettingsError, match="otsu"):
         EvaluationSettings(threshold_method="otsu")

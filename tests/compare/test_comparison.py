@@ -239,7 +239,7 @@ def test_classification_uses_validation_thresholds_and_the_published_ones(frames
 
 def test_subgroups_by_sex_and_view(frames, paired) -> None:
     _, _, metadata = frames
-    table = subgroup_comparison(paired, metadata, n_resamples=40, min_positives=5)
+    table = subgroup_comparison(paired, metadata, n_resamples=40, min_positive_patients=5)
     assert set(table["subgroup"]) == {"sex", "view"}
     for column in ("sex", "view"):
         groups = table[(table["subgroup"] == column) & (table["finding"] == MEAN_ROW)]
@@ -252,6 +252,14 @@ def test_subgroups_by_sex_and_view(frames, paired) -> None:
         roc_auc_score(paired.labels[mask, k], paired.ours[mask, k]))
     assert females.loc["Effusion", "images"] == mask.sum()
     assert females.loc["Effusion", "patients"] == pd.unique(paired.patient_ids[mask]).size
+    positive = paired.labels[mask, k] == 1
+    assert females.loc["Effusion", "positive_patients"] == pd.unique(paired.patient_ids[mask][positive]).size
+    # A finding is scored in a group only with enough patients with a positive film there, however many films.
+    strict = subgroup_comparison(paired, metadata, n_resamples=10,
+                                 min_positive_patients=int(females.loc["Effusion", "positive_patients"]) + 1)
+    strict_females = strict[(strict["subgroup"] == "sex") & (strict["value"] == "F")].set_index("finding")
+    assert np.isnan(strict_females.loc["Effusion", "auroc_ours"]) and "not scored" in strict_females.loc[
+        "Effusion", "note"]
     with pytest.raises(ValueError, match="not in the metadata"):
         subgroup_comparison(paired, metadata.iloc[1:], n_resamples=10)
     with pytest.raises(ValueError, match="no 'age' column"):

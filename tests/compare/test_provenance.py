@@ -49,3 +49,26 @@ def test_each_model_carries_a_banner_that_says_what_it_may_have_seen(name: str, 
     assert origin.verdict in page and name in page
     assert ("may have seen these test films" in page) == (colour == "red")
     assert TONES[colour] in page
+
+
+def test_the_leakage_caveat_says_what_the_provenance_table_says() -> None:
+    """About 80% of the official test films, as the NIH model's provenance: not 'some' of them."""
+    from cxrutils.compare.comparison import LEAKAGE_CAVEAT
+
+    share = f"about {prov.NIH_TRAINING_SHARE:.0%} of the official test"
+    assert share in LEAKAGE_CAVEAT and share in prov.provenance("densenet121-res224-nih").why
+    assert "some official-test images" not in LEAKAGE_CAVEAT
+    assert "which overlap the official test list" in LEAKAGE_CAVEAT  # the words the notebook test finds on the page
+
+
+def test_a_model_trained_elsewhere_is_labelled_a_transfer_comparison_not_a_clean_one() -> None:
+    from cxrutils.compare.comparison import comparison_caveats
+
+    clean = prov.provenance("densenet121-res224-pc")
+    assert clean.verdict == "never saw an NIH film" and "clean" not in clean.verdict
+    assert clean.headline_label.startswith("never saw an NIH film; trained on PadChest (Spain)")
+    assert "a different training set and recipe" in clean.headline_label
+    assert "not one of architectures" in clean.headline_label
+    assert prov.provenance("densenet121-res224-nih").headline_label == prov.MAY_HAVE_SEEN
+    (caveat, _) = comparison_caveats("densenet121-res224-pc")
+    assert "never saw an NIH film" in caveat and "not how the two architectures compare" in caveat

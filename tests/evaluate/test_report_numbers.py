@@ -36,6 +36,8 @@ REVERSED = ("Cardiomegaly", "Mass")  # every positive scores below every negativ
 CONSTANT, CONSTANT_VALUE = "Nodule", 0.35  # one score for every film: AUROC 0.5, AP the prevalence
 SAME_FOR_TXV = "Edema"  # TorchXRayVision's scores equal ours: difference 0, p = 1
 NO_THRESHOLD = "Hernia"  # thresholds.json holds null for it
+SUBGROUP_PATIENTS = 5  # the default of subgroup_min_positive_patients: patients with a positive film in a group
+AGE_EDGES = (18, 40, 60, 80)  # the evaluation's age bands: <18, 18-39, 40-59, 60-79, 80+
 TXV_MODEL = "densenet121-res224-pc"
 N_BOOTSTRAP = 50
 K = {finding: k for k, finding in enumerate(FINDINGS)}
@@ -126,15 +128,17 @@ def designed(trained: Path, tmp_path_factory) -> tuple[Path, Design, Design, dic
 # --------------------------------------------------------------------------- independent figures
 
 
-def scorable(labels: np.ndarray, patients: np.ndarray, min_positives: int = 2) -> bool:
-    """The report's rule, written out: enough positive and negative films, from at least 2 patients each."""
+def scorable(labels: np.ndarray, patients: np.ndarray, min_positive_patients: int = 2) -> bool:
+    """The report's rule, written out: 2 positive and 2 negative films, the positives from at least
+    ``min_positive_patients`` patients (never fewer than 2) and the negatives from at least 2."""
     positive = labels == 1
-    return bool(positive.sum() >= max(min_positives, 2) and (~positive).sum() >= 2
-                and np.unique(patients[positive]).size >= 2 and np.unique(patients[~positive]).size >= 2)
+    return bool(positive.sum() >= 2 and (~positive).sum() >= 2
+                and np.unique(patients[positive]).size >= max(min_positive_patients, 2)
+                and np.unique(patients[~positive]).size >= 2)
 
 
-def auroc_or_nan(labels: np.ndarray, scores: np.ndarray, patients: np.ndarray, min_positives: int = 2) -> float:
-    return float(roc_auc_score(labels, scores)) if scorable(labels, patients, min_positives) else np.nan
+def auroc_or_nan(labels: np.ndarray, scores: np.ndarray, patients: np.ndarray, min_positive_patients: int = 2) -> float:
+    return float(roc_auc_score(labels, scores)) if scorable(labels, patients, min_positive_patients) else np.nan
 
 
 def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -255,28 +259,81 @@ def test_calibration_follows_the_column_names(designed, evaluated):
 
 
 def test_subgroup_figures_join_each_film_to_its_own_sex_age_and_view(designed, evaluated):
+    """Each cell is scored only with SUBGROUP_PATIENTS patients with a positive film in its group (before this
+    setting, 2 films from 2 patients): the cells between the two rules are counted, and shown as NaN."""
     _, test, _, _ = designed
-    groups = {"sex": test.rows["sex"], "age band": age_band(test.rows["age_years"]), "view": test.rows["view"]}
+    ages = test.rows["age_years"].to_numpy(dtype=float)
+    bands = pd.Series(np.select([ages < 18, ages < 40, ages < 60, ages < 80], ["<18", "18-39", "40-59", "60-79"],
+                                "80+"))  # written out: the designed run's ages are all plausible
+    assert (bands.astype(str) == age_band(ages, AGE_EDGES).astype(str)).all()
+    groups = {"sex": test.rows["sex"], "age band": bands, "view": test.rows["view"]}
     table = evaluated.subgroups
-    compared = 0
+    compared, hidden_by_the_patient_rule = 0, 0
     for variable, values in groups.items():
         levels = [level for level in pd.unique(values.dropna())]
         masks = {level: (values == level).to_numpy() for level in levels}
-        common = [f for f in FINDINGS if all(scorable(test.labels[m, K[f]], test.patients[m]) for m in masks.values())]
+        common = [f for f in FINDINGS if all(scorable(test.labels[m, K[f]], test.patients[m], SUBGROUP_PATIENTS)
+                                             for m in masks.values())]
         assert table.attrs["mean_over"][variable] == common
         for level, mask in masks.items():
             rows = table[(table["subgroup"] == variable) & (table["value"] == level)].set_index("finding")
             assert rows["images"].iloc[0] == mask.sum()
             assert rows["patients"].iloc[0] == np.unique(test.patients[mask]).size
             for finding, k in K.items():
-                expected = auroc_or_nan(test.labels[mask, k], test.ours[mask, k], test.patients[mask])
+                positive = test.labels[mask, k] == 1
+                assert rows.loc[finding, "positive_patients"] == np.unique(test.patients[mask][positive]).size
+                expected = auroc_or_nan(test.labels[mask, k], test.ours[mask, k], test.patients[mask],
+                                        SUBGROUP_PATIENTS)
                 assert close(rows.loc[finding, "auroc"], expected), (variable, level, finding)
                 compared += np.isfinite(expected)
+                hidden_by_the_patient_rule += (np.isnan(expected)
+                                               and scorable(test.labels[mask, k], test.patients[mask]))
             if common:
                 expected_mean = np.mean([roc_auc_score(test.labels[mask, K[f]], test.ours[mask, K[f]])
                                          for f in common])
                 assert rows.loc[MEAN_ROW, "auroc"] == pytest.approx(expected_mean)
+                fewest = min(np.unique(test.patients[mask][test.labels[mask, K[f]] == 1]).size for f in common)
+                assert rows.loc[MEAN_ROW, "positive_patients"] == fewest
     assert compared >= 40  # most (group, finding) pairs are scored, so the check has teeth
+    assert hidden_by_the_patient_rule > 0  # and the rule hides some cells the old one showed: it is applied
+    assert evaluated.to_document()["subgroups"]["min_positive_patients"] == SUBGROUP_PATIENTS
+
+
+def test_the_films_per_patient_and_the_patient_level_aurocs_are_those_of_the_scored_films(designed, evaluated):
+    """Cluster facts by pandas on the split's metadata rows; first film by follow-up; weights 1 / films."""
+    _, test, _, _ = designed
+    counts = test.rows["patient_id"].value_counts()
+    top = int(np.ceil(counts.size / 10))
+    facts = evaluated.clusters
+    assert (facts.films, facts.patients, facts.films_per_patient_max) == (len(test.rows), counts.size, counts.max())
+    assert facts.films_per_patient_mean == pytest.approx(len(test.rows) / counts.size)
+    assert facts.top_decile_share == pytest.approx(counts.nlargest(top).sum() / len(test.rows))
+    for finding, k in K.items():
+        assert facts.per_finding.loc[finding, "positive films"] == test.labels[:, k].sum()
+        positive = test.labels[:, k] == 1
+        assert facts.per_finding.loc[finding, "positive patients"] == np.unique(test.patients[positive]).size
+
+    first = test.rows.groupby("patient_id")["follow_up"].idxmin().to_numpy()  # rows are 0..n-1
+    weights = 1.0 / test.rows["patient_id"].map(counts).to_numpy()
+    table = evaluated.patient_level
+    for finding, k in K.items():
+        y, scores = test.labels[:, k], test.ours[:, k]
+        assert close(table.loc[finding, "auroc_films"], auroc_or_nan(y, scores, test.patients))
+        assert close(table.loc[finding, "auroc_first_film"],
+                     auroc_or_nan(y[first], scores[first], test.patients[first]))
+        if np.isfinite(table.loc[finding, "auroc_weighted"]):
+            expected = roc_auc_score(y, scores, sample_weight=weights)
+            assert table.loc[finding, "auroc_weighted"] == pytest.approx(expected)
+    assert tuple(table.loc[PERFECT[0], ["auroc_first_film", "auroc_weighted"]]) == pytest.approx((1.0, 1.0))
+    assert tuple(table.loc[CONSTANT, ["auroc_first_film", "auroc_weighted"]]) == pytest.approx((0.5, 0.5))
+    young = test.rows[test.rows["age_years"] < 18]
+    assert (evaluated.paediatric["films"], evaluated.paediatric["patients"]) == (len(young),
+                                                                               young["patient_id"].nunique())
+    document = json.loads(json.dumps(evaluated.to_document()))
+    assert document["clusters"]["films_per_patient"]["max"] == counts.max()
+    assert document["patient_level_auroc"]["per_class"][PERFECT[0]]["auroc_first_film"] == pytest.approx(1.0)
+    assert document["patient_level_auroc"]["mean_over"] == table.attrs["mean_over"]
+    assert document["paediatric"]["films"] == len(young)
 
 
 # --------------------------------------------------------------------------- the comparison report
@@ -371,8 +428,12 @@ def test_the_comparison_by_sex_and_view_joins_each_film_to_its_own_metadata(desi
             rows = table[(table["subgroup"] == variable) & (table["value"] == level)].set_index("finding")
             assert rows["images"].iloc[0] == mask.sum()
             for finding, k in K.items():
-                expected_ours = auroc_or_nan(test.labels[mask, k], test.ours[mask, k], test.patients[mask], 5)
-                expected_txv = auroc_or_nan(test.labels[mask, k], test.txv[mask, k], test.patients[mask], 5)
+                expected_ours = auroc_or_nan(test.labels[mask, k], test.ours[mask, k], test.patients[mask],
+                                             SUBGROUP_PATIENTS)
+                expected_txv = auroc_or_nan(test.labels[mask, k], test.txv[mask, k], test.patients[mask],
+                                            SUBGROUP_PATIENTS)
+                positive = test.labels[mask, k] == 1
+                assert rows.loc[finding, "positive_patients"] == np.unique(test.patients[mask][positive]).size
                 assert close(rows.loc[finding, "auroc_ours"], expected_ours), (variable, level, finding)
                 assert close(rows.loc[finding, "auroc_txv"], expected_txv), (variable, level, finding)
                 scored += np.isfinite(expected_ours)
@@ -423,7 +484,7 @@ def test_metrics_json_holds_every_section_the_report_shows(designed, evaluated):
     section = scored.to_document()["radiologist_labels"]
     assert section["available"] is True and section["films"] == 120
     assert document["subgroups"]["images_without_group"] == {
-        "sex": 0, "view": 0, "age band": int(age_band(test.rows["age_years"]).isna().sum())}
+        "sex": 0, "view": 0, "age band": int(age_band(test.rows["age_years"], AGE_EDGES).isna().sum())}
     means = evaluated.subgroup_means()
     for (variable, _), row in means.iterrows():
         assert row["findings in mean"] == len(evaluated.subgroups.attrs["mean_over"][variable])

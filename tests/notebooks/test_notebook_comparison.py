@@ -123,6 +123,17 @@ def test_random_weights_run_the_whole_comparison_and_say_so(run_dir: Path, tmp_p
     settings = {(row["model"], row["thresholds"]) for row in record["classification"]}
     assert len(settings) == 3 and any(source == "TorchXRayVision op_threshs" for _, source in settings)
     assert {row["subgroup"] for row in record["subgroups"]} == {"sex", "view"}
+    # Subgroup cells under the one rule: 5 patients with a positive film in the group; the grid is exploratory.
+    assert saved["settings"]["subgroup_min_positive_patients"] == 5
+    for row in record["subgroups"]:
+        if row["finding"] != "mean" and row["auroc_ours"] is not None:
+            assert row["positive_patients"] >= 5
+    assert "exploratory" in page
+    # Who the compared films come from, computed on them; the clean model is a transfer comparison, not "clean".
+    counts = ours["patient_id"].value_counts()
+    assert (saved["clusters"]["films"], saved["clusters"]["patients"]) == (len(ours), counts.size)
+    assert f"come from {counts.size:,} patients" in page and "3.6 per patient" not in page
+    assert "(clean)" not in entry["headline"] and "a transfer comparison" in entry["headline"]
 
 
 def test_a_weights_file_in_weights_dir_is_loaded_by_torchxrayvision_and_compared(run_dir: Path, tmp_path: Path):

@@ -62,11 +62,51 @@ def test_evaluation_reports_mean_auroc_with_its_interval_at_the_validation_thres
     else:
         assert radiologist == {"available": False, "films": 0} and "so this section is empty" in page
 
+    # Who the films come from, computed on the scored films (not the dataset's 3.6 films per patient).
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    scored = run_folder.read_predictions(run_dir, "test")
+    counts = scored["patient_id"].value_counts()
+    clusters = metrics["clusters"]
+    assert (clusters["films"], clusters["patients"]) == (len(scored), counts.size) == (metrics["n_images"],
+                                                                                      metrics["n_patients"])
+    assert clusters["films_per_patient"]["max"] == counts.max()
+    assert clusters["top_decile"]["share_of_films"] == pytest.approx(
+        counts.nlargest(math.ceil(counts.size / 10)).sum() / len(scored))
+    assert "3.6 films per patient" not in page and f"come from {counts.size:,} patients" in page
+    # Beside the film-level AUROC: each patient weighing the same (scikit-learn's sample_weight), and first films.
+    weights = 1.0 / scored["patient_id"].map(counts).to_numpy()
+    patient_level = metrics["patient_level_auroc"]["per_class"]
+    checked = 0
+    for finding, row in patient_level.items():
+        if finding != "mean" and row["auroc_weighted"] is not None:
+            assert row["auroc_weighted"] == pytest.approx(
+                roc_auc_score(scored[finding], scored[f"prob_{finding}"], sample_weight=weights))
+            checked += 1
+    assert checked >= 2 and "first film per patient" in page and "sensitivity analysis" in page
+    assert patient_level["mean"]["auroc_films"] == pytest.approx(np.mean(
+        [metrics["per_class"][f]["auroc"] for f in metrics["patient_level_auroc"]["mean_over"]]))
+    # Subgroups: the one rule in positive patients, an exploratory grid, and no claim from overlapping intervals.
+    assert metrics["subgroups"]["min_positive_patients"] == 5
+    shown = pd.DataFrame(metrics["subgroups"]["table"])
+    shown = shown[(shown["finding"] != "mean") & shown["auroc"].notna()]
+    assert (shown["positive_patients"] >= 5).all()
+    assert "Overlapping intervals say" not in page and "exploratory" in page
+    ages = pd.DataFrame(metrics["subgroups"]["table"]).query("subgroup == 'age band'")["value"].unique()
+    assert set(ages) <= {"<18", "18-39", "40-59", "60-79", "80+"}
+
     # The runner wrote the run's model card from the run folder, and the index links it.
     card = json.loads((reports_dir / "model_card.json").read_text())
     assert card["synthetic"] is True and card["evaluation"]["mean_auroc"]["auroc"] == mean["auroc"]
     assert card["data"]["split"]["patients_in_two_splits"] == 0
     assert card["training"]["best_epoch"]["epoch"] >= 1 and card["model"]["initial_weights"]["kind"].startswith("none")
+    children = metrics["paediatric"]
+    children_line = f"Children: {children['films']:,} of the {metrics['n_images']:,}"
+    assert any(children_line in line for line in card["limitations"])
+    assert "not agreement with the films" in card["data"]["label_definitions"]
+    assert "above 90% accurate" in card["data"]["label_definitions"]
     card_page = (reports_dir / "model_card.html").read_text()
     assert "SYNTHETIC DATA" in card_page and card_page.count("TO BE WRITTEN BY A PERSON") == 4
     assert "href='model_card.html'" in (reports_dir / "index.html").read_text()
