@@ -45,6 +45,11 @@ FILMS_DIR, OVERLAYS_DIR = "films", "overlays"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+# zlib level 1, not PIL's 6: a 256-px overlay encodes in 4.5 ms instead of 17 (11% larger), and a folder of
+# 100,000 films writes several pictures each. Still PNG: lossless, and the same names.
+PNG_COMPRESS_LEVEL = 1
+
+
 def picture_stem(path: str | os.PathLike[str], image: str) -> str:
     """A file name for a film's pictures: its name made safe, and a hash of its path (unique, the same on a re-run)."""
     digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:12]
@@ -72,11 +77,11 @@ class FilmPictures:
                 "overlays": {finding: name for finding, name in overlays.items() if (self.out_dir / name).is_file()}}
             return
         drawing = inference_view.draw_film(film)
-        Image.fromarray(drawing.film).save(self.out_dir / picture)
+        Image.fromarray(drawing.film).save(self.out_dir / picture, compress_level=PNG_COMPRESS_LEVEL)
         overlays = {}
         for finding, overlay in drawing.overlays.items():
             overlays[finding] = f"{OVERLAYS_DIR}/{stem}__{finding}.png"
-            Image.fromarray(overlay).save(self.out_dir / overlays[finding])
+            Image.fromarray(overlay).save(self.out_dir / overlays[finding], compress_level=PNG_COMPRESS_LEVEL)
         self.films[film.record.image] = {"film": picture, "overlays": overlays}
 
     def clear(self) -> None:

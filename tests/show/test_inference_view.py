@@ -143,3 +143,25 @@ def test_the_page_and_notebook_05_draw_a_film_with_the_same_function(tmp_path, m
     parameters = next(cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", []))
     for node in ast.parse(parameters.source).body:
         ast.literal_eval(node.value)  # literals only
+
+
+def test_an_overlay_is_matplotlibs_jet_over_the_grey_film_exactly():
+    """The colour table gives the colours matplotlib's colormap call gives, pixel for pixel."""
+    import numpy as np
+    from matplotlib import colormaps
+    from PIL import Image
+
+    from cxrutils.show import inference_view
+
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (64, 64)).astype(np.uint8)
+    for heat in (np.clip(rng.normal(0.5, 0.3, (16, 16)), 0, 1), np.zeros((16, 16)), np.ones((16, 16)),
+                 np.linspace(0, 1, 256).reshape(16, 16)):
+        heat = heat.astype(np.float32)
+        film = inference_view.film_picture(grey).astype(np.float32) / 255.0
+        side = film.shape[0]
+        resized = np.asarray(Image.fromarray(heat).resize((side, side), Image.Resampling.BILINEAR)).clip(0, 1)
+        colours = colormaps["jet"](resized)[..., :3]
+        expected = np.rint(((1 - inference_view.HEATMAP_ALPHA) * film[..., None]
+                            + inference_view.HEATMAP_ALPHA * colours) * 255).clip(0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(inference_view.overlay_picture(grey, heat), expected)
