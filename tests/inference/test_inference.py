@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import torch
 from dicom_files import pydicom_test_file, windowed_copy
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
@@ -240,3 +241,33 @@ def test_the_default_decoding_processes_follow_the_cores_and_the_batches():
     assert default_workers(films=3, batch_size=64, cpus=16) == 0  # one batch: a worker would only cost its start
     assert default_workers(films=129, batch_size=64, cpus=16) == 2  # three batches: two decoded while one scores
     assert default_workers(films=10, batch_size=64, cpus=1) == 0
+
+
+def test_scores_and_maps_from_one_forward_equal_scoring_then_gradcam(run_copy, tiny_phantom_root):
+    """On the CPU inference takes Grad-CAM from the scoring forward; the probabilities are predict_logits' and each
+    map is gradcam_per_film's for the film's positive calls."""
+    from cxrutils.engine.gradcam import gradcam_per_film
+    from cxrutils.engine.network_input import prepare_batch
+    from cxrutils.engine.predict import predict_logits, probabilities_of
+    from cxrutils.inference.scoring import load_inference_model
+
+    run_dir, _ = run_copy
+    model = load_inference_model(run_dir)
+    films = sorted((tiny_phantom_root / "images").glob("*.png"))[:16]
+    result = infer_films(model, films, batch_size=16, num_workers=0, show_progress=False)
+    pixels = torch.from_numpy(np.stack([film.pixels for film in result.films]))[:, None]
+    config = model.config
+    logits, _ = predict_logits(model.model, [(pixels, torch.ones(len(pixels), 1))], model.device, config.input_size,
+                               config.amp, config.channels_last, show_progress=False)
+    np.testing.assert_allclose(np.stack([film.probabilities for film in result.films]), probabilities_of(logits),
+                               atol=1e-6)
+    images = prepare_batch(pixels, model.device, config.input_size, channels_last=False)
+    wanted = [film.positive_findings for film in result.films]
+    reference = iter(gradcam_per_film(model.model, images, wanted, layer=model.model.dense_block(model.gradcam_layer)))
+    compared = 0
+    for film in result.films:
+        assert list(film.heatmaps) == film.positive_findings
+        for finding in film.positive_findings:
+            np.testing.assert_allclose(film.heatmaps[finding], next(reference).numpy(), atol=1e-5, err_msg=finding)
+            compared += 1
+    assert compared > 0

@@ -109,7 +109,7 @@ def test_the_figure_and_the_page_pictures_are_drawn_without_ipython_or_pyplot(tm
                           env={**os.environ, "MPLBACKEND": "Agg"}, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "2", "False"]
-    assert len(list((tmp_path / inference_page.OVERLAYS_DIR).glob("*.png"))) == 2
+    assert len(list((tmp_path / inference_page.OVERLAYS_DIR).glob(f"*{inference_page.OVERLAY_SUFFIX}"))) == 2
 
 
 def test_the_page_and_notebook_05_draw_a_film_with_the_same_function(tmp_path, monkeypatch):
@@ -130,8 +130,12 @@ def test_the_page_and_notebook_05_draw_a_film_with_the_same_function(tmp_path, m
     files = pictures.films["chest.png"]
     page_pictures = [files["film"]] + [files["overlays"][finding] for finding in POSITIVE]
     assert files["film"] == f"{inference_page.FILMS_DIR}/{inference_page.picture_stem(film.record.path, 'chest.png')}.png"
-    for saved, shown in zip(page_pictures, _images(figure), strict=True):
-        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / saved)), shown)
+    shown_pictures = _images(figure)
+    assert len(shown_pictures) == len(page_pictures)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / page_pictures[0])), shown_pictures[0])  # lossless
+    for saved, shown in zip(page_pictures[1:], shown_pictures[1:], strict=True):  # JPEG: a guide to the eye
+        difference = np.abs(np.asarray(Image.open(tmp_path / saved)).astype(int) - shown.astype(int))
+        assert difference.mean() < 2 and np.percentile(difference, 99) <= 12, saved
 
     notebook = nbformat.read(NOTEBOOKS_DIR / "05_inference.ipynb", as_version=4)
     code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
@@ -145,8 +149,9 @@ def test_the_page_and_notebook_05_draw_a_film_with_the_same_function(tmp_path, m
         ast.literal_eval(node.value)  # literals only
 
 
-def test_an_overlay_is_matplotlibs_jet_over_the_grey_film_exactly():
-    """The colour table gives the colours matplotlib's colormap call gives, pixel for pixel."""
+def test_an_overlay_is_matplotlibs_jet_over_the_grey_film_to_one_grey_level():
+    """The colour table gives the colours matplotlib's colormap call gives; the float32 blend is within one level of
+    the float64 one."""
     import numpy as np
     from matplotlib import colormaps
     from PIL import Image
@@ -164,4 +169,6 @@ def test_an_overlay_is_matplotlibs_jet_over_the_grey_film_exactly():
         colours = colormaps["jet"](resized)[..., :3]
         expected = np.rint(((1 - inference_view.HEATMAP_ALPHA) * film[..., None]
                             + inference_view.HEATMAP_ALPHA * colours) * 255).clip(0, 255).astype(np.uint8)
-        np.testing.assert_array_equal(inference_view.overlay_picture(grey, heat), expected)
+        drawn = inference_view.overlay_picture(grey, heat).astype(int)
+        assert drawn.shape == expected.shape and np.abs(drawn - expected).max() <= 1
+        assert (drawn == expected).mean() > 0.9  # rounding, not a different colour
