@@ -49,7 +49,19 @@ REPORT_PAGE = re.compile(r"^\d\d_.+\.html$")
 # tqdm's refresh: "37%|███▋      | 11/30 [00:04<00:07" (and the rate that follows).
 PROGRESS_DEBRIS = re.compile(r"\d{1,3}%\|[^|\n]{0,60}\|\s*\d[\d.,]*[kM]?/\d|\[\d\d:\d\d<\d\d:\d\d")
 # What pandas prints when nobody formatted the table: a count without separators, a float to 6 decimals.
+# A small value printed to its significant digits (a threshold of 0.00974) is formatted; 0.81234 is not.
 RAW_NUMBER = re.compile(r"^-?(\d{4,}|\d+\.\d{5,})$")
+RAW_SIGNIFICANT_DIGITS = 5
+
+
+def is_raw_number(text: str) -> bool:
+    """A table cell as pandas prints it unformatted: a count without separators, or a decimal to 5+ digits."""
+    if not RAW_NUMBER.match(text):
+        return False
+    if "." not in text:
+        return True
+    significant = text.lstrip("-").replace(".", "").lstrip("0")
+    return len(significant) >= RAW_SIGNIFICANT_DIGITS
 NAMING_HEADER = re.compile(r"(^|[\s_])(id|patient_id|follow_up|follow-up|epoch|seed|year)$", re.IGNORECASE)
 
 _PAGE_FACTS = """(() => {
@@ -263,7 +275,7 @@ def _problems(page: Path, facts: dict[str, Any]) -> list[str]:
     if debris:
         problems.append(f"progress-bar output in the page: {debris.group(0)!r}")
     raw = sorted({(header, text) for header, text in facts.get("cells", [])
-                  if RAW_NUMBER.match(text) and not NAMING_HEADER.search(header)})
+                  if is_raw_number(text) and not NAMING_HEADER.search(header)})
     for header, text in raw[:10]:
         problems.append(f"unformatted number {text!r} in a table (column {header!r})")
     return problems

@@ -109,3 +109,11 @@ def test_each_report_opens_with_its_contents_and_the_index_shows_each_headline(r
     row = next(r for r in index.split("<tr>") if "03_evaluate.html" in r)
     assert row.index("class='status ok'") < row.index("thumbnail.png") < row.index(entries["03_evaluate"]["headline"])
     assert (entries["02_train"]["thumbnail"], entries["01_eda"]["thumbnail"]) == ("02_train/thumbnail.png", None)
+
+
+def test_a_raw_number_is_a_count_without_separators_or_a_decimal_to_five_significant_digits():
+    from cxrutils.publish.browser import is_raw_number
+
+    assert is_raw_number("112120") and is_raw_number("0.81234") and is_raw_number("-12.34567")
+    assert not is_raw_number("0.00974")  # a small threshold to 3 significant digits: formatted
+    assert not is_raw_number("0.812") and not is_raw_number("112,120") and not is_raw_number("0.0001")
