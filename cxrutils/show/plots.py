@@ -403,10 +403,13 @@ def subgroup_forest(table: pd.DataFrame, findings: list[str] | None = None, colu
         labels = []
         for row in part.itertuples():
             positives = "" if pd.isna(row.positives) else f", {int(row.positives)}+"
+            patients = getattr(row, "positive_patients", np.nan)  # the unit the subgroup minimum counts
+            positives += "" if pd.isna(patients) else f" of {int(patients)} pt"
             labels.append(f"{row.subgroup}: {row.value} ({row.images} img{positives})")
         ax.set_yticks(positions, labels, fontsize=7)
+        hidden = "too few positive patients" if "positive_patients" in part else "too few positives"
         for y in positions[~defined]:
-            ax.text(0.5, y, "too few positives", fontsize=7, va="center", color="grey")
+            ax.text(0.5, y, hidden, fontsize=7, va="center", color="grey")
         ax.axvline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_title(finding, fontsize=9)
         ax.set_xlabel("AUROC", fontsize=8)

@@ -345,10 +345,12 @@ def test_roc_curves_title_each_class_with_its_interval_and_forest_draws_each_fin
     overlay = plots.roc_curves(labels, {"one": scores, "two": scores[:, ::-1]}, names)
     assert len(overlay.axes[0].get_lines()) == 3  # chance diagonal + two models
     groups = pd.Series(np.where(np.arange(200) < 100, "PA", "AP"), name="view")
-    forest = plots.subgroup_forest(
-        metrics.subgroup_auroc(labels, scores, np.arange(200), groups, n_resamples=20, class_names=names)
-    )
+    subgroups = metrics.subgroup_auroc(labels, scores, np.arange(200), groups, n_resamples=20, class_names=names)
+    forest = plots.subgroup_forest(subgroups)
     assert [ax.get_title() for ax in forest.axes if ax.axison] == ["a", "b", "mean"]
+    row = subgroups.iloc[0]  # each row says how many patients its positives come from
+    tick_labels = [label.get_text() for label in forest.axes[0].get_yticklabels()]
+    assert any(f" of {int(row['positive_patients'])} pt)" in text for text in tick_labels), tick_labels
     matplotlib.pyplot.close("all")
 
 
