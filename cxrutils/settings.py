@@ -134,9 +134,10 @@ class TrainConfig:
     test_fraction: float = 0.2  # share of patients for test, only where there are no official lists
     split_seed: int = 0  # draws the validation (and, without lists, test) patients
     cache_dir: str | None = None  # default: data/cache/<dataset folder>_<cache_size>
-    cache_size: int = 256
+    cache_size: int | None = None  # film side in the cache; None: follows input_size (x 8/7: 256 for 224, 512 for 448)
     skip_bad_images: bool = False  # True: unreadable files are listed in the run folder, not fatal
     input_size: int = 224
+    arch: str = "densenet121"  # the backbone: densenet121, resnet50, efficientnet_v2_s or convnext_tiny
     weights: str = "imagenet"  # "imagenet", "none", or a path to a cxrutils checkpoint
     head: str = "gap"  # "gap" or "lse"
     lse_r: float = 10.0
@@ -172,6 +173,11 @@ class TrainConfig:
         if not 0 <= self.warmup_epochs < math.inf:
             raise SettingsError(f"warmup_epochs={self.warmup_epochs}: must be 0 (no warmup) or a positive number of "
                                 "epochs, e.g. 1 or 0.5")
+        if self.arch not in ARCHITECTURES:
+            raise SettingsError(f"arch={self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+        if self.cache_size is None:
+            # The cache holds films a little larger than the network's input, so zoom and crop have pixels to use.
+            self.cache_size = round(self.input_size * 8 / 7)
         # The name is a folder under runs_dir and under reports/: one plain path component, never a way out of them.
         if (not self.name or self.name in (".", "..") or any(separator in self.name for separator in ("/", "\\"))
                 or not self.name.isprintable()):
@@ -258,7 +264,9 @@ def load_train_config(profile: str, overrides: list[str] | dict[str, Any] | None
 DEFAULT_MAX_PIXELS = 40_000_000
 MAX_PIXELS_VARIABLE = "CXRUTILS_MAX_IMAGE_PIXELS"
 THRESHOLD_METHODS: tuple[str, ...] = ("youden", "max_f1")  # the one list: cxrutils.stats.thresholds imports it
-SPLITS: tuple[str, ...] = ("train", "val", "test")  # the one list: cxrutils.engine.predict imports it
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+# The one list of backbones: cxrutils.engine.model builds each and checks its registry against this.
+ARCHITECTURES: tuple[str, ...] = ("densenet121", "resnet50", "efficientnet_v2_s", "convnext_tiny")  # the one list: cxrutils.engine.predict imports it
 # A copy of cxrutils.compare.txv.TXV_MODEL_NAMES (the keys of its provenance table; a test holds them equal), so
 # the command line can offer the choices without importing torch.
 TXV_MODEL_NAMES: tuple[str, ...] = (
