@@ -30,6 +30,7 @@ from cxrutils.compare.txv import (
     TxvWeightsNotFoundError,
     load_txv_model,
     predict_txv,
+    radiologist_only_outputs,
     txv_predictions_frame,
     txv_spec,
     weights_path,
@@ -41,6 +42,7 @@ from cxrutils.engine.predict import predict_split
 from cxrutils.engine.runtime import select_device
 from cxrutils.evaluate.radiologist import RadiologistResult, score_against_radiologists
 from cxrutils.labels import FINDINGS
+from cxrutils.predictions import probability_column
 from cxrutils.profiling import stage
 from cxrutils.stats.cohort import ClusterFacts, cluster_facts
 from cxrutils.stats.metrics import MEAN_ROW
@@ -306,11 +308,21 @@ class ModelComparison:
 
 
 def _txv_frame(model: TxvModel, cache: ImageCache, ours: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
-    """TXV's predictions on exactly our images; labels and patients from the metadata, so pairing checks ours."""
+    """TXV's predictions on exactly our images; labels and patients from the metadata, so pairing checks ours.
+
+    Outputs for radiologist-only findings (Fracture) come as extra probability columns,
+    for scoring against the radiologists' labels; pairing with ours uses the 14 findings only.
+    """
     images = ours["image"].astype(str).tolist()
     rows = metadata.drop_duplicates("image").set_index("image").loc[images]
-    probabilities = predict_txv(model, cache, names=images)
-    return txv_predictions_frame(model, probabilities, images, rows["patient_id"].tolist(), rows[list(FINDINGS)])
+    extra = radiologist_only_outputs(model.module.pathologies)
+    findings_outputs = list(model.finding_outputs.values())
+    probabilities = predict_txv(model, cache, names=images, outputs=[*findings_outputs, *extra.values()])
+    frame = txv_predictions_frame(model, probabilities[:, :len(findings_outputs)], images,
+                                  rows["patient_id"].tolist(), rows[list(FINDINGS)])
+    for j, output in enumerate(extra):
+        frame[probability_column(output)] = probabilities[:, len(findings_outputs) + j]
+    return frame
 
 
 def compare_models(

@@ -53,6 +53,7 @@ from tqdm import TqdmWarning
 from cxrutils.compare.provenance import PROVENANCE
 from cxrutils.data.cache import ImageCache
 from cxrutils.data.images import read_image
+from cxrutils.data.radiologist_labels import RADIOLOGIST_ONLY_OUTPUTS
 from cxrutils.engine.model import WeightsNotFoundError
 from cxrutils.labels import FINDINGS
 from cxrutils.paths import resolve
@@ -138,6 +139,15 @@ def finding_outputs(pathologies: Sequence[str]) -> dict[str, int]:
     """
     index = {name: k for k, name in enumerate(pathologies) if name}
     return {finding: index[finding] for finding in FINDINGS if finding in index}
+
+
+def radiologist_only_outputs(pathologies: Sequence[str]) -> dict[str, int]:
+    """The model's outputs for radiologist findings NIH has no label for (Fracture) -> their index; none if untrained.
+
+    Scored against Majkowska et al.'s radiologist labels only (``cxrutils.evaluate.radiologist``).
+    """
+    index = {name: k for k, name in enumerate(pathologies) if name}
+    return {output: index[output] for output in RADIOLOGIST_ONLY_OUTPUTS.values() if output in index}
 
 
 def default_weights_dir() -> Path:
@@ -391,8 +401,12 @@ def predict_txv(
     read_workers: int = 4,
     show_progress: bool = True,
     return_logits: bool = False,
+    outputs: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Raw sigmoid probabilities (n_images, len(model.findings)), float64, columns in ``model.findings`` order.
+
+    ``outputs`` picks other output indices instead (e.g. the findings' then
+    ``radiologist_only_outputs``'), in that order.
 
     ``images`` is an ``ImageCache`` (with ``names``), a uint8 (N, H, W) array, or a
     sequence of 2-D uint8 arrays or image paths (read with
@@ -406,7 +420,7 @@ def predict_txv(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(images, ImageCache) and names is None:
         raise ValueError("reading from an ImageCache needs names= (which images, in which order)")
-    columns = list(model.finding_outputs.values())
+    columns = list(model.finding_outputs.values()) if outputs is None else list(outputs)
     device = next(model.module.parameters()).device
     total = len(names) if isinstance(images, ImageCache) and names is not None else len(images)
     batches = _input_batches(images, names, batch_size, model.resolution, device, read_workers)

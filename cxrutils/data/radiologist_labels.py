@@ -32,7 +32,15 @@ MAPPING: dict[str, tuple[str, ...]] = {
     "Nodule or mass": ("Nodule", "Mass"),
     "Airspace opacity": AIRSPACE_FINDINGS,
 }
-NOT_SCORED = {"Fracture": "none of NIH's 14 findings is a fracture, so no output of ours stands for it"}
+# A radiologist finding NIH has no label for, and the output name a model may have for it (TorchXRayVision's 18
+# outputs include Fracture). A predictions table with that output's probability column is scored on it against the
+# radiologists only; there is no NIH label to score it against.
+RADIOLOGIST_ONLY_OUTPUTS: dict[str, str] = {"Fracture": "Fracture"}
+NOT_SCORED = {"Fracture": "none of NIH's 14 findings is a fracture, so no output of ours stands for it (a "
+                          "TorchXRayVision model with a Fracture output is scored against the radiologists only)"}
+# How a film's score and its NIH label are formed for a radiologist finding covering several NIH findings.
+COMBINATION_RULE = ("a film's score for a radiologist finding is the highest probability among its mapped outputs, "
+                    "and its NIH label is positive when any mapped NIH label is")
 SETS = ("test", "val")
 _RAW_COLUMNS = {"Image Index": "image", "Patient ID": "patient_id", "Set Id": "set"}
 

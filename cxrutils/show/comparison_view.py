@@ -188,17 +188,24 @@ def radiologist_display(result: ComparisonResult, comparison: ModelComparison) -
         return note("None of the compared films has radiologist labels (real NIH: 1,962 official-test films do).",
                     tone="neutral")
     rows = {}
-    for finding in ours.table.index:
-        a, b = ours.table.loc[finding], theirs.table.loc[finding]
+    for finding in theirs.table.index:  # ours has no Fracture output; a TorchXRayVision model may
+        b = theirs.table.loc[finding]
+        a = ours.table.loc[finding] if finding in ours.table.index else None
         rows[finding] = {
-            "films": int(a["films"]), "radiologist positives": int(a["radiologist positives"]),
-            "NIH / radiologist agreement": a["agreement"],
-            "ours vs radiologists": interval_text(a["AUROC (radiologists)"], a["radiologists CI low"],
-                                                  a["radiologists CI high"]),
+            "films": int(b["films"]), "radiologist positives": int(b["radiologist positives"]),
+            "NIH / radiologist agreement": b["agreement"],
+            "ours vs radiologists": ("no output (not an NIH finding)" if a is None else interval_text(
+                a["AUROC (radiologists)"], a["radiologists CI low"], a["radiologists CI high"])),
             "TXV vs radiologists": interval_text(b["AUROC (radiologists)"], b["radiologists CI low"],
                                                  b["radiologists CI high"]),
-            "ours vs NIH labels": interval_text(a["AUROC (NIH labels)"], a["NIH CI low"], a["NIH CI high"]),
-            "TXV vs NIH labels": interval_text(b["AUROC (NIH labels)"], b["NIH CI low"], b["NIH CI high"]),
+            "ours vs NIH labels": ("no NIH label" if a is None else
+                                   interval_text(a["AUROC (NIH labels)"], a["NIH CI low"], a["NIH CI high"])),
+            "TXV vs NIH labels": ("no NIH label" if pd.isna(b["AUROC (NIH labels)"]) and pd.isna(b["agreement"])
+                                  else interval_text(b["AUROC (NIH labels)"], b["NIH CI low"], b["NIH CI high"])),
+            "TXV: radiologists - NIH (paired)": ("" if pd.isna(b["difference (radiologists - NIH)"]) else
+                                                 interval_text(b["difference (radiologists - NIH)"],
+                                                               b["difference CI low"], b["difference CI high"],
+                                                               signed=True)),
             "TXV scored by": b["scored by"],
         }
     shown = pd.DataFrame.from_dict(rows, orient="index").rename_axis("radiologist finding")

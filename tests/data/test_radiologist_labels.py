@@ -111,3 +111,88 @@ def test_a_model_without_some_outputs_is_scored_on_those_it_has(radiologist: pd.
 def test_films_without_radiologist_labels_give_no_result(radiologist: pd.DataFrame) -> None:
     table, _ = _predictions(radiologist, n_labelled=0, n_other=40)
     assert score_against_radiologists(table, radiologist, n_resamples=10) is None
+
+
+def _resampled_auroc_by_definition(truth: np.ndarray, score: np.ndarray, patients: np.ndarray,
+                                   counts: np.ndarray) -> float:
+    """One resample's AUROC by sklearn, each film weighted by how often its patient was drawn."""
+    codes = pd.factorize(patients)[0]
+    weights = counts[codes]
+    keep = weights > 0
+    if len(set(truth[keep])) < 2:
+        return np.nan
+    return roc_auc_score(truth[keep], score[keep], sample_weight=weights[keep])
+
+
+def test_the_difference_between_reference_standards_is_paired_on_the_same_patient_draws(radiologist) -> None:
+    """Radiologists minus NIH: the point from sklearn, the interval from the same draws recomputed by definition."""
+    from cxrutils.stats.metrics import _patient_draw_chunks
+
+    table, labelled = _predictions(radiologist, n_labelled=300, n_other=0, seed=3)
+    n_resamples, seed = 200, 5
+    result = score_against_radiologists(table, radiologist, n_resamples=n_resamples, seed=seed)
+    patients = table["patient_id"].to_numpy()
+    n_patients = pd.unique(patients).size
+    draws = np.concatenate(list(_patient_draw_chunks(n_patients, n_resamples, seed)))
+    for finding, outputs in MAPPING.items():
+        score = table[[f"prob_{o}" for o in outputs]].max(axis=1).to_numpy()
+        truth, nih = labelled[finding].to_numpy(), table[list(outputs)].max(axis=1).to_numpy()
+        row = result.table.loc[finding]
+        assert row["difference (radiologists - NIH)"] == pytest.approx(
+            roc_auc_score(truth, score) - roc_auc_score(nih, score), abs=1e-12)
+        differences = np.array([_resampled_auroc_by_definition(truth, score, patients, counts)
+                                - _resampled_auroc_by_definition(nih, score, patients, counts) for counts in draws])
+        low, high = np.nanquantile(differences, [0.025, 0.975])
+        assert row["difference CI low"] == pytest.approx(low, abs=1e-9)
+        assert row["difference CI high"] == pytest.approx(high, abs=1e-9)
+    # Identical label sets differ by exactly zero in every resample: a paired interval, not two unpaired ones.
+    same = radiologist.copy()
+    for finding, outputs in MAPPING.items():
+        same.loc[labelled.index, finding] = table[list(outputs)].max(axis=1).to_numpy().astype(np.int8)
+    paired = score_against_radiologists(table, same, n_resamples=50, seed=0).table
+    assert (paired.loc[list(MAPPING), ["difference (radiologists - NIH)", "difference CI low",
+                                       "difference CI high"]].to_numpy() == 0).all()
+
+
+def test_airspace_opacity_is_also_scored_by_each_mapped_output_alone(radiologist) -> None:
+    table, labelled = _predictions(radiologist, n_labelled=400, n_other=0, seed=2)
+    result = score_against_radiologists(table, radiologist, n_resamples=20, seed=0)
+    assert list(result.heads.index) == list(AIRSPACE_FINDINGS)
+    nih = table[list(AIRSPACE_FINDINGS)].max(axis=1)
+    for output in AIRSPACE_FINDINGS:
+        row = result.heads.loc[output]
+        assert row["AUROC (radiologists)"] == pytest.approx(
+            roc_auc_score(labelled["Airspace opacity"], table[f"prob_{output}"]), abs=1e-12)
+        assert row["AUROC (NIH labels)"] == pytest.approx(roc_auc_score(nih, table[f"prob_{output}"]), abs=1e-12)
+        assert row["radiologists CI low"] <= row["AUROC (radiologists)"] <= row["radiologists CI high"]
+    document = result.to_document()
+    assert "highest probability" in document["combination_rule"] and len(document["airspace_heads"]) == 4
+
+
+def test_a_fracture_output_is_scored_against_the_radiologists_only(radiologist) -> None:
+    """TorchXRayVision's Fracture output: NIH has no fracture label, so only the radiologists' AUROC exists."""
+    table, labelled = _predictions(radiologist, n_labelled=500, n_other=20, seed=4)
+    without = score_against_radiologists(table, radiologist, n_resamples=10)
+    assert "Fracture" not in without.table.index and "Fracture" in without.to_document()["not_scored"]
+    rng = np.random.default_rng(0)
+    fracture = rng.random(len(table))
+    fracture[:500] += 0.5 * labelled["Fracture"].to_numpy()
+    table["prob_Fracture"] = fracture
+    result = score_against_radiologists(table, radiologist, n_resamples=30, seed=1)
+    row = result.table.loc["Fracture"]
+    assert row["AUROC (radiologists)"] == pytest.approx(roc_auc_score(labelled["Fracture"], fracture[:500]), abs=1e-12)
+    assert row["radiologists CI low"] <= row["AUROC (radiologists)"] <= row["radiologists CI high"]
+    assert np.isnan(row["AUROC (NIH labels)"]) and np.isnan(row["difference (radiologists - NIH)"])
+    document = result.to_document()
+    assert document["scored_against_radiologists_only"] == ["Fracture"] and "Fracture" not in document["not_scored"]
+    # The mapped findings are scored exactly as without the extra column.
+    pd.testing.assert_frame_equal(result.table.loc[list(MAPPING)], score_against_radiologists(
+        table.drop(columns="prob_Fracture"), radiologist, n_resamples=30, seed=1).table, check_dtype=False)
+
+
+def test_radiologist_only_outputs_are_found_by_name_in_a_txv_models_outputs() -> None:
+    from cxrutils.compare.txv import TXV_PATHOLOGIES, radiologist_only_outputs
+
+    assert radiologist_only_outputs(TXV_PATHOLOGIES) == {"Fracture": list(TXV_PATHOLOGIES).index("Fracture")}
+    untrained = ["" if name == "Fracture" else name for name in TXV_PATHOLOGIES]
+    assert radiologist_only_outputs(untrained) == {}
