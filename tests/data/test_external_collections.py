@@ -1,0 +1,403 @@
+"""The five external collections: phantom roots in their published layouts, built from the shipped rows, read back.
+
+Every count here is computed twice: by ``cxrutils.data.external`` and, independently, with
+plain pandas on the CSV as the collection publishes it (the root's own file, or the shipped one).
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import os
+import re
+import shutil
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxrutils.data.dicom import write_dicom
+from cxrutils.data.external import (
+    COLLECTIONS,
+    LABEL_MAPS,
+    ExternalOptions,
+    external_label_map,
+    label_counts,
+    label_maps_overview,
+    load_external,
+    shipped_films,
+)
+from cxrutils.data.images import read_image
+from cxrutils.data.metadata import shipped_data_file
+from cxrutils.demo.external_roots import ExternalRootSpec, build_external_root
+from cxrutils.labels import FINDINGS
+
+SAMPLE_PATIENTS = 12
+CHEXPERT_CSV = "CheXpert-v1.0-small/train.csv"
+PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
+PADCHEST_FRONTAL = ("PA", "AP", "AP_horizontal")
+# The columns a reader of CheXpert's paper would pick for the NIH findings, written out here and checked against the map.
+CHEXPERT_COLUMNS = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Effusion": "Pleural Effusion",
+                    "Pneumonia": "Pneumonia", "Pneumothorax": "Pneumothorax", "Consolidation": "Consolidation",
+                    "Edema": "Edema"}
+VINDR_CLASSES = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Effusion": "Pleural effusion",
+                 "Infiltration": "Infiltration", "Mass": "Nodule/Mass", "Nodule": "Nodule/Mass",
+                 "Pneumothorax": "Pneumothorax", "Consolidation": "Consolidation", "Fibrosis": "Pulmonary fibrosis",
+                 "Pleural_Thickening": "Pleural thickening"}
+METADATA = {"chexpert": CHEXPERT_CSV, "padchest": PADCHEST_CSV, "vindr": "train.csv",
+            "rsna": "stage_2_train_labels.csv", "siim": "train-rle.csv"}
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("external")
+    return {collection: build_external_root(base / collection, ExternalRootSpec(collection, SAMPLE_PATIENTS, seed=3))
+            for collection in COLLECTIONS}
+
+
+def _plain_csv(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+# --------------------------------------------------------------------------- independent counts, plain pandas
+
+
+def _counts(positive: pd.Series, negative: pd.Series, excluded: pd.Series) -> tuple[int, int, int]:
+    return int(positive.sum()), int(negative.sum()), int(excluded.sum())
+
+
+def chexpert_expected(raw: pd.DataFrame, policy: str) -> dict[str, tuple[int, int, int]]:
+    frontal = raw[raw["Frontal/Lateral"] == "Frontal"]
+    expected = {}
+    for finding, column in CHEXPERT_COLUMNS.items():
+        value = frontal[column]
+        ones, zeros, blank, uncertain = value == "1.0", value == "0.0", value == "", value == "-1.0"
+        assert (ones | zeros | blank | uncertain).all()
+        positive = ones | uncertain if policy == "positive" else ones
+        negative = zeros | blank | uncertain if policy == "negative" else zeros | blank
+        excluded = uncertain if policy == "exclude" else uncertain & False
+        expected[finding] = _counts(positive, negative, excluded)
+    return expected
+
+
+def padchest_expected(raw: pd.DataFrame) -> dict[str, tuple[int, int, int]]:
+    frontal = raw[raw["Projection"].isin(PADCHEST_FRONTAL)]
+
+    def terms(text: str) -> set[str]:
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return set()
+        return {str(term).strip() for term in parsed if str(term).strip()} if isinstance(parsed, list) else set()
+
+    parsed = frontal["Labels"].map(terms)
+    labelled = parsed.map(lambda found: bool(found) and "exclude" not in found)
+    expected = {}
+    for finding in FINDINGS:
+        wanted = set(LABEL_MAPS["padchest"][finding].source_terms)
+        hit = parsed.map(lambda found: bool(found & wanted))
+        expected[finding] = _counts(labelled & hit, labelled & ~hit, ~labelled)
+    return expected
+
+
+def vindr_expected(raw: pd.DataFrame, min_readers: int) -> dict[str, tuple[int, int, int]]:
+    films = raw["image_id"].nunique()
+    expected = {}
+    for finding, class_name in VINDR_CLASSES.items():
+        readers = raw[raw["class_name"] == class_name].groupby("image_id")["rad_id"].nunique()
+        positive = int((readers >= min_readers).sum())
+        expected[finding] = (positive, films - positive, 0)
+    return expected
+
+
+def rsna_expected(raw: pd.DataFrame) -> dict[str, tuple[int, int, int]]:
+    target = raw.groupby("patientId")["Target"].max().astype(int)
+    return {"Pneumonia": (int(target.sum()), int((target == 0).sum()), 0)}
+
+
+def siim_expected(raw: pd.DataFrame) -> dict[str, tuple[int, int, int]]:
+    mask = (raw[" EncodedPixels"].str.strip() != "-1").groupby(raw["ImageId"]).any()
+    return {"Pneumothorax": (int(mask.sum()), int((~mask).sum()), 0)}
+
+
+def observed(films: pd.DataFrame, collection: str) -> dict[str, tuple[int, int, int]]:
+    counts = label_counts(films)
+    return {finding: tuple(int(v) for v in counts.loc[finding]) for finding in LABEL_MAPS[collection].mapped}
+
+
+def _expected_for(collection: str, raw: pd.DataFrame, options: ExternalOptions) -> dict[str, tuple[int, int, int]]:
+    if collection == "chexpert":
+        return chexpert_expected(raw, options.uncertain)
+    if collection == "padchest":
+        return padchest_expected(raw)
+    if collection == "vindr":
+        return vindr_expected(raw, options.min_readers)
+    return rsna_expected(raw) if collection == "rsna" else siim_expected(raw)
+
+
+# --------------------------------------------------------------------------- the label maps
+
+
+@pytest.mark.parametrize("collection", COLLECTIONS)
+def test_every_nih_finding_is_mapped_or_has_a_reason(collection):
+    label_map = external_label_map(collection)
+    table = label_map.table()
+    assert table["finding"].tolist() == list(FINDINGS)
+    for row in table.itertuples():
+        if row.status == "mapped":
+            assert row.source_terms and len(row.rule_or_reason) > 20
+        else:
+            assert row.status == "not available" and not row.source_terms and len(row.rule_or_reason) > 20
+    assert set(label_map.mapped) | set(label_map.not_available) == set(FINDINGS)
+
+
+def test_the_maps_say_what_the_brief_decided():
+    chexpert = LABEL_MAPS["chexpert"]
+    assert {f: chexpert[f].source_terms[0] for f in chexpert.mapped} == CHEXPERT_COLUMNS
+    assert {"Mass", "Nodule", "Infiltration"} <= set(chexpert.not_available)  # Lung Lesion / Lung Opacity are not them
+    vindr = LABEL_MAPS["vindr"]
+    assert {f: vindr[f].source_terms[0] for f in vindr.mapped} == VINDR_CLASSES
+    assert vindr["Mass"].shared_with == ("Nodule",) and vindr["Nodule"].shared_with == ("Mass",)
+    assert LABEL_MAPS["rsna"].mapped == ("Pneumonia",) and LABEL_MAPS["siim"].mapped == ("Pneumothorax",)
+    padchest = LABEL_MAPS["padchest"]
+    assert "subcutaneous emphysema" not in padchest["Emphysema"].source_terms
+    assert "pseudonodule" not in padchest["Nodule"].source_terms
+    with pytest.raises(ValueError, match="uncertain"):
+        ExternalOptions(uncertain="maybe")
+    overview = label_maps_overview()
+    assert overview.loc["Effusion", "chexpert"] == "Pleural Effusion" and overview.loc["Hernia", "siim"] == "not available"
+    assert (overview != "not available").sum().to_dict() == {"chexpert": 7, "padchest": 14, "vindr": 10, "rsna": 1,
+                                                             "siim": 1}
+
+
+def test_every_mapped_term_is_written_in_the_shipped_metadata():
+    """A term spelled differently from the collection's file would map nothing, silently: each one occurs."""
+    chexpert_columns = set(_plain_csv(shipped_data_file("chexpert_train.csv.gz")).columns)
+    vindr_classes = set(_plain_csv(shipped_data_file("vinbigdata-train.csv.gz"))["class_name"])
+    padchest_labels = pd.read_csv(shipped_data_file(PADCHEST_CSV), usecols=["Labels"], dtype=str,
+                                  keep_default_na=False)["Labels"]
+    padchest_terms = {term.strip() for text in padchest_labels for term in re.findall(r"'([^']*)'", text)}
+    for finding in LABEL_MAPS["chexpert"].mapped:
+        assert set(LABEL_MAPS["chexpert"][finding].source_terms) <= chexpert_columns
+    for finding in LABEL_MAPS["vindr"].mapped:
+        assert set(LABEL_MAPS["vindr"][finding].source_terms) <= vindr_classes
+    for finding in LABEL_MAPS["padchest"].mapped:
+        assert set(LABEL_MAPS["padchest"][finding].source_terms) <= padchest_terms, finding
+
+
+# --------------------------------------------------------------------------- phantom roots, one group per collection
+
+
+def _read_root_csv(collection: str, root) -> pd.DataFrame:
+    return _plain_csv(root / METADATA[collection])
+
+
+def _shipped_csv(collection: str) -> pd.DataFrame:
+    name = {"chexpert": "chexpert_train.csv.gz", "padchest": PADCHEST_CSV, "vindr": "vinbigdata-train.csv.gz",
+            "rsna": "kaggle_stage_2_train_labels.csv.zip", "siim": "siim-pneumothorax-train-rle.csv.gz"}[collection]
+    return _plain_csv(shipped_data_file(name))
+
+
+@pytest.mark.parametrize("collection", COLLECTIONS)
+def test_the_phantom_root_holds_real_shipped_rows_of_whole_patients_as_published(roots, collection):
+    root = roots[collection]
+    written = _read_root_csv(collection, root)
+    shipped = _shipped_csv(collection)
+    assert list(written.columns) == list(shipped.columns)
+    assert len(written) > SAMPLE_PATIENTS // 2
+    key = list(shipped.columns)
+    merged = written.merge(shipped, on=key, how="left", indicator=True)
+    assert (merged["_merge"] == "both").all()  # every written row is a shipped row, field for field
+    if collection == "padchest":
+        with gzip.open(root / PADCHEST_CSV, "rt") as handle:
+            assert handle.readline().startswith(",ImageID,ImageDir,")  # the blank first header, as published
+        patient = "PatientID"
+    elif collection == "chexpert":
+        written["patient"] = written["Path"].str.extract(r"(patient\d+)")[0]
+        shipped["patient"] = shipped["Path"].str.extract(r"(patient\d+)")[0]
+        patient = "patient"
+    else:
+        patient = {"vindr": "image_id", "rsna": "patientId", "siim": "ImageId"}[collection]
+    # Whole patients: every shipped row of a sampled patient is in the root.
+    of_sampled = shipped[shipped[patient].isin(set(written[patient]))]
+    assert len(of_sampled) == len(written)
+    assert "SYNTHETIC" in (root / "README.md").read_text()
+
+
+@pytest.mark.parametrize("collection", COLLECTIONS)
+def test_the_root_reads_back_with_label_counts_equal_to_an_independent_count(roots, collection):
+    root = roots[collection]
+    raw = _read_root_csv(collection, root)
+    policies = ("exclude", "positive", "negative") if collection == "chexpert" else ("exclude",)
+    readers = (2, 1) if collection == "vindr" else (2,)
+    for policy in policies:
+        for min_readers in readers:
+            options = ExternalOptions(uncertain=policy, min_readers=min_readers)
+            films = load_external(collection, root, options)
+            assert films.synthetic and films.missing == [] and films.not_files == {} and films.header_problems == {}
+            assert films.films["present"].all()
+            assert observed(films.films, collection) == _expected_for(collection, raw, options)
+            unmapped = [f for f in FINDINGS if f not in LABEL_MAPS[collection].mapped]
+            assert films.films[unmapped].isna().all().all()
+    # A sample that counts nothing proves nothing: the sampler drew patients with each finding first.
+    assert all(counts[0] > 0 for counts in observed(films.films, collection).values())
+
+
+def test_chexpert_keeps_frontal_films_by_its_own_view_field_and_its_patients_whole(roots):
+    root = roots["chexpert"]
+    raw = _read_root_csv("chexpert", root)
+    films = load_external("chexpert", root)
+    frontal = raw[raw["Frontal/Lateral"] == "Frontal"]
+    assert sorted(films.films["film"]) == sorted(frontal["Path"])
+    assert films.dropped_views == {"Lateral": int((raw["Frontal/Lateral"] == "Lateral").sum())}
+    assert films.dropped_views["Lateral"] > 0
+    assert (films.films["patient_id"] == films.films["film"].str.extract(r"(patient\d+)")[0]).all()
+    # The films are 8-bit JPEGs where the Path says.
+    first = films.films.iloc[0]
+    assert first["path"].endswith(first["film"].split("/", 1)[1])
+    with Image.open(first["path"]) as image:
+        assert (image.format, image.mode, image.size) == ("JPEG", "L", (64, 64))
+
+
+def test_chexpert_uncertain_policies_move_only_the_uncertain_films(roots):
+    root = roots["chexpert"]
+    by_policy = {policy: load_external("chexpert", root, ExternalOptions(uncertain=policy)).films
+                 for policy in ("exclude", "positive", "negative")}
+    excluded = by_policy["exclude"]["Atelectasis"].isna()
+    assert excluded.any()
+    assert (by_policy["positive"].loc[excluded, "Atelectasis"] == 1).all()
+    assert (by_policy["negative"].loc[excluded, "Atelectasis"] == 0).all()
+    for policy in ("positive", "negative"):
+        assert by_policy[policy].loc[~excluded, "Atelectasis"].equals(by_policy["exclude"].loc[~excluded, "Atelectasis"])
+
+
+def test_padchest_keeps_pa_ap_and_supine_films_and_reads_its_16_bit_pngs(roots):
+    root = roots["padchest"]
+    raw = _read_root_csv("padchest", root)
+    films = load_external("padchest", root)
+    assert sorted(films.films["film"]) == sorted(raw.loc[raw["Projection"].isin(PADCHEST_FRONTAL), "ImageID"])
+    others = raw.loc[~raw["Projection"].isin(PADCHEST_FRONTAL), "Projection"].value_counts()
+    assert films.dropped_views == {str(k): int(v) for k, v in others.items()} and others.sum() > 0
+    assert (films.films["patient_id"] == raw.set_index("ImageID").loc[films.films["film"], "PatientID"].values).all()
+    first = films.films.iloc[0]
+    assert first["path"] == os.path.join(root, raw.set_index("ImageID").loc[first["film"], "ImageDir"], first["film"])
+    with Image.open(first["path"]) as image:
+        assert image.format == "PNG" and image.mode.startswith("I;16")
+        assert 255 < np.asarray(image).max() <= 4095
+    assert read_image(first["path"]).dtype == np.uint8
+
+
+@pytest.mark.parametrize("collection", ["vindr", "rsna", "siim"])
+def test_dicom_collections_read_their_films_and_headers(roots, collection):
+    films = load_external(collection, roots[collection])
+    assert (films.films["patient_id"] == films.films["film"]).all()  # no patient in the CSV or the phantom header
+    first = films.films.iloc[0]
+    film = read_image(first["path"])
+    assert film.shape == (64, 64) and film.dtype == np.uint8
+    if collection == "rsna":
+        headers = pd.read_csv(shipped_data_file("kaggle_stage_2_train_images_dicom_headers.csv.gz"), dtype=str,
+                              keep_default_na=False).set_index("PatientID").loc[films.films["film"]]
+        assert films.films["view"].tolist() == headers["ViewPosition"].tolist()
+        assert films.films["sex"].tolist() == headers["PatientSex"].tolist()
+        assert films.films["age_years"].tolist() == headers["PatientAge"].astype(float).tolist()
+    if collection == "siim":
+        assert first["path"].endswith(f"{first['film']}.dcm") and "dicom-images-train" in first["path"]
+        assert first["study_id"]  # from the header
+
+
+@pytest.mark.parametrize("collection", ["vindr", "rsna", "siim"])
+def test_a_dicom_header_that_says_lateral_drops_the_film(roots, collection, tmp_path):
+    root = shutil.copytree(roots[collection], tmp_path / "root")
+    films = load_external(collection, root)
+    lateral = films.films.iloc[0]
+    write_dicom(lateral["path"], np.zeros((64, 64), dtype=np.uint8), view="LL", extra={"PatientID": "someone"})
+    again = load_external(collection, root)
+    assert lateral["film"] not in set(again.films["film"]) and again.dropped_views == {"LL": 1}
+    assert len(again.films) == len(films.films) - 1
+    assert load_external(collection, root, ExternalOptions(read_headers=False)).dropped_views == {}
+
+
+@pytest.mark.parametrize("collection", COLLECTIONS)
+def test_a_missing_film_is_listed_and_what_stands_in_its_place_is_named(roots, collection, tmp_path):
+    root = shutil.copytree(roots[collection], tmp_path / "root")
+    films = load_external(collection, root).films
+    gone, folder = films.iloc[0], films.iloc[1]
+    os.remove(gone["path"])
+    os.remove(folder["path"])
+    os.mkdir(folder["path"])
+    again = load_external(collection, root)
+    if collection == "siim":  # found by a walk: a folder named like the film is not a file, so it is missing too
+        assert sorted(again.missing) == sorted([gone["film"], folder["film"]])
+    else:
+        assert again.missing == [gone["film"]]
+        assert again.not_files[folder["film"]][0] == folder["path"] and "folder" in again.not_files[folder["film"]][1]
+    assert not again.films.set_index("film").loc[[gone["film"], folder["film"]], "present"].any()
+    assert again.films["present"].sum() == len(films) - 2
+    assert again.summary()["missing"] == len(again.missing)
+
+
+def test_a_hostile_film_name_stays_a_name(roots, tmp_path):
+    root = shutil.copytree(roots["vindr"], tmp_path / "root")
+    (tmp_path / "secret.dicom").write_bytes(b"not yours")
+    with open(root / "train.csv", "a", encoding="utf-8") as handle:
+        handle.write("../../secret,No finding,14,R1,,,,\n$(rm -rf ~)<b>,No finding,14,R1,,,,\n")
+    films = load_external("vindr", root)
+    hostile = films.films.set_index("film").loc[["../../secret", "$(rm -rf ~)<b>"]]
+    assert hostile.loc["../../secret", "path"] == "" and not hostile["present"].any()
+    assert {"../../secret", "$(rm -rf ~)<b>"} <= set(films.missing)
+
+
+# --------------------------------------------------------------------------- the full shipped metadata
+
+
+@pytest.mark.parametrize("collection", COLLECTIONS)
+def test_full_shipped_metadata_label_counts_equal_an_independent_count(collection):
+    raw = _shipped_csv(collection)
+    options = [ExternalOptions(uncertain=policy) for policy in ("exclude", "positive")] \
+        if collection == "chexpert" else [ExternalOptions()]
+    for option in options:
+        films = shipped_films(collection, option)
+        assert observed(films.films, collection) == _expected_for(collection, raw, option)
+    frontal_films = {"chexpert": 191_027, "padchest": 110_633, "vindr": 15_000, "rsna": 26_684, "siim": 12_047}
+    assert len(films.films) == frontal_films[collection]
+
+
+@pytest.mark.parametrize("collection", ["vindr", "rsna", "siim"])
+def test_a_full_size_metadata_only_root_is_the_shipped_file_and_lists_every_film_missing(collection, tmp_path):
+    root = build_external_root(tmp_path / collection, ExternalRootSpec(collection, n_patients=None, with_images=False))
+    name = {"vindr": "vinbigdata-train.csv.gz", "rsna": "kaggle_stage_2_train_labels.csv.zip",
+            "siim": "siim-pneumothorax-train-rle.csv.gz"}[collection]
+    if name.endswith(".zip"):
+        shipped = zipfile.ZipFile(shipped_data_file(name)).read(METADATA[collection])
+    else:
+        shipped = gzip.open(shipped_data_file(name)).read()
+    assert (root / METADATA[collection]).read_bytes() == shipped
+    films = load_external(collection, root)
+    assert len(films.missing) == len(films.films) == len(shipped_films(collection).films)
+
+
+def test_chexpert_reads_valid_csv_beside_train_and_a_root_that_is_the_dataset_folder(roots, tmp_path):
+    root = shutil.copytree(roots["chexpert"], tmp_path / "root")
+    folder = root / "CheXpert-v1.0-small"
+    train = _plain_csv(folder / "train.csv")
+    valid = train.head(3).copy()
+    valid["Path"] = valid["Path"].str.replace("/train/", "/valid/", regex=False)
+    valid.to_csv(folder / "valid.csv", index=False)
+    films = load_external("chexpert", folder)  # the dataset folder itself, as CheXpert unpacks
+    by_split = films.films.groupby("source_split")["film"].apply(set)
+    frontal_valid = set(valid.loc[valid["Frontal/Lateral"] == "Frontal", "Path"])
+    assert by_split["valid"] == frontal_valid and frontal_valid
+    assert set(films.missing) == frontal_valid  # listed in valid.csv, never written: missing, not assumed present
+
+
+def test_padchest_films_kept_flat_at_the_root_are_found(roots, tmp_path):
+    root = shutil.copytree(roots["padchest"], tmp_path / "root")
+    for folder in [p for p in root.iterdir() if p.is_dir()]:
+        for film in folder.iterdir():
+            film.rename(root / film.name)
+        folder.rmdir()
+    films = load_external("padchest", root)
+    assert films.missing == [] and films.films["present"].all()
+    assert all(os.path.dirname(path) == str(root) for path in films.films["path"])
