@@ -50,7 +50,7 @@ def comparison_caveats(txv_name: str, random_init: bool = False) -> list[str]:
 
 def pair_with_txv(
     ours: pd.DataFrame, txv: pd.DataFrame, *, txv_name: str, random_init: bool = False,
-    ours_name: str = "ours (DenseNet121)",
+    ours_name: str = "ours",
 ) -> PairedPredictions:
     """``pair_predictions`` with the TorchXRayVision model's display name and its caveats."""
     display = f"TorchXRayVision {txv_name}" + (f" [{RANDOM_INIT_LABEL}]" if random_init else "")

@@ -38,6 +38,7 @@ from cxrutils.compare.txv import (
 from cxrutils.data.cache import ImageCache
 from cxrutils.data.radiologist_labels import read_radiologist_labels
 from cxrutils.engine import run_folder
+from cxrutils.engine.model import BACKBONES
 from cxrutils.engine.predict import predict_split
 from cxrutils.engine.runtime import select_device
 from cxrutils.evaluate.radiologist import RadiologistResult, score_against_radiologists
@@ -348,7 +349,7 @@ def compare_models(
         return []
     torch_device = select_device(device)
     metadata = run.dataset.metadata
-    ours_name = f"DenseNet121 (run {run.name})"
+    ours_name = f"{BACKBONES[run.config.arch].title} (run {run.name})"
     radiologist_labels = read_radiologist_labels()
     results = []
     for model in models:

@@ -1,11 +1,11 @@
 """Grad-CAM (Selvaraju et al. 2017): where in a film the network found a finding.
 
-``gradcam_per_film`` works on the model's ``gradcam_layer`` or any dense block, from a
-forward hook and ``autograd.grad``, so no parameter's ``.grad`` is touched; each film
-goes through the network once for all the findings asked of it (``gradcam``: one
-finding per image). Evaluation (maps against the radiologists' boxes) and inference
-(overlays on new films) both use it; ``gradcam_layer_for`` picks the block whose grid
-is fine enough at an input size.
+``gradcam_per_film`` works on the model's ``gradcam_layer`` (its last stage) or any
+named stage, from a forward hook and ``autograd.grad``, so no parameter's ``.grad`` is
+touched; each film goes through the network once for all the findings asked of it
+(``gradcam``: one finding per image). Evaluation (maps against the radiologists'
+boxes) and inference (overlays on new films) both use it; ``gradcam_layer_for`` picks
+the architecture's stage whose grid is fine enough at an input size.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrutils.engine.model import DENSE_BLOCK_STRIDES
+from cxrutils.engine.model import DEFAULT_ARCH, STAGE_STRIDES, backbone
 from cxrutils.labels import FINDINGS
 
 AUTO_GRADCAM_LAYER = "auto"
@@ -28,23 +28,41 @@ MIN_GRADCAM_GRID = 4
 GRADCAM_PIXELS_PER_PASS = 16 * 224 * 224
 
 
-def gradcam_layer_for(input_size: int, requested: str = AUTO_GRADCAM_LAYER) -> str:
-    """The dense block Grad-CAM reads: ``requested``, or for ``auto`` the deepest whose grid is at least 4 x 4.
+def gradcam_layer_for(input_size: int, requested: str = AUTO_GRADCAM_LAYER, arch: str | None = None) -> str:
+    """The stage Grad-CAM reads: ``requested``, or for ``auto`` the deepest of ``arch`` with a grid of at least 4 x 4.
 
-    At 224 px that is denseblock4 (7 x 7), at the CPU demo's 64 px denseblock3 (4 x 4),
-    at 32 px denseblock2 (4 x 4).
+    Every architecture's stages end at strides 4, 8, 16 and 32: for DenseNet121 at
+    224 px ``auto`` is denseblock4 (7 x 7), at the CPU demo's 64 px denseblock3 (4 x 4),
+    at 32 px denseblock2 (4 x 4); ResNet-50's layer4, layer3, layer2 likewise, and
+    EfficientNet-V2-S's and ConvNeXt-Tiny's stage4, stage3, stage2. A named stage must
+    be one of ``arch``'s. Without ``arch`` (a caller that does not know the run's
+    architecture) a named stage may be any architecture's, the model's ``stage`` then
+    refusing one not its own, and ``auto`` is densenet121's, as before ``arch`` existed.
     """
+    strides = backbone(arch or DEFAULT_ARCH).strides
     if requested != AUTO_GRADCAM_LAYER:
-        if requested not in DENSE_BLOCK_STRIDES:
-            raise ValueError(f"gradcam_layer must be 'auto' or one of {sorted(DENSE_BLOCK_STRIDES)}, got {requested!r}")
+        known = strides if arch else STAGE_STRIDES
+        if requested not in known:
+            raise ValueError(f"gradcam_layer must be 'auto' or a stage{f' of {arch}' if arch else ''}, one of "
+                             f"{list(known)}; got {requested!r}")
         return requested
-    fine_enough = [name for name, stride in DENSE_BLOCK_STRIDES.items() if input_size // stride >= MIN_GRADCAM_GRID]
-    return fine_enough[-1] if fine_enough else "denseblock1"
+    fine_enough = [name for name, stride in strides.items() if input_size // stride >= MIN_GRADCAM_GRID]
+    return fine_enough[-1] if fine_enough else next(iter(strides))
+
+
+def is_last_stage(layer: str, arch: str = DEFAULT_ARCH) -> bool:
+    """Whether ``layer`` is the architecture's last stage (its ``gradcam_layer``, the usual Grad-CAM layer)."""
+    return layer == backbone(arch).gradcam_stage
 
 
 def gradcam_grid(input_size: int, layer: str) -> int:
-    """Cells per side of a dense block's output at ``input_size`` (the Grad-CAM map before upsampling)."""
-    return max(1, input_size // DENSE_BLOCK_STRIDES[layer])
+    """Cells per side of a stage's output at ``input_size`` (the Grad-CAM map before upsampling).
+
+    A stage's name fixes its stride in every architecture (``model.STAGE_STRIDES``).
+    """
+    if layer not in STAGE_STRIDES:
+        raise ValueError(f"unknown stage {layer!r}; the stages are {sorted(STAGE_STRIDES)}")
+    return max(1, input_size // STAGE_STRIDES[layer])
 
 
 def finding_index(class_index: int | str) -> int:

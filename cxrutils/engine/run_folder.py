@@ -52,7 +52,7 @@ from cxrutils.settings import TrainConfig
 if TYPE_CHECKING:
     import torch
 
-    from cxrutils.engine.model import ChestXrayDenseNet
+    from cxrutils.engine.model import ChestXrayNet
 
 # The files of a run folder. No other module spells these names (tests/engine/test_run_folder.py checks).
 CONFIG_NAME = "config.json"  # the resolved settings, and facts about the run (written by training)
@@ -93,6 +93,10 @@ class NothingToResumeError(FileNotFoundError):
 
 class SettingsChangedError(ValueError):
     """A resume was asked for with settings that change what the run learns."""
+
+
+class ArchitectureMismatchError(ValueError):
+    """A checkpoint holds another architecture than the run's settings name."""
 
 
 class DataChangedError(ValueError):
@@ -343,23 +347,37 @@ def data_differences(recorded: pd.DataFrame, current: pd.DataFrame, limit: int =
 
 def load_run_model(
     run_dir: str | os.PathLike[str], checkpoint_name: str = BEST_CHECKPOINT
-) -> tuple[ChestXrayDenseNet, TrainConfig, dict[str, Any]]:
+) -> tuple[ChestXrayNet, TrainConfig, dict[str, Any]]:
     """The run's model (eval mode, CPU), its training settings, and the checkpoint's other entries.
 
-    The architecture is rebuilt from the checkpoint's own config (head, lse_r), and
-    the weights load strictly: a checkpoint from another architecture fails loudly.
+    The network is rebuilt from the checkpoint's own config (arch, head, lse_r; a run
+    from before ``arch`` existed is densenet121), and the weights load strictly. A
+    checkpoint whose architecture is not the run's (config.json's ``arch``) is an
+    ``ArchitectureMismatchError`` naming both.
     """
-    from cxrutils.engine.model import ChestXrayDenseNet
+    from cxrutils.engine.model import DEFAULT_ARCH, ChestXrayNet, checkpoint_arch
 
     run_dir = Path(run_dir)
-    checkpoint = load_checkpoint(run_dir / checkpoint_name)
+    path = run_dir / checkpoint_name
+    checkpoint = load_checkpoint(path)
     if "model" not in checkpoint or "config" not in checkpoint:
-        raise ValueError(f"{run_dir / checkpoint_name} lacks 'model' or 'config': not a cxrutils training checkpoint")
+        raise ValueError(f"{path} lacks 'model' or 'config': not a cxrutils training checkpoint")
     label_order = list(checkpoint.get("label_order", FINDINGS))
     if label_order != list(FINDINGS):
-        raise ValueError(f"{run_dir / checkpoint_name} orders its outputs {label_order}, not {list(FINDINGS)}")
+        raise ValueError(f"{path} orders its outputs {label_order}, not {list(FINDINGS)}")
     config = TrainConfig.from_dict(checkpoint["config"])
-    model = ChestXrayDenseNet(num_classes=len(FINDINGS), head=config.head, lse_r=config.lse_r)  # type: ignore[arg-type]
+    arch = checkpoint_arch(checkpoint)  # its own entry, else its settings' (densenet121 before arch existed)
+    if arch != config.arch:
+        raise ArchitectureMismatchError(
+            f"{path} records a {arch} model but settings for {config.arch}: it is not a checkpoint cxrutils wrote "
+            "whole; train the run again or restore the file")
+    run_arch = read_config(run_dir).get("arch", DEFAULT_ARCH) if (run_dir / CONFIG_NAME).is_file() else arch
+    if run_arch != arch:
+        raise ArchitectureMismatchError(
+            f"{path} holds a {arch} model, but run {run_dir.name} trains {run_arch} ({run_dir / CONFIG_NAME}): the "
+            "checkpoint comes from another run. Put the run's own checkpoint back, or open the run it came from")
+    model = ChestXrayNet(num_classes=len(FINDINGS), head=config.head, lse_r=config.lse_r,  # type: ignore[arg-type]
+                         arch=config.arch)
     model.load_state_dict(checkpoint["model"], strict=True)
     model.eval()
     details = {k: v for k, v in checkpoint.items() if k in ("epoch", "best_epoch", "best_val_auroc_mean")}
@@ -380,7 +398,7 @@ class Run:
     dataset: NIHDataset  # metadata["split"] is the run's own split (split.csv)
     split_source: str  # where the split came from, for reports
     _cache: ImageCache | None = field(default=None, repr=False)
-    _model: tuple[ChestXrayDenseNet, dict[str, Any]] | None = field(default=None, repr=False)
+    _model: tuple[ChestXrayNet, dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -398,7 +416,7 @@ class Run:
         trained_on = self.record.get("cache_fingerprint")
         return None if trained_on is None else trained_on == self.image_cache().fingerprint
 
-    def model(self) -> ChestXrayDenseNet:
+    def model(self) -> ChestXrayNet:
         """The best checkpoint's model, in eval mode, on the CPU (move it where it should run)."""
         if self._model is None:
             model, _, details = load_run_model(self.run_dir)

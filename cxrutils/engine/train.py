@@ -1,14 +1,14 @@
-"""Train DenseNet121 on NIH ChestX-ray14 (or the phantoms): one function for every entry point.
+"""Train a chest film classifier (``arch``: DenseNet121 by default) on NIH ChestX-ray14 (or the phantoms).
 
     cxrutils train --config demo [--set key=value ...]
     torchrun --nproc_per_node=N -m cxrutils train --config nih --set data_root=/data/nih
     sbatch configs/slurm/train.sbatch --set data_root=/data/nih   (one torchrun per node)
 
-The notebook calls ``train(config)`` too. Images come from the uint8 cache;
-augmentation runs batched on the training device; validation is never augmented or
-shuffled. Only rank 0 writes to the run folder. The loop reads like torchvision's
-reference: ``train_one_epoch``, ``validate``, then the epoch's bookkeeping, with
-everything a resume needs kept in one ``TrainingState``.
+One function for every entry point: the notebook calls ``train(config)`` too. Images
+come from the uint8 cache; augmentation runs batched on the training device; validation
+is never augmented or shuffled. Only rank 0 writes to the run folder. The loop reads
+like torchvision's reference: ``train_one_epoch``, ``validate``, then the epoch's
+bookkeeping, with everything a resume needs kept in one ``TrainingState``.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ class TrainingState:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
             "rng": rng, "world_size": len(rng), "best_val_auroc_mean": self.best_val_auroc_mean,
             "best_epoch": self.best_epoch, "stale_epochs": self.stale_epochs, "history": self.history,
-            "config": config.to_dict(), "label_order": list(FINDINGS), "cache_fingerprint": cache_fingerprint,
+            "config": config.to_dict(), "arch": config.arch, "label_order": list(FINDINGS),
+            "cache_fingerprint": cache_fingerprint,
         }
 
     def load_checkpoint(self, checkpoint: dict[str, Any], ddp: Distributed) -> None:
@@ -465,7 +466,8 @@ def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, 
     resume = _check_resume(config, resume, ddp)
 
     # Build the model first: missing weights must fail before anything is written.
-    model = build_model(config.weights, head=config.head, lse_r=config.lse_r, strategy=config.strategy)  # type: ignore[arg-type]
+    model = build_model(config.weights, head=config.head, lse_r=config.lse_r,  # type: ignore[arg-type]
+                        strategy=config.strategy, arch=config.arch)  # type: ignore[arg-type]
 
     dataset = dataset or training_dataset(config)
     # Every process opens the cache before the process group exists (the first builds it, the others wait on its
@@ -598,7 +600,11 @@ def _check_resume(config: TrainConfig, resume: bool | str, ddp: Distributed) -> 
 
 
 def check_same_settings(saved: dict[str, Any], config: TrainConfig) -> None:
-    """Refuse to resume a run with settings that change what it learns (a setting added since counts as its default)."""
+    """Refuse to resume a run with settings that change what it learns (a setting added since counts as its default).
+
+    A run saved before ``arch`` existed trained DenseNet121, ``arch``'s default: it resumes as densenet121, and
+    with any other architecture is refused.
+    """
     known = set(TrainConfig.__dataclass_fields__)
     before = TrainConfig.from_dict({k: v for k, v in saved.items() if k in known}).to_dict()
     current = config.to_dict()
@@ -622,7 +628,7 @@ def _write_run_record(
         "synthetic": dataset.synthetic, "split_kind": dataset.split_kind, "data_fingerprint": fingerprint,
         "cache_fingerprint": cache.fingerprint, "train_images": len(data.train_names),
         "val_images": len(data.val_names), "pos_weight": pos_weight.tolist() if pos_weight is not None else None,
-        "initial_weights": initial_weights(config.weights), "environment": environment(device),
+        "initial_weights": initial_weights(config.weights, config.arch), "environment": environment(device),
         "code": code_version(),
     })
     if len(cache.bad_files):

@@ -1,8 +1,8 @@
 """Grad-CAM heatmaps and how well they point at the radiologists' boxes.
 
 - ``gradcam``: Selvaraju et al. 2017 on the model's ``gradcam_layer`` (the last
-  dense block of ``ChestXrayDenseNet``), from a forward hook and ``autograd.grad``,
-  so no parameter's ``.grad`` is touched.
+  stage of its backbone: DenseNet121's denseblock4, ResNet-50's layer4, ...), from a
+  forward hook and ``autograd.grad``, so no parameter's ``.grad`` is touched.
 - Boxes in ``BBox_List_2017.csv`` are in the 1024-px frame of the original NIH
   PNGs; users often train from resized copies (512, 256, 224 px). ``place_boxes``
   maps each box onto its film as stored (``bboxes.boxes_in_stored_frame``), sets
@@ -183,7 +183,7 @@ def _aggregate(scored: pd.DataFrame, t_iobb: Sequence[float]) -> pd.DataFrame:
 def random_heatmaps(count: int, size: int, seed: int = 0, grid: int = 7) -> np.ndarray:
     """(count, size, size) smooth random maps in [0, 1]: uniform noise on a ``grid``² lattice, upsampled.
 
-    ``grid`` 7 matches DenseNet121's last block at 224 px, so the blobs are as coarse
+    ``grid`` 7 matches every backbone's last stage at 224 px, so the blobs are as coarse
     as Grad-CAM's; white noise at full resolution would be a harder, unfair baseline.
     """
     generator = torch.Generator().manual_seed(seed)

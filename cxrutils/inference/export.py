@@ -5,8 +5,8 @@ float32, the film already preprocessed (below), with a dynamic batch axis; outpu
 ``logits`` and ``probabilities`` (the sigmoid), (batch, 14) in ``label_order``. The
 file's metadata (``metadata_props``, strings; JSON where structured) carries what a
 deployer needs to feed it: input size, cache size, mean and std, the preprocessing in
-words, the label order, the validation thresholds of both methods, the run and its
-checkpoint.
+words, the label order, the validation thresholds of both methods, the run, its
+checkpoint and its architecture (any of ``settings.ARCHITECTURES``).
 
 Before the file is put in place, onnxruntime runs it against the torch model on real
 films read through inference's own loading path (the run's test films, or the films
@@ -101,7 +101,7 @@ def export_onnx(
     inputs, film_names = _verification_inputs(run_dir, config.cache_size, config.input_size, films, max_films,
                                               data_root)
     path = Path(out) if out is not None else run_folder.onnx_path(run_dir)
-    metadata = _metadata(run_dir, config.input_size, config.cache_size, details)
+    metadata = _metadata(run_dir, config.arch, config.input_size, config.cache_size, details)
     wrapped = _WithProbabilities(model).eval()
     verification: dict[str, Any] = {}
 
@@ -149,7 +149,7 @@ def _export(model: nn.Module, example: torch.Tensor, path: str) -> None:
                           dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)})
 
 
-def _metadata(run_dir: Path, input_size: int, cache_size: int, details: dict[str, Any]) -> dict[str, str]:
+def _metadata(run_dir: Path, arch: str, input_size: int, cache_size: int, details: dict[str, Any]) -> dict[str, str]:
     record = run_folder.read_config(run_dir)
     code = code_version()
     return {
@@ -159,6 +159,7 @@ def _metadata(run_dir: Path, input_size: int, cache_size: int, details: dict[str
         "checkpoint": run_folder.BEST_CHECKPOINT,
         "checkpoint_sha256": files.sha256_of(run_dir / run_folder.BEST_CHECKPOINT),
         "best_epoch": str(details.get("best_epoch", details.get("epoch", ""))),
+        "architecture": f"{arch} (torchvision), 1-channel stem, 14 outputs",
         "synthetic_training_data": json.dumps(bool(record.get("synthetic"))),
         "input_name": INPUT_NAME,
         "input_shape": json.dumps(["batch", 1, input_size, input_size]),

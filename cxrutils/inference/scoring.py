@@ -37,7 +37,7 @@ from cxrutils import files
 from cxrutils.engine import run_folder
 from cxrutils.engine.gradcam import gradcam_layer_for, gradcam_per_film, scores_and_gradcam
 from cxrutils.engine.loader import make_loader
-from cxrutils.engine.model import ChestXrayDenseNet
+from cxrutils.engine.model import ChestXrayNet
 from cxrutils.engine.network_input import prepare_batch
 from cxrutils.engine.predict import predict_logits, probabilities_of
 from cxrutils.engine.runtime import autocast_dtype, select_device
@@ -79,7 +79,7 @@ class InferenceModel:
 
     run_dir: Path
     config: TrainConfig  # config.json's settings: cache_size, input_size, amp, channels_last, batch_size
-    model: ChestXrayDenseNet
+    model: ChestXrayNet
     device: torch.device
     threshold_method: str
     thresholds: dict[str, float | None]  # thresholds.json's entry for the method, chosen on validation
@@ -110,7 +110,7 @@ def load_inference_model(
     return InferenceModel(
         run_dir=run_dir, config=config, model=model, device=torch_device, threshold_method=threshold_method,
         thresholds=run_folder.thresholds_of(run_dir, threshold_method),
-        gradcam_layer=gradcam_layer_for(config.input_size, gradcam_layer), checkpoint=details,
+        gradcam_layer=gradcam_layer_for(config.input_size, gradcam_layer, config.arch), checkpoint=details,
         synthetic=bool(run_folder.read_config(run_dir).get("synthetic")),
     )
 
@@ -311,7 +311,7 @@ def _score(
     num_workers = default_workers(len(records), batch_size) if num_workers is None else num_workers
     loader = make_loader(FilmDataset([record.path for record in records], config.cache_size, max_pixels),
                          batch_size=batch_size, shuffle=False, seed=config.seed, num_workers=num_workers)
-    layer = loaded.model.dense_block(loaded.gradcam_layer)
+    layer = loaded.model.stage(loaded.gradcam_layer)
     # Scored in float32 (a CPU, or amp off), Grad-CAM's forward is the scoring forward: one pass a film. Under
     # autocast the scores come from the same bf16/fp16 forward as evaluation's, and Grad-CAM (float32) has its own.
     one_forward = with_gradcam and autocast_dtype(loaded.device, config.amp) is None

@@ -327,6 +327,8 @@ def test_every_training_setting_is_read_as_its_type_or_refused(key):
     """Each setting: its value written as text arrives typed, and a value of no sensible reading is refused by name."""
     kind = _declared_kind(key)
     accepted = {"float": ("2e-1", 0.2), "int": ("3", 3), "bool": ("true", True), "str": ("17", "17")}[kind]
+    if key == "arch":  # a choice among names: any one of them, as text
+        accepted = ("resnet50", "resnet50")
     config = load_train_config("tiny", [f"{key}={accepted[0]}"])
     value = config.augment if key.startswith("augment.") else config
     got = getattr(value, key.split(".")[-1])
@@ -342,6 +344,7 @@ def test_every_training_setting_is_read_as_its_type_or_refused(key):
     ("warmup_epochs=-0.5", "warmup_epochs=-0.5: must be 0"),
     ("warmup_epochs=.inf", "warmup_epochs=inf: must be 0"),
     ("warmup_epochs=.nan", "warmup_epochs=nan: must be 0"),
+    ("arch=vgg16", "arch='vgg16': choose one of densenet121, resnet50"),
 ])
 def test_an_impossible_accumulation_or_warmup_is_refused_naming_the_setting(override, named):
     with pytest.raises(SettingsError, match=re.escape(named)):
@@ -371,3 +374,12 @@ def test_a_run_name_that_is_not_one_folder_name_is_refused(name):
 def test_a_set_value_yaml_cannot_read_is_a_settings_error_that_says_to_quote_it(text):
     with pytest.raises(SettingsError, match="quote it as text"):
         parse_override(text)
+
+
+def test_the_cache_size_follows_the_input_size_unless_set():
+    """A 448 px run caches 512 px films (the same 8/7 margin as 256 for 224), unless a profile or --set says otherwise."""
+    assert settings.TrainConfig().cache_size == 256
+    assert load_train_config("nih", ["input_size=448"]).cache_size == 512
+    assert load_train_config("nih_448").cache_size == 512
+    assert load_train_config("nih", ["input_size=448", "cache_size=600"]).cache_size == 600
+    assert load_train_config("demo").cache_size == 64  # a profile's own value stands

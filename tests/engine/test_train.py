@@ -329,6 +329,10 @@ def test_the_shipped_profiles_carry_the_recipes():
     partial = load_train_config("nih_partial")
     assert (partial.strategy, partial.head, partial.class_weighting, partial.epochs) == (
         "freeze_through_denseblock3", "lse", "pos_weight", 20)
+    # nih at 448 px: only the input differs, and the cache follows it.
+    large = load_train_config("nih_448")
+    assert (large.input_size, large.cache_size, large.arch) == (448, 512, "densenet121")
+    assert {**large.to_dict(), "name": "nih", "input_size": 224, "cache_size": 256} == nih.to_dict()
 
 
 def _torchrun(root: Path, tmp: Path, name: str, env: dict, *extra: str) -> list[str]:
