@@ -141,7 +141,7 @@ class TrainConfig:
     weights: str = "imagenet"  # "imagenet", "none", or a path to a cxrutils checkpoint
     head: str = "gap"  # "gap" or "lse"
     lse_r: float = 10.0
-    strategy: str = "full"  # "full", "freeze_through_denseblock3", "head_only"
+    strategy: str = "full"  # "full", "freeze_through_denseblock3" (all but the last stage frozen), "head_only"
     class_weighting: str = "none"  # "none" or "pos_weight" (from training prevalence)
     lr: float = 1e-4
     weight_decay: float = 1e-5
@@ -264,9 +264,11 @@ def load_train_config(profile: str, overrides: list[str] | dict[str, Any] | None
 DEFAULT_MAX_PIXELS = 40_000_000
 MAX_PIXELS_VARIABLE = "CXRUTILS_MAX_IMAGE_PIXELS"
 THRESHOLD_METHODS: tuple[str, ...] = ("youden", "max_f1")  # the one list: cxrutils.stats.thresholds imports it
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Recalibration fitted on validation and shown beside the raw model: the one list, cxrutils.stats.calibration imports it.
+RECALIBRATION_METHODS: tuple[str, ...] = ("none", "platt", "temperature")
+SPLITS: tuple[str, ...] = ("train", "val", "test")  # the one list: cxrutils.engine.predict imports it
 # The one list of backbones: cxrutils.engine.model builds each and checks its registry against this.
-ARCHITECTURES: tuple[str, ...] = ("densenet121", "resnet50", "efficientnet_v2_s", "convnext_tiny")  # the one list: cxrutils.engine.predict imports it
+ARCHITECTURES: tuple[str, ...] = ("densenet121", "resnet50", "efficientnet_v2_s", "convnext_tiny")
 # A copy of cxrutils.compare.txv.TXV_MODEL_NAMES (the keys of its provenance table; a test holds them equal), so
 # the command line can offer the choices without importing torch.
 TXV_MODEL_NAMES: tuple[str, ...] = (
@@ -368,10 +370,20 @@ class EvaluationSettings(_SettingsFamily):
     n_bootstrap: int = _setting(1000, "patient-bootstrap resamples for every interval")
     bootstrap_seed: int = _setting(0, "seeds the bootstrap resamples and the random-heatmap baseline")
     tta_hflip: bool = _setting(False, "also score each film mirrored and average (films are not left-right symmetric)")
-    gradcam_layer: str = _setting("auto", "denseblock1-4, or auto: the deepest dense block with at least a 4 x 4 grid")
+    gradcam_layer: str = _setting("auto", "auto (the deepest stage with at least a 4 x 4 grid), or a stage of the run's "
+                                          "arch: denseblock1-4 (densenet121), layer1-4 (resnet50), stage1-4 "
+                                          "(efficientnet_v2_s, convnext_tiny)")
     gallery_per_kind: int = _setting(4, "films per gallery row: true positives, false positives, false negatives")
     subgroup_min_positive_patients: int = _setting(5, "a subgroup figure needs at least this many patients (not "
                                                       "films) with a positive film in the group")
+    target_sensitivity: float = _setting(0.90, "the fixed-sensitivity operating point: the highest validation "
+                                               "threshold whose validation sensitivity reaches this")
+    target_specificity: float = _setting(0.95, "the fixed-specificity operating point: the most sensitive validation "
+                                               "threshold whose validation specificity reaches this")
+    calibration_bins: int = _setting(10, "bins of the reliability diagrams and ECE (equal-mass and equal-width alike)")
+    recalibration: str = _setting("platt", "a recalibration fitted per finding on validation predictions only and "
+                                           "shown beside the raw model, never in its place (none: skip it)",
+                                  choices=RECALIBRATION_METHODS)
 
 
 @dataclass(frozen=True)
@@ -470,7 +482,7 @@ def describe_settings(family: str) -> str:
 # The schema of configs/<name>.yaml: every top-level key a report profile may have, and what it means.
 REPORT_PROFILE_KEYS: dict[str, str] = {
     "description": "one line for people: what the profile is for",
-    "notebooks": "the notebooks it runs, e.g. [01_eda] (default: every one)",
+    "notebooks": "the notebooks it runs, e.g. [01_eda] (default: every one but those run on request: 06, 07)",
     "train_profile": "the training profile (configs/train/) every notebook describes (default: demo)",
     "required": "training settings that must have a value, e.g. [data_root] (--set data_root=...)",
     "settings": "training settings that differ from the training profile, e.g. data_root",

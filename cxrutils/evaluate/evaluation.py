@@ -7,9 +7,14 @@ best checkpoint, takes the decision thresholds from the run's ``thresholds.json`
 pick one) and computes everything the evaluation report shows: who the scored films
 come from (films per patient, positive films and patients per finding, children),
 AUROC with patient-bootstrap intervals and its patient-level counterparts (first film
-per patient, 1/n-weighted), AP, operating points, the classification report,
-calibration, subgroups, Grad-CAM localization against the boxes and a random
-baseline, a gallery of calls, and the published results for context. It returns an
+per patient, 1/n-weighted), AP with its interval, operating points, the classification
+report, operating points of four rules chosen on the run's validation predictions
+(``predictions_val.csv``: Youden, max-F1, a fixed sensitivity and a fixed specificity)
+with intervals that re-choose the threshold on resampled validation patients, both
+splits' prevalences, calibration (equal-width ECE and Brier; equal-mass reliability,
+O/E, slope, intercepts and scaled Brier with intervals; a recalibration fitted on
+validation, beside the raw model), subgroups, Grad-CAM localization against the boxes
+and a random baseline, a gallery of calls, and the published results for context. It returns an
 ``EvaluationResult``; ``write_metrics`` saves it in the run folder (``run_folder.write_metrics``:
 ``metrics.json`` for the test split). Notebook 03 and
 ``cxrutils evaluate`` both call it, so they write the same file.
@@ -32,6 +37,7 @@ from cxrutils.data.metadata import age_band
 from cxrutils.data.radiologist_labels import read_radiologist_labels
 from cxrutils.engine import run_folder
 from cxrutils.engine.gradcam import gradcam_grid, gradcam_layer_for
+from cxrutils.engine.model import BACKBONES
 from cxrutils.engine.network_input import denormalize, prepare_batch
 from cxrutils.engine.predict import SPLITS, predict_split
 from cxrutils.engine.runtime import select_device
@@ -40,13 +46,27 @@ from cxrutils.evaluate.radiologist import RadiologistResult, score_against_radio
 from cxrutils.labels import FINDINGS
 from cxrutils.predictions import prediction_arrays
 from cxrutils.profiling import stage
-from cxrutils.stats import metrics
+from cxrutils.stats import calibration, metrics, operating
+from cxrutils.stats.calibration import Recalibration
 from cxrutils.stats.cohort import ClusterFacts, cluster_facts, paediatric_counts
 from cxrutils.stats.intervals import CONFIDENCE
 from cxrutils.stats.patient_level import patient_level_auroc
 from cxrutils.stats.thresholds import METHODS
 
-CALIBRATION_BINS = 10
+CALIBRATION_BINS = 10  # the default of the setting calibration_bins
+TARGET_SENSITIVITY = 0.90  # the defaults of the settings target_sensitivity and target_specificity
+TARGET_SPECIFICITY = 0.95
+POS_WEIGHT_NOTE = (
+    "This run trained with class_weighting=pos_weight: each positive film's loss is multiplied by the finding's "
+    "negatives-to-positives ratio, which multiplies the predicted odds by about that ratio. Its raw probabilities "
+    "are too high by design (O/E below 1), whatever the ranking; read them as scores, or use the recalibrated ones."
+)
+PREVALENCE_SHIFT_CALIBRATION_NOTE = (
+    "A probability calibrated on validation matches validation's prevalence. On the official split the test "
+    "prevalence is higher for most findings (validation comes from train_val), so even a recalibrated model "
+    "under-predicts on test (O/E above 1): that gap is the prevalence shift, not a defect of the ranking or of the "
+    "recalibration."
+)
 RANDOM_BASELINE_REPEATS = 20
 GALLERY_KINDS: dict[str, str] = {"TP": "true positives", "FP": "false positives", "FN": "false negatives"}
 SUBGROUP_VARIABLES: tuple[str, ...] = ("sex", "age band", "view")
@@ -116,7 +136,7 @@ class EvaluationResult:
     thresholds_by_finding: dict[str, float | None]  # the run's thresholds.json entry, untouched
     n_bootstrap: int
     bootstrap_seed: int
-    gradcam_layer: str  # the dense block Grad-CAM read
+    gradcam_layer: str  # the stage Grad-CAM read (a dense block for DenseNet121)
     predictions: pd.DataFrame  # cxrutils.predictions layout
     labels: np.ndarray  # (n, 14) int8
     probabilities: np.ndarray  # (n, 14) float64
@@ -137,6 +157,22 @@ class EvaluationResult:
     patient_level: pd.DataFrame  # patient_level.patient_level_auroc: first film per patient, 1/n-weighted
     paediatric: dict[str, Any]  # cohort.paediatric_counts of the scored films
     subgroup_min_positive_patients: int  # a subgroup figure needs this many positive patients in the group
+    average_precision_ci: pd.DataFrame  # operating.bootstrap_average_precision: AP with its patient-bootstrap interval
+    # operating.operating_point_intervals for youden, max_f1 and the fixed sensitivity and specificity (long format):
+    # thresholds re-chosen on resampled validation patients; None without the run's validation predictions
+    operating_intervals: pd.DataFrame | None
+    operating_note: str | None  # why there are no operating-point intervals, when there are none
+    validation_prevalence: pd.Series | None  # per finding, on the run's validation predictions
+    target_sensitivity: float
+    target_specificity: float
+    calibration_bins: int
+    calibration_summary: pd.DataFrame  # calibration.calibration_summary of the raw probabilities (equal-mass bins)
+    reliability_equal_mass: pd.DataFrame  # calibration.equal_mass_reliability of the raw probabilities
+    recalibration: Recalibration | None  # fitted on validation only; None when off or without validation predictions
+    recalibrated_summary: pd.DataFrame | None  # calibration_summary of the recalibrated test probabilities
+    recalibrated_reliability: pd.DataFrame | None
+    validation_observed_expected: pd.Series | None  # O/E of the raw probabilities on validation
+    recalibration_note: str | None  # why there is no recalibration, when there is none
 
     @property
     def n_images(self) -> int:
@@ -177,15 +213,23 @@ class EvaluationResult:
         return f"mean AUROC {mean['auroc']:.3f} [{mean['ci_low']:.3f}, {mean['ci_high']:.3f}] {where}"
 
     def summary_table(self) -> pd.DataFrame:
-        """Per finding: AUROC [CI], AP, validation threshold, sensitivity, specificity, positives; then the mean."""
+        """Per finding: AUROC [CI], AP [CI], both prevalences, validation threshold, sensitivity, specificity,
+        positives; then the mean. The prevalences stand beside the threshold: a threshold-dependent figure is read
+        at its split's prevalence."""
         auroc, operating = self.auroc, self.operating
         rows = auroc.index  # the findings, then the mean
+        validation = (self.validation_prevalence if self.validation_prevalence is not None
+                      else pd.Series(np.nan, index=list(FINDINGS)))
         table = pd.DataFrame(
             {
                 "AUROC": auroc["auroc"],
                 "CI low": auroc["ci_low"],
                 "CI high": auroc["ci_high"],
                 "AP": pd.Series(self.average_precision, index=list(FINDINGS)).reindex(rows),
+                "AP CI low": self.average_precision_ci["ci_low"].reindex(rows),
+                "AP CI high": self.average_precision_ci["ci_high"].reindex(rows),
+                "prevalence (val)": validation.reindex(rows),
+                f"prevalence ({self.split})": pd.Series(self.labels.mean(axis=0), index=list(FINDINGS)).reindex(rows),
                 "threshold (val)": operating["threshold"].reindex(rows),
                 "sensitivity": operating["sensitivity"].reindex(rows),
                 "specificity": operating["specificity"].reindex(rows),
@@ -226,6 +270,114 @@ class EvaluationResult:
                    "positive patients (fewest)"]
         return means[columns].set_index(["subgroup", "value"])
 
+    @property
+    def class_weighting(self) -> str:
+        return str(getattr(self.run.config, "class_weighting", "none"))
+
+    @property
+    def operating_rules(self) -> list[operating.OperatingRule]:
+        """The rules of the operating-point table: the run's two, then the fixed sensitivity and specificity."""
+        return [operating.OperatingRule(method) for method in METHODS] + [
+            operating.OperatingRule("fixed_sensitivity", self.target_sensitivity),
+            operating.OperatingRule("fixed_specificity", self.target_specificity),
+        ]
+
+    def operating_table(self, rule: str) -> pd.DataFrame:
+        """One rule's operating points per finding: both prevalences, the threshold and the test figures, intervals.
+
+        ``rule`` is an ``OperatingRule.name`` (``youden``, ``sensitivity 0.90``, ...). The
+        intervals carry the threshold's own variability (validation patients resampled).
+        """
+        if self.operating_intervals is None:
+            raise ValueError(f"no operating-point intervals: {self.operating_note}")
+        part = self.operating_intervals[self.operating_intervals["rule"] == rule].set_index("finding")
+        if part.empty:
+            raise KeyError(f"no operating rule {rule!r}; the table has {sorted(self.operating_intervals['rule'].unique())}")
+        columns = {"val_prevalence": "prevalence (val)", "test_prevalence": f"prevalence ({self.split})",
+                   "threshold": "threshold (val)", "threshold_ci_low": "threshold CI low",
+                   "threshold_ci_high": "threshold CI high"}
+        for metric, label in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ppv", "PPV"),
+                              ("npv", "NPV"), ("f1", "F1")):
+            columns |= {metric: label, f"{metric}_ci_low": f"{label} CI low", f"{metric}_ci_high": f"{label} CI high"}
+        columns |= {"val_ppv": "PPV (val)", "ppv_expected_at_test": f"PPV expected at {self.split} prevalence"}
+        table = part[list(columns)].rename(columns=columns)
+        table.index.name = "finding"
+        table.attrs["confidence"] = self.operating_intervals.attrs.get("confidence")
+        return table
+
+    def prevalence_shift_table(self, rule: str | None = None) -> pd.DataFrame:
+        """Per finding at one rule's thresholds (default: the run's method): what transfers from validation and what not.
+
+        Prevalence on both; sensitivity and specificity on both (they should agree up to
+        sampling: they do not depend on prevalence); PPV and NPV on validation, as Bayes'
+        rule carries validation's sensitivity and specificity to the scored split's
+        prevalence, and as observed there.
+        """
+        if self.operating_intervals is None:
+            raise ValueError(f"no validation predictions: {self.operating_note}")
+        rule = rule or self.threshold_method
+        part = self.operating_intervals[self.operating_intervals["rule"] == rule].set_index("finding")
+        split = self.split
+        table = pd.DataFrame({
+            "prevalence (val)": part["val_prevalence"],
+            f"prevalence ({split})": part["test_prevalence"],
+            f"{split} / val": part["test_prevalence"] / part["val_prevalence"].where(part["val_prevalence"] > 0),
+            "sensitivity (val)": part["val_sensitivity"],
+            f"sensitivity ({split})": part["sensitivity"],
+            "specificity (val)": part["val_specificity"],
+            f"specificity ({split})": part["specificity"],
+            "PPV (val)": part["val_ppv"],
+            f"PPV expected at {split} prevalence": part["ppv_expected_at_test"],
+            f"PPV ({split})": part["ppv"],
+            "NPV (val)": part["val_npv"],
+            f"NPV expected at {split} prevalence": part["npv_expected_at_test"],
+            f"NPV ({split})": part["npv"],
+        })
+        table.index.name = "finding"
+        return table
+
+    def calibration_figures(self) -> pd.DataFrame:
+        """Per finding: O/E, scaled Brier, slope, intercepts and equal-mass ECE of the raw model, with intervals."""
+        names = {"observed_expected": "O/E", "scaled_brier": "scaled Brier", "slope": "slope",
+                 "intercept": "intercept", "intercept_at_slope_1": "intercept (slope 1)", "ece": "ECE (equal mass)"}
+        return _figure_table(self.calibration_summary, names)
+
+    def calibration_shift_table(self) -> pd.DataFrame:
+        """Per finding: prevalences and O/E on validation and on the scored split, raw and recalibrated."""
+        split = self.split
+        table = pd.DataFrame({
+            "prevalence (val)": self.validation_prevalence if self.validation_prevalence is not None else np.nan,
+            f"prevalence ({split})": self.calibration_summary["prevalence"],
+            f"mean probability ({split})": self.calibration_summary["mean_probability"],
+            "O/E (val, raw)": (self.validation_observed_expected if self.validation_observed_expected is not None
+                               else np.nan),
+            f"O/E ({split}, raw)": self.calibration_summary["observed_expected"],
+            "O/E CI low": self.calibration_summary["observed_expected_ci_low"],
+            "O/E CI high": self.calibration_summary["observed_expected_ci_high"],
+        }, index=self.calibration_summary.index)
+        if self.recalibrated_summary is not None:
+            table[f"O/E ({split}, {self.recalibration.method})"] = self.recalibrated_summary["observed_expected"]  # type: ignore[union-attr]
+            table["recalibrated O/E CI low"] = self.recalibrated_summary["observed_expected_ci_low"]
+            table["recalibrated O/E CI high"] = self.recalibrated_summary["observed_expected_ci_high"]
+        table.index.name = "finding"
+        return table
+
+    def recalibrated_figures(self) -> pd.DataFrame | None:
+        """The recalibrated model's figures beside the raw ones: slope, O/E, scaled Brier with intervals."""
+        if self.recalibrated_summary is None:
+            return None
+        method = self.recalibration.method  # type: ignore[union-attr]
+        columns: dict[str, pd.Series] = {}
+        for figure, name in (("slope", "slope"), ("observed_expected", "O/E"), ("scaled_brier", "scaled Brier")):
+            for label, summary in (("raw", self.calibration_summary), (method, self.recalibrated_summary)):
+                columns[f"{name}, {label}"] = summary[figure]
+                columns[f"{name}, {label} CI low"] = summary[f"{figure}_ci_low"]
+                columns[f"{name}, {label} CI high"] = summary[f"{figure}_ci_high"]
+        table = pd.DataFrame(columns)
+        table.index.name = "finding"
+        table.attrs["confidence"] = self.calibration_summary.attrs.get("confidence")
+        return table
+
     def to_document(self) -> dict[str, Any]:
         """Everything the report shows, as plain JSON: what ``write_metrics`` saves."""
         mean = mean_auroc(self.auroc)
@@ -238,6 +390,8 @@ class EvaluationResult:
                 "positives": self.auroc.loc[finding, "positives"],
                 "negatives": self.auroc.loc[finding, "negatives"],
                 "bootstrap_resamples_used": self.auroc.loc[finding, "n_resamples"],
+                "average_precision_ci_low": self.average_precision_ci.loc[finding, "ci_low"],
+                "average_precision_ci_high": self.average_precision_ci.loc[finding, "ci_high"],
             }
             for finding, ap in zip(FINDINGS, self.average_precision)
         }
@@ -291,7 +445,24 @@ class EvaluationResult:
                 "mean_ece": self.calibration["ece"].mean(),
                 "mean_brier": self.calibration["brier"].mean(),
                 "per_class": _by_row(self.calibration[["ece", "brier", "mean_probability", "prevalence"]]),
+                "equal_mass": {
+                    "n_bins": self.calibration_bins,
+                    "per_class": _by_row(self.calibration_summary),
+                    "reliability": self.reliability_equal_mass.to_dict(orient="records"),
+                    "definitions": CALIBRATION_DEFINITIONS,
+                },
+                "validation_observed_expected": (None if self.validation_observed_expected is None else
+                                                 self.validation_observed_expected.to_dict()),
+                "recalibration": self._recalibration_document(),
+                "class_weighting": self.class_weighting,
+                "notes": [*([POS_WEIGHT_NOTE] if self.class_weighting == "pos_weight" else []),
+                          PREVALENCE_SHIFT_CALIBRATION_NOTE],
             },
+            "prevalence": {
+                "validation": (None if self.validation_prevalence is None else self.validation_prevalence.to_dict()),
+                self.split: dict(zip(FINDINGS, self.labels.mean(axis=0).tolist())),
+            },
+            "operating_points_with_intervals": self._operating_document(),
             "subgroups": {
                 "table": self.subgroups.to_dict(orient="records"),
                 "mean_over": self.subgroups.attrs.get("mean_over"),
@@ -315,6 +486,60 @@ class EvaluationResult:
                                    {"available": True, **self.radiologist.to_document()}),
         }
         return files.plain(document)
+
+
+    def _operating_document(self) -> dict[str, Any]:
+        if self.operating_intervals is None:
+            return {"available": False, "note": self.operating_note}
+        table = self.operating_intervals
+        return {
+            "available": True,
+            "targets": {"sensitivity": self.target_sensitivity, "specificity": self.target_specificity},
+            "threshold_sources": {
+                **{method: f"{run_folder.THRESHOLDS_NAME} (chosen on validation at training time)" for method in
+                   METHODS},
+                "fixed sensitivity and specificity": f"chosen on {run_folder.predictions_name('val')} at evaluation",
+            },
+            "bootstrap": {"n_resamples": table.attrs.get("n_resamples"), "seed": table.attrs.get("seed"),
+                          "validation_seed": table.attrs.get("validation_seed"),
+                          "confidence": table.attrs.get("confidence"), "resampling": table.attrs.get("resampling")},
+            "rules": {rule: {finding: values for finding, values in
+                             part.drop(columns=["rule"]).set_index("finding").to_dict(orient="index").items()}
+                      for rule, part in table.groupby("rule", sort=False)},
+            "transfer": operating.TRANSFER_SENTENCE,
+        }
+
+    def _recalibration_document(self) -> dict[str, Any]:
+        if self.recalibration is None:
+            return {"available": False, "note": self.recalibration_note}
+        assert self.recalibrated_summary is not None and self.recalibrated_reliability is not None
+        return {"available": True, **self.recalibration.to_document(),
+                "per_class": self.recalibration.to_document()["per_class"],
+                "figures": _by_row(self.recalibrated_summary),
+                "reliability": self.recalibrated_reliability.to_dict(orient="records"),
+                "note": "shown beside the raw model, never in its place: every other figure uses raw probabilities"}
+
+
+CALIBRATION_DEFINITIONS = {
+    "observed_expected": "positives / sum of predicted probabilities: below 1 over-predicts, above 1 under-predicts",
+    "scaled_brier": "1 - Brier / (prevalence x (1 - prevalence)), the prevalence of the scored films: 0 is no "
+                    "better than predicting the prevalence, 1 is perfect",
+    "slope": "b of logit P(y) = a + b logit(p), unpenalised: below 1 too extreme, above 1 too timid",
+    "intercept": "a of the same fit",
+    "intercept_at_slope_1": "a of logit P(y) = a + logit(p) (calibration in the large): negative over-predicts",
+    "ece": "sum over equal-mass bins of (share of films) x |positive rate - mean probability|",
+}
+
+
+def _figure_table(summary: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
+    """``calibration_summary`` columns renamed for a report: each figure, then its interval."""
+    columns: dict[str, str] = {}
+    for figure, label in names.items():
+        columns |= {figure: label, f"{figure}_ci_low": f"{label} CI low", f"{figure}_ci_high": f"{label} CI high"}
+    table = summary[list(columns)].rename(columns=columns)
+    table["prevalence"] = summary["prevalence"]
+    table.attrs["confidence"] = summary.attrs.get("confidence")
+    return table
 
 
 def mean_auroc(auroc: pd.DataFrame) -> pd.Series:
@@ -344,15 +569,26 @@ def evaluate_run(
     gradcam_layer: str = "auto",
     gallery_per_kind: int = 4,
     subgroup_min_positive_patients: int = SUBGROUP_MIN_POSITIVE_PATIENTS,
+    target_sensitivity: float = TARGET_SENSITIVITY,
+    target_specificity: float = TARGET_SPECIFICITY,
+    calibration_bins: int = CALIBRATION_BINS,
+    recalibration: str = "platt",
     data_root: str | os.PathLike[str] | None = None,
 ) -> EvaluationResult:
     """Score ``split`` of a run with its best checkpoint and compute every table of the evaluation report.
 
     ``run`` is a run folder (or an opened ``Run``); ``data_root`` points at its data where
-    it moved. ``gradcam_layer`` "auto" reads the deepest dense block whose grid is at
+    it moved. ``gradcam_layer`` "auto" reads the deepest stage whose grid is at
     least 4 x 4 at the run's input size. ``n_bootstrap`` patient resamples (seeded by
     ``bootstrap_seed``) give every interval. A subgroup's figure for a finding needs
     ``subgroup_min_positive_patients`` patients with a positive film in the group.
+
+    The run's validation predictions (``predictions_val.csv``, written at training time)
+    give the fixed-sensitivity and fixed-specificity thresholds (``target_sensitivity``,
+    ``target_specificity``), the validation side of every operating-point interval (the
+    threshold re-chosen on resampled validation patients), the validation prevalences,
+    and the ``recalibration`` ("platt", "temperature" or "none") shown beside the raw
+    probabilities. Calibration uses ``calibration_bins`` bins, equal-width and equal-mass.
     Predictions go to the run folder
     (``predictions_<split>.csv``); nothing else is written: ``write_metrics`` saves the result.
     """
@@ -362,8 +598,15 @@ def evaluate_run(
         raise ValueError(f"threshold_method must be one of {METHODS}, got {threshold_method!r}")
     if subgroup_min_positive_patients < 1:
         raise ValueError(f"subgroup_min_positive_patients must be at least 1, got {subgroup_min_positive_patients}")
+    for name, target in (("target_sensitivity", target_sensitivity), ("target_specificity", target_specificity)):
+        if not 0 < target < 1:
+            raise ValueError(f"{name} must lie strictly between 0 and 1, got {target}")
+    if calibration_bins < 2:
+        raise ValueError(f"calibration_bins must be at least 2, got {calibration_bins}")
+    if recalibration not in calibration.RECALIBRATION_METHODS:
+        raise ValueError(f"recalibration must be one of {calibration.RECALIBRATION_METHODS}, got {recalibration!r}")
     run = run if isinstance(run, run_folder.Run) else run_folder.open_run(run, data_root=data_root)
-    layer = gradcam_layer_for(run.config.input_size, gradcam_layer)
+    layer = gradcam_layer_for(run.config.input_size, gradcam_layer, run.config.arch)
     thresholds_by_finding = run.thresholds(threshold_method)
     thresholds = metrics.threshold_array(thresholds_by_finding)  # a finding missing from the file fails before scoring
     predictions = predict_split(run, split, tta_hflip=tta_hflip)
@@ -373,11 +616,53 @@ def evaluate_run(
         auroc = metrics.bootstrap_auroc(labels, probabilities, patient_ids, n_resamples=n_bootstrap,
                                         seed=bootstrap_seed, confidence=CONFIDENCE, progress="bootstrap AUROC")
     average_precision = metrics.per_class_average_precision(labels, probabilities)
-    operating = metrics.operating_points(labels, probabilities, thresholds)
+    operating_at_thresholds = metrics.operating_points(labels, probabilities, thresholds)
     report = (metrics.classification_report_table(labels, probabilities, thresholds)
               if np.isfinite(thresholds).any() else None)
-    calibration = metrics.calibration_table(labels, probabilities, n_bins=CALIBRATION_BINS)
-    reliability = metrics.reliability_curves(labels, probabilities, n_bins=CALIBRATION_BINS)
+    calibration_table = metrics.calibration_table(labels, probabilities, n_bins=calibration_bins)
+    reliability = metrics.reliability_curves(labels, probabilities, n_bins=calibration_bins)
+    with stage("bootstrap AP", images=len(predictions), resamples=n_bootstrap):
+        average_precision_ci = operating.bootstrap_average_precision(labels, probabilities, patient_ids,
+                                                                     n_resamples=n_bootstrap, seed=bootstrap_seed)
+    validation = _validation_predictions(run)
+    rules = [operating.OperatingRule(method) for method in METHODS] + [
+        operating.OperatingRule("fixed_sensitivity", target_sensitivity),
+        operating.OperatingRule("fixed_specificity", target_specificity)]
+    operating_intervals = validation_prevalence = validation_observed_expected = None
+    operating_note = recalibration_note = None
+    if isinstance(validation, str):
+        operating_note = recalibration_note = validation
+    else:
+        val_labels, val_probabilities, val_patient_ids = prediction_arrays(validation)
+        validation_prevalence = pd.Series(val_labels.mean(axis=0), index=list(FINDINGS))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            validation_observed_expected = pd.Series(val_labels.sum(axis=0) / val_probabilities.sum(axis=0),
+                                                     index=list(FINDINGS))
+        with stage("operating-point intervals", images=len(predictions) + len(validation), resamples=n_bootstrap):
+            operating_intervals = operating.operating_point_intervals(
+                val_labels, val_probabilities, val_patient_ids, labels, probabilities, patient_ids, rules,
+                point_thresholds={method: metrics.threshold_array(run.thresholds(method)) for method in METHODS},
+                n_resamples=n_bootstrap, seed=bootstrap_seed, confidence=CONFIDENCE,
+                progress="bootstrap operating points")
+    with stage("calibration", images=len(predictions), resamples=n_bootstrap):
+        calibration_summary = calibration.calibration_summary(labels, probabilities, patient_ids,
+                                                              n_bins=calibration_bins, n_resamples=n_bootstrap,
+                                                              seed=bootstrap_seed, confidence=CONFIDENCE)
+        reliability_equal_mass = calibration.equal_mass_reliability(labels, probabilities, patient_ids,
+                                                                    n_bins=calibration_bins, n_resamples=n_bootstrap,
+                                                                    seed=bootstrap_seed, confidence=CONFIDENCE)
+        recalibrated = recalibrated_summary = recalibrated_reliability = None
+        if recalibration == "none":
+            recalibration_note = "recalibration is off (the setting recalibration = none)"
+        elif not isinstance(validation, str):
+            recalibrated = calibration.fit_recalibration(val_labels, val_probabilities, recalibration)
+            recalibrated_probabilities = recalibrated.apply(probabilities)
+            recalibrated_summary = calibration.calibration_summary(
+                labels, recalibrated_probabilities, patient_ids, n_bins=calibration_bins, n_resamples=n_bootstrap,
+                seed=bootstrap_seed, confidence=CONFIDENCE)
+            recalibrated_reliability = calibration.equal_mass_reliability(
+                labels, recalibrated_probabilities, patient_ids, n_bins=calibration_bins, n_resamples=n_bootstrap,
+                seed=bootstrap_seed, confidence=CONFIDENCE)
     rows = run.dataset.metadata.set_index("image").loc[predictions["image"]].reset_index()
     clusters = cluster_facts(predictions)
     with stage("patient-level AUROC", images=len(predictions), resamples=n_bootstrap):
@@ -398,12 +683,29 @@ def evaluate_run(
         run=run, split=split, tta_hflip=tta_hflip, threshold_method=threshold_method,
         thresholds_by_finding=thresholds_by_finding, n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed,
         gradcam_layer=layer, predictions=predictions, labels=labels, probabilities=probabilities,
-        patient_ids=patient_ids, auroc=auroc, average_precision=average_precision, operating=operating,
-        report=report, calibration=calibration, reliability=reliability, subgroups=subgroups,
+        patient_ids=patient_ids, auroc=auroc, average_precision=average_precision, operating=operating_at_thresholds,
+        report=report, calibration=calibration_table, reliability=reliability, subgroups=subgroups,
         localization=located, localization_note=localization_note, gallery=gallery, context=context,
         radiologist=radiologist, clusters=clusters, patient_level=patient_level, paediatric=paediatric_counts(rows),
         subgroup_min_positive_patients=subgroup_min_positive_patients,
+        average_precision_ci=average_precision_ci, operating_intervals=operating_intervals,
+        operating_note=operating_note, validation_prevalence=validation_prevalence,
+        target_sensitivity=target_sensitivity, target_specificity=target_specificity,
+        calibration_bins=calibration_bins, calibration_summary=calibration_summary,
+        reliability_equal_mass=reliability_equal_mass, recalibration=recalibrated,
+        recalibrated_summary=recalibrated_summary, recalibrated_reliability=recalibrated_reliability,
+        validation_observed_expected=validation_observed_expected, recalibration_note=recalibration_note,
     )
+
+
+def _validation_predictions(run: run_folder.Run) -> pd.DataFrame | str:
+    """The run's validation predictions (best epoch), or a sentence saying why there are none."""
+    path = run_folder.predictions_path(run.run_dir, "val")
+    if not path.exists():
+        return (f"{path} is missing (training writes it at the best epoch): without the validation predictions "
+                "there are no fixed-sensitivity or fixed-specificity thresholds, no interval that carries the "
+                "threshold's variability, and no recalibration.")
+    return run_folder.read_predictions(run.run_dir, "val")
 
 
 def write_metrics(result: EvaluationResult) -> Path:
@@ -477,7 +779,7 @@ def localize(run: run_folder.Run, boxes: pd.DataFrame, layer: str, seed: int = 0
         model = run.model()
         heatmaps = localization.box_heatmaps(
             model, run.image_cache(), mapped, size, device=select_device(run.config.device),
-            batch_size=run.config.batch_size, layer=model.dense_block(layer),
+            batch_size=run.config.batch_size, layer=model.stage(layer),
         )
         grid = gradcam_grid(size, layer)
         return LocalizationResult(
@@ -558,7 +860,7 @@ def gallery_panels(run: run_folder.Run, layer: str, examples: pd.DataFrame) -> G
     with stage("gallery Grad-CAM", images=len(examples)):
         heatmaps = localization.box_heatmaps(
             model, run.image_cache(), examples[["image", "finding"]], size,
-            device=select_device(run.config.device), batch_size=run.config.batch_size, layer=model.dense_block(layer),
+            device=select_device(run.config.device), batch_size=run.config.batch_size, layer=model.stage(layer),
             desc="gallery Grad-CAM",
         )
     images = model_frame_images(run, examples["image"].tolist())
@@ -590,7 +892,7 @@ def context_table(run: run_folder.Run, split: str, auroc: pd.DataFrame) -> pd.Da
     this_split = {"official": "official", "random": "random patient split"}.get(kind, kind)
     mean = mean_auroc(auroc)
     this_run = {
-        "model": f"this run ({run.name}): DenseNet121, {run.config.weights} init",
+        "model": f"this run ({run.name}): {BACKBONES[run.config.arch].title}, {run.config.weights} init",
         "input": f"{run.config.input_size} px",
         "mean_auroc": mean["auroc"],
         "ci_low": mean["ci_low"],

@@ -71,6 +71,67 @@ def _children_limitation(metrics: dict[str, Any] | None) -> str:
             "too few patients to validate the model for children, and it is not validated for them.")
 
 
+def _with_interval(value: Any, low: Any, high: Any) -> str | None:
+    """``0.812 [0.790, 0.833]``; the value alone without an interval; None without a value."""
+    if value is None:
+        return None
+    return f"{value:.3f}" if low is None or high is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _average_precision_rows(metrics: dict[str, Any]) -> list[dict[str, Any]] | str:
+    """AP per finding with its interval, beside its chance level (the prevalence)."""
+    per_class = metrics["per_class"]
+    if "average_precision_ci_low" not in next(iter(per_class.values()), {}):
+        return "not recorded: evaluate the run again for AP intervals"
+    prevalence = (metrics.get("prevalence") or {}).get(metrics["split"], {})
+    return [{"finding": finding, "AP [95% CI]": _with_interval(row["average_precision"],
+                                                               row["average_precision_ci_low"],
+                                                               row["average_precision_ci_high"]),
+             "prevalence (chance level)": prevalence.get(finding)} for finding, row in per_class.items()]
+
+
+def _operating_point_rows(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Sensitivity, specificity and PPV with intervals at the run's thresholds and the fixed ones, and prevalences."""
+    section = metrics.get("operating_points_with_intervals")
+    if not section or not section.get("available"):
+        return {"available": False, "note": (section or {}).get("note") or "not recorded: evaluate the run again"}
+    method = metrics["thresholds"]["method"]
+    rules = [method] + [rule for rule in section["rules"] if rule.startswith(("sensitivity ", "specificity "))]
+    rows = []
+    for finding in section["rules"][method]:
+        first = section["rules"][method][finding]
+        row: dict[str, Any] = {"finding": finding, "prevalence (val)": first["val_prevalence"],
+                               f"prevalence ({metrics['split']})": first["test_prevalence"]}
+        for rule in rules:
+            values = section["rules"][rule][finding]
+            for metric, label in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ppv", "PPV")):
+                row[f"{rule}: {label}"] = _with_interval(values[metric], values[f"{metric}_ci_low"],
+                                                         values[f"{metric}_ci_high"])
+        rows.append(row)
+    return {"available": True, "rules": rules, "thresholds_chosen_on": "validation predictions only",
+            "intervals": "95% bootstrap resampling validation patients (threshold re-chosen) and test patients",
+            "what_transfers": section.get("transfer"), "per_finding": rows}
+
+
+def _calibration_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """O/E, slope and scaled Brier with intervals per finding, the recalibration, and why the raw model is off."""
+    calibration = metrics["calibration"]
+    equal_mass = calibration.get("equal_mass")
+    if not equal_mass:
+        return {"figures": "not recorded: evaluate the run again for O/E, slope and scaled Brier"}
+    rows = [{"finding": finding, **{label: _with_interval(row[figure], row[f"{figure}_ci_low"],
+                                                          row[f"{figure}_ci_high"])
+                                    for figure, label in (("observed_expected", "O/E"), ("slope", "slope"),
+                                                          ("scaled_brier", "scaled Brier"))}}
+            for finding, row in equal_mass["per_class"].items()]
+    recalibration = calibration.get("recalibration") or {}
+    return {"per_finding": rows, "definitions": equal_mass.get("definitions"),
+            "recalibration": ({"method": recalibration.get("method"), "fitted_on": recalibration.get("fitted_on"),
+                               "note": recalibration.get("note")} if recalibration.get("available")
+                              else recalibration.get("note")),
+            "notes": calibration.get("notes")}
+
+
 def _onnx_export(run_dir: Path) -> dict[str, Any]:
     """The ONNX file's hash as it is now, and its verification when the record beside it is of this very file."""
     digest = files.sha256_of(run_folder.onnx_path(run_dir))
@@ -124,7 +185,8 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
         best_row = history.loc[history["val_auroc_mean"].idxmax()]
         best = {"epoch": int(best_row["epoch"]), "val_auroc_mean": float(best_row["val_auroc_mean"])}
     model = {
-        "architecture": f"DenseNet121 (torchvision), 1-channel stem, {config.get('head')} head, 14 sigmoid outputs",
+        "architecture": f"{config.get('arch', 'densenet121')} (torchvision), 1-channel stem, {config.get('head')} head, "
+                        "14 sigmoid outputs",
         "fine_tuning": config.get("strategy"),
         "initial_weights": config.get("initial_weights") or {"kind": config.get("weights")},
         "label_order": ", ".join(config.get("label_order", FINDINGS)),
@@ -157,7 +219,9 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
                          f"{metrics['bootstrap']['n_resamples']} resamples",
             "thresholds": {"method": metrics["thresholds"]["method"], "chosen_on": metrics["thresholds"]["source"]},
             "calibration": {"mean_ece": metrics["calibration"]["mean_ece"],
-                            "mean_brier": metrics["calibration"]["mean_brier"]},
+                            "mean_brier": metrics["calibration"]["mean_brier"]} | _calibration_figures(metrics),
+            "average_precision": _average_precision_rows(metrics),
+            "operating_points": _operating_point_rows(metrics),
             "films_per_patient": None if "clusters" not in metrics else {
                 "patients": metrics["clusters"]["patients"], **metrics["clusters"]["films_per_patient"],
                 "top_decile_share_of_films": metrics["clusters"]["top_decile"]["share_of_films"]},

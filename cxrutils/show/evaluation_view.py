@@ -10,9 +10,11 @@ from IPython.display import HTML
 from pandas.io.formats.style import Styler
 
 from cxrutils.engine import run_folder
-from cxrutils.evaluate.evaluation import EvaluationResult
+from cxrutils.engine.gradcam import is_last_stage
+from cxrutils.evaluate.evaluation import POS_WEIGHT_NOTE, PREVALENCE_SHIFT_CALIBRATION_NOTE, EvaluationResult
 from cxrutils.labels import FINDINGS
 from cxrutils.show.display import interval_text, note, table
+from cxrutils.stats.operating import TRANSFER_SENTENCE
 
 
 def describe(result: EvaluationResult) -> str:
@@ -62,14 +64,14 @@ def threshold_caveat(result: EvaluationResult) -> HTML:
 
 
 def gradcam_resolution_note(result: EvaluationResult) -> HTML:
-    """Which dense block Grad-CAM read and why, when it is not the last one; a warning when its grid is coarse."""
+    """Which stage Grad-CAM read and why, when it is not the last one; a warning when its grid is coarse."""
     grid = result.gradcam_grid
-    if grid >= 4 and result.gradcam_layer == "denseblock4":
+    if grid >= 4 and is_last_stage(result.gradcam_layer, result.run.config.arch):
         return HTML("")
     if grid >= 4:
         return note(
             f"Grad-CAM here reads {result.gradcam_layer} ({grid} x {grid} at {result.input_size} px), not the last "
-            "dense block, whose map would be too coarse to point anywhere at this input size. The random baseline "
+            "stage, whose map would be too coarse to point anywhere at this input size. The random baseline "
             "uses the same grid.",
             tone="neutral",
         )
@@ -206,3 +208,77 @@ def paediatric_note(result: EvaluationResult) -> HTML:
         f"from {children['patients']:,} patients under {children['under_years']:g}: they are the age band "
         f"<{children['under_years']:g} below, apart from the adults. So few patients give wide intervals; the model "
         "is not validated for children.", tone="neutral")
+
+
+# --------------------------------------------------------------------------- operating points and calibration
+
+
+def _synthetic_suffix(result: EvaluationResult) -> str:
+    return " SYNTHETIC phantoms: these figures say nothing about real patients." if result.synthetic else ""
+
+
+def operating_note(result: EvaluationResult) -> HTML:
+    """Why there are no operating-point intervals (no validation predictions); empty when there are."""
+    return note(result.operating_note) if result.operating_intervals is None else HTML("")
+
+
+def operating_points_table(result: EvaluationResult, rule: str) -> Styler:
+    """One rule's operating points with intervals that include the threshold's own variability."""
+    shown = result.operating_table(rule)
+    attrs = result.operating_intervals.attrs if result.operating_intervals is not None else {}
+    source = ("thresholds.json, chosen on validation at training time" if rule in ("youden", "max_f1")
+              else "chosen on the validation predictions (predictions_val.csv) at evaluation")
+    caption = (f"{rule}: thresholds {source}. {attrs.get('confidence', 0.95):.0%} intervals from "
+               f"{attrs.get('n_resamples', 0):,} resamples, each drawing validation patients (the threshold "
+               f"re-chosen on them) and {result.split} patients (the figures read there). PPV, NPV and F1 depend on "
+               f"the {result.split} prevalence." + _synthetic_suffix(result))
+    return table(shown, caption=caption)
+
+
+def prevalence_shift_table(result: EvaluationResult, rule: str | None = None) -> Styler:
+    """Validation against the scored split at one rule's thresholds: what transfers and what does not."""
+    rule = rule or result.threshold_method
+    caption = (f"At the {rule} thresholds. Sensitivity and specificity should agree between the two columns up to "
+               "sampling; PPV and NPV follow the prevalence, and the 'expected' columns carry validation's "
+               f"sensitivity and specificity to the {result.split} prevalence by Bayes' rule."
+               + _synthetic_suffix(result))
+    return table(result.prevalence_shift_table(rule), caption=caption)
+
+
+def transfer_note(result: EvaluationResult) -> HTML:
+    """The sentence saying which figures carry from validation to the scored split and which do not."""
+    return note(TRANSFER_SENTENCE, tone="neutral")
+
+
+def calibration_figures_table(result: EvaluationResult) -> Styler:
+    """O/E, scaled Brier, slope, intercepts and equal-mass ECE of the raw probabilities, with intervals."""
+    summary = result.calibration_summary
+    caption = (f"Raw probabilities on the {result.split} split; {result.calibration_bins} equal-mass bins for ECE; "
+               f"{summary.attrs.get('confidence', 0.95):.0%} patient-bootstrap intervals from "
+               f"{summary.attrs.get('n_resamples', 0):,} resamples." + _synthetic_suffix(result))
+    return table(result.calibration_figures(), caption=caption)
+
+
+def calibration_shift_table(result: EvaluationResult) -> Styler:
+    """Prevalences and O/E on validation and on the scored split, raw and recalibrated."""
+    caption = ("O/E above 1: the probabilities are too low on average; below 1: too high. Validation's O/E is a "
+               "point figure." + _synthetic_suffix(result))
+    return table(result.calibration_shift_table(), caption=caption)
+
+
+def recalibration_table(result: EvaluationResult) -> Styler | HTML:
+    """The recalibrated model's slope, O/E and scaled Brier beside the raw model's; a note when there is none."""
+    figures = result.recalibrated_figures()
+    if figures is None or result.recalibration is None:
+        return note(result.recalibration_note or "No recalibration.", tone="neutral")
+    method = result.recalibration.method
+    caption = (f"{method} scaling per finding, fitted on the validation predictions only and applied to the "
+               f"{result.split} probabilities; shown beside the raw model, which every other figure of this report "
+               "uses. It changes no ranking, so AUROC and AP stay as they are." + _synthetic_suffix(result))
+    return table(figures, caption=caption)
+
+
+def calibration_notes(result: EvaluationResult) -> HTML:
+    """Why the raw probabilities run high (pos_weight) and why test under-prediction is the prevalence shift."""
+    texts = ([POS_WEIGHT_NOTE] if result.class_weighting == "pos_weight" else []) + [PREVALENCE_SHIFT_CALIBRATION_NOTE]
+    return note(" ".join(texts), tone="neutral")

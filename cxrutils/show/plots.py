@@ -384,6 +384,54 @@ def reliability_diagrams(curves: pd.DataFrame, table: pd.DataFrame | None = None
     return fig
 
 
+def reliability_equal_mass(
+    curves: pd.DataFrame, recalibrated: pd.DataFrame | None = None, summary: pd.DataFrame | None = None,
+    recalibration_name: str = "recalibrated", synthetic: bool = False, columns: int = 4,
+) -> Figure:
+    """Equal-mass reliability diagrams: each bin's observed rate with its interval against its mean probability.
+
+    ``curves`` (and ``recalibrated``, drawn beside in orange) from
+    ``calibration.equal_mass_reliability``; ``summary`` from ``calibration.calibration_summary``
+    adds O/E and the slope to the titles. Each panel spans the probabilities it holds
+    (a rare finding's sit near 0), so the diagonal is shown where the films are.
+    """
+    findings = list(pd.unique(curves["finding"]))
+    fig, axes = _evaluation_grid(len(findings), columns)
+    models = [("raw", curves, "#4c72b0")] + ([(recalibration_name, recalibrated, "#dd8452")]
+                                              if recalibrated is not None else [])
+    for ax, finding in zip(axes, findings):
+        top = 0.0
+        for label, frame, colour in models:
+            part = frame[frame["finding"] == finding]
+            if part.empty:
+                continue
+            low = (part["fraction_positive"] - part["ci_low"]).clip(lower=0).fillna(0)
+            high = (part["ci_high"] - part["fraction_positive"]).clip(lower=0).fillna(0)
+            ax.errorbar(part["mean_probability"], part["fraction_positive"], yerr=[low, high], color=colour,
+                        marker="o", ms=3, lw=1, capsize=2, label=label)
+            highest = part["ci_high"].max(skipna=True)
+            top = max(top, float(part["mean_probability"].max()), float(highest) if pd.notna(highest) else 0.0)
+        top = min(1.0, max(top * 1.1, 0.05))
+        ax.plot([0, top], [0, top], color="grey", lw=0.8, ls=":")
+        ax.set(xlim=(0, top), ylim=(0, top))
+        title = figure_text(finding)
+        if summary is not None and finding in summary.index:
+            row = summary.loc[finding]
+            figures = [f"{name} {row[column]:.2f}" for name, column in (("O/E", "observed_expected"), ("slope", "slope"))
+                       if pd.notna(row[column])]
+            title += "\n" + (", ".join(figures) or "no positives or no negatives")
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=7)
+    if len(models) > 1 and len(axes):
+        axes[0].legend(fontsize=7, loc="upper left")
+    fig.supxlabel("mean predicted probability (equal-mass bins)")
+    fig.supylabel("observed positive rate")
+    if synthetic:
+        fig.suptitle("SYNTHETIC phantoms", color="#b00020")
+    fig.tight_layout()
+    return fig
+
+
 def subgroup_forest(table: pd.DataFrame, findings: list[str] | None = None, columns: int = 3) -> Figure:
     """AUROC with its bootstrap CI per subgroup value, one panel per finding.
 
