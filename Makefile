@@ -12,7 +12,7 @@ HEAVY_PINS := $(shell sed -n 's/^ *"\(torch[a-z]*==[^"]*\)".*/\1/p' pyproject.to
 PROFILE ?= demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reports metadata-report test bench gpu-check mutation rehearsal lab tensorboard clean-reports clean-demo clean-rehearsal
+.PHONY: help install demo external-demo reports metadata-report test bench gpu-check mutation rehearsal lab tensorboard clean-reports clean-demo clean-rehearsal
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -30,8 +30,19 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)  ## create .venv and install cxrutils with its pinned dependencies
 
-demo: $(INSTALLED)  ## build the phantom demo data if missing, run every notebook, write reports/index.html
+demo: $(INSTALLED)  ## build the phantom demo data if missing, run every notebook, compare with a second seed, write reports/index.html
 	$(VENV)/bin/cxrutils reports --profile demo
+	$(VENV)/bin/cxrutils train --config demo --seeds 1 --resume auto
+	$(VENV)/bin/cxrutils evaluate --run runs/demo_seed1
+	$(VENV)/bin/cxrutils reports --profile runs_compared
+
+EXTERNAL_DEMO_COLLECTIONS ?= chexpert padchest
+external-demo: $(INSTALLED)  ## the demo run on phantom CheXpert and PadChest roots (notebook 07) -> reports/external/
+	@test -f runs/demo/checkpoint_best.pt || { echo "make external-demo needs runs/demo: run make demo first" >&2; exit 2; }
+	for collection in $(EXTERNAL_DEMO_COLLECTIONS); do \
+	  $(VENV_PYTHON) -c "import sys; from cxrutils.demo.external_roots import ExternalRootSpec, ensure_external_root; ensure_external_root(f'data/external_demo/{sys.argv[1]}', ExternalRootSpec(sys.argv[1], n_patients=100, image_size=256))" $$collection && \
+	  $(VENV)/bin/cxrutils reports --profile external --set collection=$$collection --set external_root=data/external_demo/$$collection || exit 1; \
+	done
 
 reports: $(INSTALLED)  ## run the notebooks for PROFILE (e.g. make reports PROFILE=nih ARGS="--set data_root=/data/nih")
 	$(VENV)/bin/cxrutils reports --profile $(PROFILE) $(ARGS)
@@ -63,11 +74,11 @@ tensorboard: $(INSTALLED)  ## follow a run's training live: make tensorboard RUN
 	$(VENV)/bin/tensorboard --logdir $(RUN)/tensorboard
 
 clean-reports:  ## delete generated reports: every run's folder, the inference results, the index
-	rm -rf reports/*.html reports/*.ipynb reports/index.json reports/[0-9][0-9]_*/ reports/inference/
+	rm -rf reports/*.html reports/*.ipynb reports/index.json reports/[0-9][0-9]_*/ reports/inference/ reports/comparisons/ reports/external/
 	for folder in reports/*/; do if [ -f "$$folder/index.json" ]; then rm -rf "$$folder"; fi; done
 
-clean-demo:  ## delete the generated demo dataset, its image cache and the demo run
-	rm -rf data/demo data/cache/demo_* runs/demo
+clean-demo:  ## delete the generated demo dataset, its image cache, the demo runs and their comparison
+	rm -rf data/demo data/cache/demo_* runs/demo runs/demo_seed1 runs/comparisons/demo-vs-demo_seed1 data/external_demo
 
 clean-rehearsal:  ## delete the rehearsal roots, their image caches, runs and reports
 	rm -rf data/rehearsal_* data/cache/rehearsal_* runs/rehearsal_* reports/rehearsal reports/rehearsal.*

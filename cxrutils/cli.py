@@ -4,7 +4,10 @@
     torchrun --nproc-per-node=N -m cxrutils train --config nih --set data_root=/data/nih
     cxrutils cache build --config nih --set data_root=/data/nih
     cxrutils evaluate --run runs/demo
+    cxrutils train --config demo --seeds 1 2   # runs/demo_seed1, runs/demo_seed2, one after another
     cxrutils compare --run runs/demo [--model densenet121-res224-nih]
+    cxrutils compare-runs runs/demo runs/demo_seed1 [--name NAME]
+    cxrutils external --run runs/demo --collection chexpert --root /data/chexpert
     cxrutils infer --run runs/demo PATH [PATH ...]
     cxrutils export --run runs/demo --format onnx
     cxrutils reports --profile demo [--set KEY=VALUE ...] [--only 01]
@@ -67,8 +70,9 @@ def _data_root_argument(parser: argparse.ArgumentParser) -> None:
 
 def _add_train(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     parser = verbs.add_parser(
-        "train", help="train DenseNet121 (one GPU, or many under torchrun)",
-        description="Train DenseNet121 on NIH ChestX-ray14 or the phantoms into runs/<name>/.",
+        "train", help="train a classifier (one GPU, or many under torchrun)",
+        description="Train DenseNet121 (or --set arch=resnet50, efficientnet_v2_s or convnext_tiny) on NIH "
+                    "ChestX-ray14 or the phantoms into runs/<name>/.",
         epilog="training settings and their defaults:\n" + describe_settings("train"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a training profile in configs/train/ or a YAML path")
@@ -77,18 +81,30 @@ def _add_train(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespac
                         help="yes (or --resume alone): continue the run from its last checkpoint; auto: continue it "
                              "if its folder has a checkpoint, else start it (what a scheduler that requeues needs); "
                              "no: start a new run (default)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                        help="train one run per seed, one after another, each named <name>_seed<SEED> with "
+                             "seed=SEED (e.g. --seeds 0 1 2); --resume applies to each")
 
     def run(args: argparse.Namespace) -> int:
         # The settings first: a misspelt profile or --set is named before torch loads.
         try:
-            config = load_train_config(args.config, args.overrides)
+            configs = [load_train_config(args.config, args.overrides)]
+            if args.seeds is not None:
+                repeated = sorted({seed for seed in args.seeds if args.seeds.count(seed) > 1})
+                if repeated:
+                    parser.error(f"--seeds names {repeated} more than once: each seed is one run")
+                configs = [load_train_config(args.config, [*args.overrides, f"seed={seed}",
+                                                           f"name={configs[0].name}_seed{seed}"])
+                           for seed in args.seeds]
         except FileNotFoundError as err:
             parser.error(str(err))
         from cxrutils.engine.train import train
 
-        result = train(config, resume=RESUME_CHOICES[args.resume])
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"best epoch {result.best_epoch}: mean val AUROC {result.best_val_auroc_mean:.4f} -> {result.run_dir}")
+        for config in configs:  # one after another, each on the whole machine (or the whole torchrun job)
+            result = train(config, resume=RESUME_CHOICES[args.resume])
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"best epoch {result.best_epoch}: mean val AUROC {result.best_val_auroc_mean:.4f} "
+                      f"-> {result.run_dir}", flush=True)
         return 0
 
     return run
@@ -162,6 +178,44 @@ def _add_compare(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namesp
                              **settings.to_dict())
         path = write_comparison(result)
         print(f"{result.headline} -> {path}")
+        return 0
+
+    return run
+
+
+def _add_compare_runs(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = verbs.add_parser(
+        "compare-runs", help="finished runs against each other on the same films, write runs_compared.json",
+        description="The computation notebook 06 shows. Each run must have been evaluated on the split (cxrutils "
+                    "evaluate) and have scored the same films; the first run is the reference. Writes "
+                    "runs_compared.json into runs/comparisons/<name>/ (beside the first run), or --out.")
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders, e.g. runs/demo runs/demo_seed1")
+    parser.add_argument("--split", default="test", help="the split every run was evaluated on (default: test)")
+    parser.add_argument("--n-bootstrap", type=int, default=1000, help="patient-bootstrap resamples (default: 1000)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seeds the bootstrap resamples (default: 0)")
+    parser.add_argument("--name", default=None,
+                        help="the comparison's folder name: letters, digits, '.', '-', '_' (default: the runs' "
+                             "folder names joined by -vs-)")
+    parser.add_argument("--out", default=None, help="the folder to write runs_compared.json into (default: "
+                                                    "runs/comparisons/<name>/, beside the first run)")
+
+    def run(args: argparse.Namespace) -> int:
+        from cxrutils.compare.runs import compare_runs, comparison_dir, write_runs_comparison
+
+        if len(args.runs) < 2:
+            parser.error(f"compare at least two runs; got {args.runs}")
+        runs = [_absolute(path) for path in args.runs]
+        try:
+            folder = comparison_dir(runs, args.name, _absolute(args.out) if args.out else None)
+        except ValueError as err:
+            parser.error(str(err))
+        result = compare_runs(runs, split=args.split, n_bootstrap=args.n_bootstrap,
+                              bootstrap_seed=args.bootstrap_seed)
+        path = write_runs_comparison(result, folder)
+        synthetic = " (SYNTHETIC phantoms: says nothing about real films)" if result.synthetic else ""
+        print(printable(f"{result.headline}{synthetic}"))
+        print(printable(result.spread_sentence))
+        print(f"-> {printable(path)}")
         return 0
 
     return run
@@ -397,11 +451,71 @@ def _add_download(verbs: argparse._SubParsersAction) -> Callable[[argparse.Names
     return run
 
 
+def _add_external(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    from cxrutils.compare.provenance import DEFAULT_MODELS
+    from cxrutils.compare.txv import TXV_MODEL_NAMES
+    from cxrutils.data.external import COLLECTIONS, DEFAULT_MIN_READERS, DEFAULT_UNCERTAIN_POLICY, UNCERTAIN_POLICIES
+    from cxrutils.stats.thresholds import METHODS
+
+    parser = verbs.add_parser(
+        "external", help="score a run (and TorchXRayVision's models) on an external collection",
+        description="The computation notebook 07 shows: the run on a collection's frontal films (CheXpert, PadChest, "
+                    "VinDr-CXR, RSNA Pneumonia, SIIM-ACR) in its published layout, home against away, with "
+                    "TorchXRayVision's models on the same films. Writes RUN/external/<collection>/external.json.")
+    parser.add_argument("--run", required=True, help="a finished run folder, e.g. runs/demo (evaluate it first for "
+                                                     "the home figures)")
+    parser.add_argument("--collection", required=True, choices=COLLECTIONS, help="which collection --root holds")
+    parser.add_argument("--root", required=True, help="the collection's download, in its published layout")
+    parser.add_argument("--uncertain", default=DEFAULT_UNCERTAIN_POLICY, choices=UNCERTAIN_POLICIES,
+                        help=f"CheXpert's -1 labels (default: {DEFAULT_UNCERTAIN_POLICY})")
+    parser.add_argument("--min-readers", type=int, default=DEFAULT_MIN_READERS,
+                        help=f"VinDr-CXR: readers who must draw a finding (default: {DEFAULT_MIN_READERS} of 3)")
+    parser.add_argument("--threshold-method", default="youden", choices=METHODS,
+                        help="which of the run's validation thresholds (thresholds.json) to apply (default: youden)")
+    parser.add_argument("--n-bootstrap", type=int, default=1000, help="patient-bootstrap resamples (default: 1000)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seeds the resamples (default: 0)")
+    parser.add_argument("--max-films", type=int, default=None,
+                        help="score a seeded sample of whole patients up to this many films (default: all)")
+    parser.add_argument("--model", dest="models", action="append", choices=TXV_MODEL_NAMES, metavar="MODEL",
+                        help=f"a TorchXRayVision model (repeatable; default: {' '.join(DEFAULT_MODELS)})")
+    parser.add_argument("--no-txv", action="store_true", help="score the run only")
+    parser.add_argument("--weights-dir", default=None, help="TorchXRayVision's release files "
+                                                            "(default: ~/.torchxrayvision/models_data)")
+    parser.add_argument("--no-txv-home", action="store_true",
+                        help="do not score TorchXRayVision on the run's NIH test films (no home side for them)")
+    parser.add_argument("--random-weights-for-testing", action="store_true",
+                        help="TEST ONLY: random TorchXRayVision weights, labelled as such")
+    _data_root_argument(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from cxrutils.compare.external_validation import validate_external, write_external_validation
+
+        models = [] if args.no_txv else (args.models or list(DEFAULT_MODELS))
+        result = validate_external(
+            _absolute(args.run), args.collection, _absolute(args.root), uncertain=args.uncertain,
+            min_readers=args.min_readers, threshold_method=args.threshold_method, n_bootstrap=args.n_bootstrap,
+            bootstrap_seed=args.bootstrap_seed, max_films=args.max_films, txv_models=models,
+            weights_dir=_absolute(args.weights_dir) if args.weights_dir else None,
+            random_txv=args.random_weights_for_testing, txv_home=not args.no_txv_home, data_root=args.data_root)
+        path = write_external_validation(result)
+        synthetic = " (SYNTHETIC phantoms: says nothing about real films)" if result.synthetic else ""
+        print(printable(f"{result.headline}{synthetic}"))
+        for missing in result.missing_weights:
+            print(printable(f"skipped {missing.model}: put {missing.weights_file} into {missing.folder} "
+                            f"(from {missing.url})"))
+        print(f"-> {printable(path)}")
+        return 0
+
+    return run
+
+
 VERBS = {
     "train": _add_train,
     "cache": _add_cache,
     "evaluate": _add_evaluate,
     "compare": _add_compare,
+    "compare-runs": _add_compare_runs,
+    "external": _add_external,
     "infer": _add_infer,
     "export": _add_export,
     "reports": _add_reports,
@@ -424,7 +538,9 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
     Each message names the file or setting and what to do. Anything else is a defect and keeps its traceback.
     """
+    from cxrutils.compare.runs import PredictionsMissingError, RunsNotComparableError
     from cxrutils.data.download import DownloadError
+    from cxrutils.data.external import ExternalDataError
     from cxrutils.data.film_files import ImageReadError
     from cxrutils.data.metadata import MetadataError
     from cxrutils.data.splits import PatientOverlapError
@@ -441,7 +557,8 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
     return (SettingsError, FolderLocked, NotATrainedRunError, DataChangedError, RunExistsError, NothingToResumeError,
             SettingsChangedError, MetadataError, PatientOverlapError, ImageReadError, DownloadError,
-            WeightsNotFoundError, UncoordinatedLaunchError)
+            WeightsNotFoundError, UncoordinatedLaunchError, RunsNotComparableError, PredictionsMissingError,
+            ExternalDataError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cxrutils import files
+from cxrutils.compare.runs import COMPARISONS_FOLDER, SAFE_NAME, comparison_name
 from cxrutils.demo.roots import prepare_data_root
 from cxrutils.engine import run_folder
 from cxrutils.paths import NOTEBOOKS_DIR, PROJ_ROOT, REPORTS_DIR, resolve
@@ -59,6 +60,12 @@ TOP_PAGES = {
 }
 # Where `cxrutils infer` writes by default (reports/inference/<run name>/inference.html); listed by the index of runs.
 INFERENCE_FOLDER = "inference"
+# Notebooks about several runs: run only by a profile that names them (configs/runs_compared.yaml), never by
+# default, since a profile's other notebooks describe one run. Their reports go to reports/comparisons/<name>/.
+EXTERNAL_NOTEBOOK = "07_external_validation"
+EXTERNAL_FOLDER = "external"  # reports/external/<run name>-<collection>/: notebook 07's reports
+ON_REQUEST_NOTEBOOKS = {"06_runs_compared": "finished runs compared on the same films",
+                        "07_external_validation": "a finished run on an external collection"}
 
 
 def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -69,7 +76,7 @@ def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
 def select_notebooks(profile: dict[str, Any], only: list[str], available: list[Path]) -> list[Path]:
     """Notebooks of the profile (all by default), narrowed by ``--only`` (stem or number)."""
     by_stem = {p.stem: p for p in available}
-    wanted = profile.get("notebooks") or list(by_stem)
+    wanted = profile.get("notebooks") or [stem for stem in by_stem if stem not in ON_REQUEST_NOTEBOOKS]
     unknown = [name for name in wanted if name not in by_stem]
     if unknown:
         raise SettingsError(f"profile {profile['name']!r} names unknown notebook(s) {unknown}; have {list(by_stem)}")
@@ -189,11 +196,12 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, 
     }
 
 
-def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path, in_runs_index: bool = True) -> Path:
+def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path, in_runs_index: bool = True,
+                up_href: str = f"../{INDEX_PAGE}") -> Path:
     """Merge this run's entries into ``index.json`` and render ``index.html``.
 
     ``in_runs_index``: the folder is one run's among the others of the top reports
-    folder, whose ``index.html`` (``write_runs_index``) the page links.
+    folder, whose ``index.html`` (``write_runs_index``) the page links at ``up_href``.
     """
     index_json = reports_dir / INDEX_JSON_NAME
     previous = json.loads(index_json.read_text()) if index_json.is_file() else {}
@@ -234,7 +242,7 @@ def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path, 
     extras = [f"<li><a href='{name}'>{html_text(title)}</a></li>" for name, title in EXTRA_PAGES.items()
               if (reports_dir / name).is_file()]
     others = f"<h2>Other pages</h2><ul>{''.join(extras)}</ul>" if extras else ""
-    up = "<a href='../index.html'>Every run's reports</a>. " if in_runs_index else ""
+    up = f"<a href='{html_text(up_href)}'>Every run's reports</a>. " if in_runs_index else ""
     page = _INDEX_TEMPLATE.format(rows="\n".join(rows), generated=dt.datetime.now().isoformat(timespec="seconds"),
                                   others=others, up=up)
     return files.atomic_write_text(reports_dir / INDEX_PAGE, page)
@@ -267,13 +275,46 @@ def write_runs_index(reports_dir: Path) -> Path:
                f"{html_text(page.parent.name)}</a></li>"
                for page in sorted((reports_dir / INFERENCE_FOLDER).glob("*/inference.html"))
                if page.parent.name not in listed]
+    compared = ""
+    for group, title, first_column in ((COMPARISONS_FOLDER, "Runs compared", "Comparison"),
+                                       (EXTERNAL_FOLDER, "External validation", "Run on collection")):
+        grouped = _comparison_rows(reports_dir, group)
+        compared += (f"<h2>{title}</h2><table><thead><tr><th>{first_column}</th><th>Report</th><th>Headline</th>"
+                     "<th>Data source</th><th>Last finished</th></tr></thead><tbody>\n" + "\n".join(grouped)
+                     + "\n</tbody></table>") if grouped else ""
     page = _RUNS_INDEX_TEMPLATE.format(
         rows="\n".join(rows) or ("<tr><td colspan='7'>No run has reports here yet: make demo, or cxrutils reports "
                                  "--profile NAME.</td></tr>"),
         generated=dt.datetime.now().isoformat(timespec="seconds"),
-        others=f"<h2>Other pages</h2><ul>{''.join(others)}</ul>" if others else "",
+        others=compared + (f"<h2>Other pages</h2><ul>{''.join(others)}</ul>" if others else ""),
     )
     return files.atomic_write_text(reports_dir / INDEX_PAGE, page)
+
+
+def _comparison_rows(reports_dir: Path, group: str = COMPARISONS_FOLDER) -> list[str]:
+    """One row per folder of reports/<group>/ (comparisons/: notebook 06's reports; external/: notebook 07's), newest
+    first, names escaped and quoted."""
+    rows = []
+    for index_json in (reports_dir / group).glob(f"*/{INDEX_JSON_NAME}"):
+        try:
+            entries = json.loads(index_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            entries = None
+        entries = {k: v for k, v in entries.items() if isinstance(v, dict)} if isinstance(entries, dict) else {}
+        rows.append((_last_finished(entries), index_json.parent, entries))
+    lines = []
+    for finished, folder, entries in sorted(rows, key=lambda row: row[0], reverse=True):
+        href = f"{group}/{html_text(quote(folder.name))}"
+        entry = next(iter(entries.values()), {})
+        status = str(entry.get("status", "no readable index.json"))
+        source = html_text(str(entry.get("data_source", "")))
+        if entry.get("synthetic"):
+            source = f"<span class='synthetic'>SYNTHETIC</span> {source.removeprefix('SYNTHETIC ')}"
+        lines.append(f"<tr><td><a href='{href}/{INDEX_PAGE}'>{html_text(folder.name)}</a></td>"
+                     f"<td class='status {html_text(status.replace(' ', '-'))}'>{html_text(status)}</td>"
+                     f"<td><div class='headline'>{html_text(str(entry.get('headline', '')))}</div></td>"
+                     f"<td>{source}</td><td>{html_text(finished)}</td></tr>")
+    return lines
 
 
 def _last_finished(entries: dict[str, Any]) -> str:
@@ -359,7 +400,23 @@ nothing about real chest X-rays.</p>
 
 
 def report_folder_name(profile: dict[str, Any]) -> str:
-    """The name of the folder a profile's reports go to: its run's folder name (notebook 05's ``run_dir`` when set)."""
+    """The name of the folder a profile's reports go to: its run's folder name (notebook 05's ``run_dir`` when set),
+    or ``comparisons/<comparison name>`` for runs compared (notebook 06's ``run_dirs``), or
+    ``external/<run name>-<collection>`` for a run on an external collection (notebook 07)."""
+    if profile["parameters"].get("external_root") or profile.get("notebooks") == [EXTERNAL_NOTEBOOK]:
+        run_name = Path(str(profile["parameters"].get("run_dir") or "run")).name
+        collection = str(profile["parameters"].get("collection") or "collection")
+        if not SAFE_NAME.fullmatch(f"{run_name}-{collection}"):
+            raise SettingsError(f"run_dir {run_name!r} and collection {collection!r} must make a plain folder name "
+                                "(letters, digits, dot, dash, underscore)")
+        return f"{EXTERNAL_FOLDER}/{run_name}-{collection}"
+    if profile["parameters"].get("run_dirs"):
+        parameters = profile["parameters"]
+        try:
+            name = comparison_name(parameters["run_dirs"], parameters.get("comparison_name"))
+        except ValueError as err:
+            raise SettingsError(str(err)) from err
+        return f"{COMPARISONS_FOLDER}/{name}"
     run_dir = str(profile["parameters"].get("run_dir") or "")
     return Path(run_dir).name if run_dir else profile_train_config(profile).run_dir.name
 
@@ -422,7 +479,8 @@ def run_reports(
             print(f"   error: {entry['status_reason']}", file=sys.stderr, flush=True)
     if not failed:
         write_card_if_trained(profile, run_reports_dir)
-    index = write_index(entries, profile_name, run_reports_dir, in_runs_index=into is None)
+    up_href = Path(os.path.relpath(top / INDEX_PAGE, run_reports_dir)).as_posix()
+    index = write_index(entries, profile_name, run_reports_dir, in_runs_index=into is None, up_href=up_href)
     print(f"index: {index}", flush=True)
     if into is None:
         print(f"index of runs: {write_runs_index(top)}", flush=True)
@@ -431,6 +489,8 @@ def run_reports(
 
 def write_card_if_trained(profile: dict[str, Any], reports_dir: Path) -> Path | None:
     """The model card of the profile's run, when that run has been trained and evaluated."""
+    if profile["parameters"].get("run_dirs"):  # runs compared: each run has its own card, in its own folder
+        return None
     given = profile["parameters"].get("run_dir")  # notebook 05's run, when it names one
     run_dir = resolve(given) if given else profile_train_config(profile).run_dir
     if not run_folder.metrics_path(run_dir).is_file():

@@ -33,7 +33,7 @@ README = PROJ_ROOT / "README.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 INLINE_SET = re.compile(r"`[^`\n]*?--set ([a-z_.]+=[^`\s]+)[^`\n]*`")
 # The verbs that run here as the README writes them (report profiles: the ones that train nothing).
-RUN_HERE = {"train", "cache", "evaluate", "card", "compare", "infer", "export", "reports", "download"}
+RUN_HERE = {"train", "cache", "evaluate", "card", "compare", "compare-runs", "infer", "export", "reports", "download"}
 REPORT_PROFILES_RUN_HERE = {"inference", "metadata"}
 
 
@@ -171,7 +171,10 @@ def test_the_readme_commands_run_as_written_on_a_phantom_root(readme_world, monk
         output = capsys.readouterr()
         assert code == expected, f"{command}\n-> {shlex.join(argv)}\n{output.out[-3000:]}\n{output.err[-3000:]}"
         ran.append(argv[0])
-    assert {"train", "cache", "evaluate", "card", "compare", "infer", "export", "reports", "download"} <= set(ran)
+    assert {"train", "cache", "evaluate", "card", "compare", "compare-runs", "infer", "export", "reports",
+            "download"} <= set(ran)
+    # cxrutils compare-runs ... --name demo_pos_weight: beside the runs, in runs/comparisons/
+    assert (folder / "runs" / "comparisons" / "demo_pos_weight" / "runs_compared.json").is_file()
     assert (folder / "runs" / "demo" / "model.onnx").is_file()  # cxrutils export --run runs/demo
     assert (folder / "results" / "inference.csv").is_file()  # cxrutils infer ... --out results/
     assert (folder / "reports" / "demo" / "model_card.html").is_file()  # cxrutils card --run runs/demo
