@@ -153,8 +153,8 @@ def test_each_backbone_trains_a_step_opens_for_evaluation_and_inference_and_refu
     assert tuple(grids[0]) == (4, 4) == (gradcam_grid(SIZE, layer),) * 2
     assert maps.shape == (2, SIZE, SIZE) and 0 <= float(maps.min()) and float(maps.max()) <= 1
 
-    # The whole evaluation (predictions, bootstrap, localization, gallery) on that stage.
-    evaluated = evaluate_run(run, n_bootstrap=10, gradcam_layer=layer, gallery_per_kind=1)
+    # The whole evaluation (predictions, bootstrap, localization, gallery), its "auto" choosing that stage of this arch.
+    evaluated = evaluate_run(run, n_bootstrap=10, gallery_per_kind=1)
     assert evaluated.gradcam_layer == layer and len(evaluated.predictions) == len(run.dataset.images_in("test"))
     assert np.isfinite(evaluated.probabilities).all()
 
