@@ -12,11 +12,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from cxrutils.data.bboxes import BBOX_FRAME_PX
 from cxrutils.labels import NO_FINDING
+from cxrutils.stats.metrics import MEAN_ROW
 from cxrutils.text import figure_text
 
 sns.set_theme(context="notebook", style="whitegrid")
@@ -558,6 +560,22 @@ def comparison_roc_curves(paired, auroc_table: pd.DataFrame | None = None, colum
     return fig
 
 
+def draw_differences(ax: Axes, rows: pd.DataFrame, positions: np.ndarray) -> np.ndarray:
+    """Each row's ``difference`` with its ``diff_ci_low``-``diff_ci_high`` bar at ``positions``, the mean row in red,
+    and the line at zero; returns which rows are the mean."""
+    defined = rows["difference"].notna().to_numpy()
+    is_mean = (rows["finding"] == MEAN_ROW).to_numpy()
+    for subset, color, marker in ((defined & ~is_mean, "#4c72b0", "o"), (defined & is_mean, "#c44e52", "D")):
+        if subset.any():
+            part = rows[subset]
+            error = [(part["difference"] - part["diff_ci_low"]).to_numpy(dtype=float),
+                     (part["diff_ci_high"] - part["difference"]).to_numpy(dtype=float)]
+            ax.errorbar(part["difference"], positions[subset], xerr=error, fmt=marker, color=color, ecolor=color,
+                        capsize=3, ms=5)
+    ax.axvline(0.0, color="grey", lw=0.9, ls="--")
+    return is_mean
+
+
 def auroc_difference_forest(table: pd.DataFrame, names: dict[str, str], confidence: float = 0.95) -> Figure:
     """AUROC difference (ours - TorchXRayVision) per finding with its paired CI, the mean last.
 
@@ -571,16 +589,7 @@ def auroc_difference_forest(table: pd.DataFrame, names: dict[str, str], confiden
     rows = table.reset_index()
     positions = np.arange(len(rows))[::-1]
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.6))
-    defined = rows["difference"].notna().to_numpy()
-    is_mean = (rows["finding"] == "mean").to_numpy()
-    for subset, color, marker in ((defined & ~is_mean, "#4c72b0", "o"), (defined & is_mean, "#c44e52", "D")):
-        if subset.any():
-            part = rows[subset]
-            error = [(part["difference"] - part["diff_ci_low"]).to_numpy(dtype=float),
-                     (part["diff_ci_high"] - part["difference"]).to_numpy(dtype=float)]
-            ax.errorbar(part["difference"], positions[subset], xerr=error, fmt=marker, color=color, ecolor=color,
-                        capsize=3, ms=5)
-    ax.axvline(0.0, color="grey", lw=0.9, ls="--")
+    is_mean = draw_differences(ax, rows, positions)
     if is_mean.any():
         ax.axhline(positions[is_mean][0] + 0.5, color="grey", lw=0.5)
     ax.set_yticks(positions, [f"{f} ({int(p)}+)" if pd.notna(p) else f

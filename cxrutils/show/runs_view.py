@@ -21,6 +21,7 @@ from cxrutils.compare.runs import SPREAD_FACTOR, RunsComparison
 from cxrutils.labels import FINDINGS
 from cxrutils.show.banners import SYNTHETIC_TEXT
 from cxrutils.show.display import box, interval_text, p_text, table
+from cxrutils.show.plots import draw_differences
 from cxrutils.stats.metrics import MEAN_ROW
 from cxrutils.text import figure_text, html_text
 
@@ -140,16 +141,7 @@ def difference_forest(result: RunsComparison, name: str) -> Figure:
     rows = result.pair_table(name).reset_index()
     positions = np.arange(len(rows))[::-1]
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.8))
-    defined = rows["difference"].notna().to_numpy()
-    is_mean = (rows["finding"] == MEAN_ROW).to_numpy()
-    for subset, color, marker in ((defined & ~is_mean, "#4c72b0", "o"), (defined & is_mean, "#c44e52", "D")):
-        if subset.any():
-            part = rows[subset]
-            error = [(part["difference"] - part["diff_ci_low"]).to_numpy(dtype=float),
-                     (part["diff_ci_high"] - part["difference"]).to_numpy(dtype=float)]
-            ax.errorbar(part["difference"], positions[subset], xerr=error, fmt=marker, color=color, ecolor=color,
-                        capsize=3, ms=5)
-    ax.axvline(0.0, color="grey", lw=0.9, ls="--")
+    draw_differences(ax, rows, positions)
     ax.set_yticks(positions, [f"{f} ({int(p)}+)" if pd.notna(p) else str(f)
                               for f, p in zip(rows["finding"], rows["positives"])])
     transform = ax.get_yaxis_transform()
