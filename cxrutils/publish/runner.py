@@ -403,7 +403,7 @@ def report_folder_name(profile: dict[str, Any]) -> str:
     """The name of the folder a profile's reports go to: its run's folder name (notebook 05's ``run_dir`` when set),
     or ``comparisons/<comparison name>`` for runs compared (notebook 06's ``run_dirs``), or
     ``external/<run name>-<collection>`` for a run on an external collection (notebook 07)."""
-    if profile["parameters"].get("external_root") or profile.get("notebooks") == [EXTERNAL_NOTEBOOK]:
+    if _is_external(profile):
         run_name = Path(str(profile["parameters"].get("run_dir") or "run")).name
         collection = str(profile["parameters"].get("collection") or "collection")
         if not SAFE_NAME.fullmatch(f"{run_name}-{collection}"):
@@ -487,10 +487,15 @@ def run_reports(
     return 1 if failed else 0
 
 
+def _is_external(profile: dict[str, Any]) -> bool:
+    """Whether the profile runs notebook 07: a run on an external collection."""
+    return bool(profile["parameters"].get("external_root")) or profile.get("notebooks") == [EXTERNAL_NOTEBOOK]
+
+
 def write_card_if_trained(profile: dict[str, Any], reports_dir: Path) -> Path | None:
     """The model card of the profile's run, when that run has been trained and evaluated."""
-    if profile["parameters"].get("run_dirs"):  # runs compared: each run has its own card, in its own folder
-        return None
+    if profile["parameters"].get("run_dirs") or _is_external(profile):
+        return None  # runs compared, or a run on another collection: each run's card is in its own folder
     given = profile["parameters"].get("run_dir")  # notebook 05's run, when it names one
     run_dir = resolve(given) if given else profile_train_config(profile).run_dir
     if not run_folder.metrics_path(run_dir).is_file():

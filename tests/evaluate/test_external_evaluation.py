@@ -315,3 +315,11 @@ def test_external_reports_go_to_their_own_folder_and_the_index_lists_them_escape
     page = runner.write_runs_index(tmp_path / "reports").read_text()
     assert "<h2>External validation</h2>" in page and "href='external/a%23b-padchest/index.html'" in page
     assert "AUROC away &lt;b&gt;0.71&lt;/b&gt;" in page and "<b>0.71" not in page
+
+
+def test_an_external_report_folder_gets_no_copy_of_the_runs_model_card(tmp_path):
+    from cxrutils.publish import runner
+    from cxrutils.settings import load_profile
+
+    assert runner.write_card_if_trained(load_profile("external"), tmp_path) is None
+    assert not list(tmp_path.iterdir())
