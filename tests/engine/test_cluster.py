@@ -204,7 +204,10 @@ def test_the_sbatch_script_parses_and_asks_slurm_for_a_requeue_before_the_time_l
 
 
 def test_the_sbatch_script_starts_one_torchrun_per_node_meeting_on_the_first_host(tmp_path):
-    log = _slurm_stand_ins(tmp_path / "bin", ["gpu017", "gpu018"], run_srun=False)
+    # More host names than a pipe holds (64 KiB): a script reading only the first line and closing the pipe would
+    # kill scontrol with SIGPIPE every time, not only when the race goes that way.
+    log = _slurm_stand_ins(tmp_path / "bin", ["gpu017", "gpu018"] + [f"node{i:05d}" for i in range(12_000)],
+                           run_srun=False)
     environment = _job_environment(tmp_path / "bin", SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="gpu[017-018]",
                                    SLURM_GPUS_PER_NODE="a100:4")
     done = subprocess.run(["bash", str(SBATCH_SCRIPT), "--set", "data_root=/data/nih"], env=environment,
