@@ -7,6 +7,11 @@ ours (``cxrutils.stats.paired``). It returns a ``ComparisonResult``; ``write_com
 saves it in the run folder as ``comparison.json`` (``run_folder.write_comparison``).
 Notebook 04 and ``cxrutils compare`` both call it. Display lives in
 ``cxrutils.show.comparison_view``.
+
+The operating points follow the evaluation's rules (``cxrutils.stats.operating``: the
+run's threshold method, ``target_sensitivity``, ``target_specificity``, chosen on our
+validation films for both models) and its subgroup rule (``subgroup_min_positive_patients``):
+the defaults are the evaluation's, so notebooks 03 and 04 read one setting alike.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ import numpy as np
 import pandas as pd
 
 from cxrutils import files
-from cxrutils.compare.comparison import comparison_caveats, pair_with_txv
+from cxrutils.compare.comparison import (
+    OperatingComparison,
+    compare_operating_points,
+    comparison_caveats,
+    operating_rules,
+    pair_with_txv,
+    subgroup_difference_grid,
+)
 from cxrutils.compare.provenance import DEFAULT_MODELS, headline_model, provenance
 from cxrutils.compare.txv import (
     RANDOM_INIT_LABEL,
@@ -41,6 +53,7 @@ from cxrutils.engine import run_folder
 from cxrutils.engine.model import BACKBONES
 from cxrutils.engine.predict import predict_split
 from cxrutils.engine.runtime import select_device
+from cxrutils.evaluate.evaluation import SUBGROUP_MIN_POSITIVE_PATIENTS, TARGET_SENSITIVITY, TARGET_SPECIFICITY
 from cxrutils.evaluate.radiologist import RadiologistResult, score_against_radiologists
 from cxrutils.labels import FINDINGS
 from cxrutils.predictions import probability_column
@@ -59,7 +72,6 @@ from cxrutils.stats.thresholds import METHODS, ThresholdMethod
 
 NO_WEIGHTS_REASON = "no weights"
 SUBGROUPS: tuple[str, ...] = ("sex", "view")
-SUBGROUP_MIN_POSITIVE_PATIENTS = 5  # the default of the setting subgroup_min_positive_patients
 
 
 # --------------------------------------------------------------------------- the models
@@ -255,6 +267,9 @@ class ModelComparison:
     threshold_method: str
     radiologist: RadiologistResult | None = None  # this model against radiologists' labels, on the same films
     subgroup_min_positive_patients: int = SUBGROUP_MIN_POSITIVE_PATIENTS  # the rule of the subgroup table
+    # both models at the evaluation's operating rules, thresholds chosen on our validation films, with intervals
+    operating: OperatingComparison | None = None
+    synthetic: bool = False  # scored on phantom films
 
     @property
     def names(self) -> dict[str, str]:
@@ -272,12 +287,10 @@ class ModelComparison:
                             "findings": list(self.auroc.mean_over)})
 
     def subgroup_differences(self) -> pd.DataFrame:
-        """Finding x (subgroup, value): the AUROC difference (ours - TXV), NaN where a group has too few positive
-        patients."""
-        rows = self.subgroups[self.subgroups["finding"] != MEAN_ROW]
-        wide = rows.set_index(["finding", "subgroup", "value"])["difference"].astype(np.float64).unstack(
-            ["subgroup", "value"])
-        return wide.reindex(index=[f for f in FINDINGS if f in wide.index])
+        """Per (subgroup, value, finding): positives (films, patients), the AUROC difference (ours - TXV) with its
+        interval, DeLong's p and Holm across the whole grid (``comparison.subgroup_difference_grid``); an empty cell
+        says why."""
+        return subgroup_difference_grid(self.subgroups, self.subgroup_min_positive_patients)
 
     def to_document(self) -> dict[str, Any]:
         """One model's comparison as plain JSON."""
@@ -301,11 +314,20 @@ class ModelComparison:
                          for f, r in per_class.iterrows()},
             "delong_clusters": self.auroc.delong_clusters,
             "classification": self.classification,
-            "subgroups": self.subgroups,
+            "operating_points": ({"available": False, "note": "not computed"} if self.operating is None
+                                 else self.operating.to_document()),
+            # Holm and BH within one group are not the family the report states: the grid's Holm is below.
+            "subgroups": self.subgroups.drop(columns=["p_holm", "p_bh"], errors="ignore"),
+            "subgroup_differences": self._subgroup_differences_document(),
             "op_thresholds": self.model.op_thresholds,
             "caveats": list(self.auroc.caveats),
             "radiologist_labels": None if self.radiologist is None else self.radiologist.to_document(),
         })
+
+    def _subgroup_differences_document(self) -> dict[str, Any]:
+        grid = self.subgroup_differences()
+        return {**grid.attrs, "variables": list(dict.fromkeys(grid["subgroup"])),
+                "confidence": self.auroc.confidence, "table": grid}
 
 
 def _txv_frame(model: TxvModel, cache: ImageCache, ours: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
@@ -336,12 +358,16 @@ def compare_models(
     threshold_method: str = "youden",
     device: str = "auto",
     subgroup_min_positive_patients: int = SUBGROUP_MIN_POSITIVE_PATIENTS,
+    target_sensitivity: float = TARGET_SENSITIVITY,
+    target_specificity: float = TARGET_SPECIFICITY,
 ) -> list[ModelComparison]:
     """Score the same images with each model and compare it with ours; [] when there is nothing to compare.
 
     The TorchXRayVision models run on ``device`` ("auto": CUDA, then MPS, then the CPU). A
     finding is compared within a sex or view with ``subgroup_min_positive_patients``
-    patients with a positive film in that group.
+    patients with a positive film in that group. Both models' operating points follow
+    the run's ``threshold_method`` and the fixed ``target_sensitivity`` and
+    ``target_specificity``, chosen on our validation films.
     """
     if threshold_method not in METHODS:
         raise ValueError(f"threshold_method must be one of {METHODS}, got {threshold_method!r}")
@@ -350,6 +376,7 @@ def compare_models(
     torch_device = select_device(device)
     metadata = run.dataset.metadata
     ours_name = f"{BACKBONES[run.config.arch].title} (run {run.name})"
+    rules = operating_rules(threshold_method, target_sensitivity, target_specificity)
     radiologist_labels = read_radiologist_labels()
     results = []
     for model in models:
@@ -366,6 +393,8 @@ def compare_models(
             auroc = compare_auroc(test, n_resamples=n_bootstrap, seed=bootstrap_seed)
             classification = classification_comparison(test, paired["val"], method=method,
                                                        txv_op_thresholds=model.op_thresholds)
+            operating_points = compare_operating_points(test, paired["val"], rules, n_resamples=n_bootstrap,
+                                                        seed=bootstrap_seed, txv_name=model.name)
             subgroups = subgroup_comparison(test, metadata, by=SUBGROUPS, n_resamples=n_bootstrap,
                                             seed=bootstrap_seed,
                                             min_positive_patients=subgroup_min_positive_patients)
@@ -373,7 +402,8 @@ def compare_models(
         results.append(ModelComparison(model=model, test=test, validation=paired["val"], auroc=auroc,
                                        classification=classification, subgroups=subgroups, split=inputs.split,
                                        threshold_method=threshold_method, radiologist=radiologist,
-                                       subgroup_min_positive_patients=subgroup_min_positive_patients))
+                                       subgroup_min_positive_patients=subgroup_min_positive_patients,
+                                       operating=operating_points, synthetic=run.dataset.synthetic))
     return results
 
 
@@ -488,6 +518,8 @@ def compare_run(
     max_images: int | None = None,
     subgroup_min_positive_patients: int = SUBGROUP_MIN_POSITIVE_PATIENTS,
     data_root: str | os.PathLike[str] | None = None,
+    target_sensitivity: float = TARGET_SENSITIVITY,
+    target_specificity: float = TARGET_SPECIFICITY,
 ) -> ComparisonResult:
     """Compare a run with each TorchXRayVision model in ``txv_models`` on the same films.
 
@@ -497,22 +529,31 @@ def compare_run(
     models with random weights, labelled as such. ``max_images`` caps each split to a
     seeded sample of whole patients (a CPU run). Within a sex or view, a finding is
     compared only with ``subgroup_min_positive_patients`` patients with a positive film.
+    ``target_sensitivity`` and ``target_specificity`` set the fixed operating points, beside
+    ``threshold_method`` (defaults: the evaluation's, ``cxrutils.evaluate.evaluation``).
     """
     if subgroup_min_positive_patients < 1:
         raise ValueError(f"subgroup_min_positive_patients must be at least 1, got {subgroup_min_positive_patients}")
+    for name, target in (("target_sensitivity", target_sensitivity), ("target_specificity", target_specificity)):
+        if not 0 < target < 1:
+            raise ValueError(f"{name} must lie strictly between 0 and 1, got {target}")
     run = run if isinstance(run, run_folder.Run) else run_folder.open_run(run, data_root=data_root)
     loaded = load_models(txv_models, weights_dir, random_init=random_init, seed=bootstrap_seed)
     inputs = prepare_inputs(run, split, loaded, max_images=max_images, seed=bootstrap_seed)
     comparisons = compare_models(run, inputs, loaded.models, n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed,
                                  threshold_method=threshold_method,
-                                 subgroup_min_positive_patients=subgroup_min_positive_patients)
+                                 subgroup_min_positive_patients=subgroup_min_positive_patients,
+                                 target_sensitivity=target_sensitivity, target_specificity=target_specificity)
     radiologist_ours = (None if inputs is None else
                         score_against_radiologists(inputs.test, read_radiologist_labels(), n_bootstrap,
                                                    bootstrap_seed))
     settings = {"split": split, "txv_models": list(txv_models), "weights_dir": weights_dir,
                 "n_bootstrap": n_bootstrap, "bootstrap_seed": bootstrap_seed, "threshold_method": threshold_method,
                 "use_random_txv_weights_for_testing": random_init, "txv_max_images": max_images,
-                "subgroup_min_positive_patients": subgroup_min_positive_patients}
+                "subgroup_min_positive_patients": subgroup_min_positive_patients,
+                "target_sensitivity": target_sensitivity, "target_specificity": target_specificity,
+                "operating_rules": [rule.name for rule in operating_rules(threshold_method, target_sensitivity,
+                                                                          target_specificity)]}
     return ComparisonResult(run=run, loaded=loaded, inputs=inputs, comparisons=comparisons, settings=settings,
                             radiologist_ours=radiologist_ours)
 

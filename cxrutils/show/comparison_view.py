@@ -11,6 +11,7 @@ import pandas as pd
 from IPython.display import HTML, Markdown, display
 from pandas.io.formats.style import Styler
 
+from cxrutils.compare.comparison import EXPLORATORY_NOTE
 from cxrutils.compare.provenance import headline_model, provenance
 from cxrutils.compare.run import (
     ComparisonInputs,
@@ -20,8 +21,9 @@ from cxrutils.compare.run import (
     enable_instructions,
 )
 from cxrutils.compare.txv import RANDOM_INIT_LABEL
-from cxrutils.show.display import TONES, box, interval_text, note, p_text, table
+from cxrutils.show.display import MISSING, TONES, box, interval_text, note, p_text, table
 from cxrutils.stats.metrics import MEAN_ROW
+from cxrutils.stats.operating import TRANSFER_SENTENCE
 from cxrutils.stats.paired import OURS, TXV, side_by_side
 from cxrutils.text import html_text
 
@@ -134,6 +136,115 @@ def classification_display(result: ModelComparison) -> Styler:
                                                 "op_threshs"))
 
 
+def operating_note(result: ModelComparison) -> HTML:
+    """What transfers from validation to test, and (for a model that trained on NIH films) why its thresholds flatter it."""
+    operating = result.operating
+    if operating is None:
+        return note("No operating points with intervals were computed for this comparison.")
+    parts = [note(TRANSFER_SENTENCE, tone="neutral").data]
+    if operating.caveat:
+        parts.append(note(operating.caveat, tone="amber").data)
+    return HTML("".join(parts))
+
+
+def _operating_caption(result: ModelComparison, what: str) -> str:
+    operating = result.operating
+    assert operating is not None
+    caveat = f" {operating.caveat}" if operating.caveat else ""
+    synthetic = " SYNTHETIC phantoms: these figures say nothing about real patients." if result.synthetic else ""
+    return _caption(result, (
+        f"{what} Rules: {', '.join(operating.rule_names)}; each model's thresholds chosen on our validation films "
+        f"({len(result.validation):,}) from its own validation scores, read on {len(result.test):,} {result.split} "
+        f"films. {operating.confidence:.0%} intervals from {operating.n_resamples:,} resamples, each drawing "
+        f"validation patients (the threshold re-chosen on them) and {result.split} patients (the figure read there), "
+        f"the same draws for both models.{caveat}{synthetic}").rstrip("."))
+
+
+def _operating_rows(result: ModelComparison) -> Iterator[tuple[str, str, pd.Series, pd.Series, pd.Series]]:
+    """(rule, finding, ours' row, TXV's row, the difference row) in the rules' and the findings' order."""
+    operating = result.operating
+    assert operating is not None
+    for rule in operating.rule_names:
+        ours, theirs = operating.table(OURS, rule), operating.table(TXV, rule)
+        differences = operating.difference_table(rule)
+        for finding in ours.index:
+            yield rule, finding, ours.loc[finding], theirs.loc[finding], differences.loc[finding]
+
+
+def _figure(row: pd.Series, metric: str, prefix: str = "", signed: bool = False) -> str:
+    """``metric`` with its interval from ``row``'s ``<prefix><metric>``, ``_ci_low`` and ``_ci_high``; a dash without."""
+    name = f"{prefix}{metric}"
+    return interval_text(row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"], signed=signed) or MISSING
+
+
+def sensitivity_specificity_display(result: ModelComparison) -> Styler | HTML:
+    """Per rule and finding: both prevalences, each model's threshold, sensitivity and specificity, and ours - TXV.
+
+    These are the figures that carry from validation to test when the score distributions do.
+    """
+    if result.operating is None:
+        return operating_note(result)
+    split = result.split
+    rows = []
+    for rule, finding, ours, theirs, difference in _operating_rows(result):
+        rows.append({
+            "rule": rule, "finding": finding,
+            "prevalence (val)": ours["val_prevalence"], f"prevalence ({split})": ours["test_prevalence"],
+            "ours threshold": ours["threshold"], "TXV threshold": theirs["threshold"],
+            "ours sensitivity": _figure(ours, "sensitivity"), "TXV sensitivity": _figure(theirs, "sensitivity"),
+            "sensitivity ours − TXV": _figure(difference, "difference", prefix="sensitivity_", signed=True),
+            "ours specificity": _figure(ours, "specificity"), "TXV specificity": _figure(theirs, "specificity"),
+            "specificity ours − TXV": _figure(difference, "difference", prefix="specificity_", signed=True),
+        })
+    shown = pd.DataFrame(rows).set_index(["rule", "finding"])
+    return table(shown, caption=_operating_caption(
+        result, "Sensitivity and specificity at validation-chosen thresholds, with the paired difference."))
+
+
+def predictive_values_display(result: ModelComparison) -> Styler | HTML:
+    """Per rule and finding: both prevalences, each model's PPV, NPV and F1 on test, and the PPV validation implies.
+
+    These depend on the prevalence: read them at the test prevalence, never carried over from validation.
+    """
+    if result.operating is None:
+        return operating_note(result)
+    split = result.split
+    rows = []
+    for rule, finding, ours, theirs, _ in _operating_rows(result):
+        row: dict[str, object] = {"rule": rule, "finding": finding, "prevalence (val)": ours["val_prevalence"],
+                                  f"prevalence ({split})": ours["test_prevalence"]}
+        for name, points in (("ours", ours), ("TXV", theirs)):
+            row |= {f"{name} PPV": _figure(points, "ppv"), f"{name} NPV": _figure(points, "npv"),
+                    f"{name} F1": _figure(points, "f1"),
+                    f"{name} PPV expected at {split} prevalence": points["ppv_expected_at_test"]}
+        rows.append(row)
+    shown = pd.DataFrame(rows).set_index(["rule", "finding"])
+    return table(shown, caption=_operating_caption(
+        result, f"PPV, NPV and F1 on {split} (at the {split} prevalence); the 'expected' columns carry each model's "
+                f"validation sensitivity and specificity to the {split} prevalence by Bayes' rule."))
+
+
+def subgroup_differences_display(result: ModelComparison) -> Styler:
+    """Exploratory: the AUROC difference per finding and group, its positives, DeLong's p and Holm across the grid."""
+    grid = result.subgroup_differences()
+    level = f"{result.auroc.confidence:.0%} CI"
+    shown = pd.DataFrame({
+        "subgroup": grid["subgroup"], "value": grid["value"], "finding": grid["finding"],
+        "positive films": grid["positives"], "positive patients": grid["positive_patients"],
+        f"AUROC difference ours − TXV [{level}]": [
+            interval_text(*r, signed=True) or MISSING for r in
+            grid[["difference", "diff_ci_low", "diff_ci_high"]].itertuples(index=False)],
+        "DeLong p": grid["p_value"].map(p_text),
+        "p (Holm, whole grid)": grid["p_holm"].map(p_text),
+        "note": grid["note"],
+    }).set_index(["subgroup", "value", "finding"])
+    synthetic = " SYNTHETIC phantoms: these figures say nothing about real patients." if result.synthetic else ""
+    return table(shown, caption=_caption(result, (
+        f"{EXPLORATORY_NOTE} Holm's family: {grid.attrs['family']}. A cell needs positive films from at least "
+        f"{grid.attrs['min_positive_patients']} patients in its group; intervals resample patients within the group, "
+        f"and DeLong's variance is clustered by patient.{synthetic}").rstrip(".")))
+
+
 def subgroup_display(result: ModelComparison) -> Styler:
     """Mean AUROC of both models and their difference within each sex and view, with the fewest positive patients."""
     groups = result.subgroups
@@ -152,8 +263,8 @@ def subgroup_display(result: ModelComparison) -> Styler:
     minimum = result.subgroup_min_positive_patients
     return table(shown, caption=_caption(
         result, "exploratory; mean over the findings scored in every group of a subgroup, a finding being scored in "
-                f"a group with at least {minimum} patients with a positive film there; p-values (in comparison.json) "
-                "adjusted within each group only"))
+                f"a group with at least {minimum} patients with a positive film there; each finding's difference, "
+                "p-value and Holm across the whole grid follow in the next table"))
 
 
 def cluster_sentence(result: ComparisonResult) -> str:
