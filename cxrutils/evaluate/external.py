@@ -16,7 +16,10 @@
 - **home against away**: the run's AUROC on its NIH test films and on the collection, each
   with its own patient bootstrap, and the drop (home - away) with a percentile interval
   from the two bootstrap distributions drawn independently (home and away are different
-  patients: draw i of one is paired with draw i of the other only to form a difference).
+  patients: draw i of one is paired with draw i of the other only to form a difference);
+- **localization** where the collection publishes regions (VinDr-CXR and RSNA boxes, SIIM-ACR
+  masks): Grad-CAM against them, ``evaluate.external_localization`` (``localization_max_films``
+  caps the films it maps); CheXpert and PadChest say why there is none.
 
 Films are scored the way inference scores a new film: each file decoded by
 ``cxrutils.data.preparation.prepare_film`` at the run's ``cache_size`` (PNG, 16-bit PNG,
@@ -55,6 +58,8 @@ from cxrutils.engine import run_folder
 from cxrutils.engine.loader import make_loader
 from cxrutils.engine.predict import predict_logits, probabilities_of
 from cxrutils.engine.runtime import select_device
+from cxrutils.evaluate.external_localization import DEFAULT_MAX_FILMS as LOCALIZATION_MAX_FILMS
+from cxrutils.evaluate.external_localization import ExternalLocalization, localize_external
 from cxrutils.labels import FINDINGS
 from cxrutils.predictions import probability_column
 from cxrutils.profiling import stage
@@ -229,6 +234,7 @@ class ExternalEvaluation:
     synthetic: bool  # the films are phantoms (the root's manifest) or the run trained on phantoms
     home_draws: dict[str, AurocDraws] = field(default_factory=dict)
     away_draws: dict[str, AurocDraws] = field(default_factory=dict)
+    localization: ExternalLocalization | None = None  # Grad-CAM against the collection's boxes or masks
 
     @property
     def mapped(self) -> tuple[str, ...]:
@@ -281,6 +287,8 @@ class ExternalEvaluation:
             "subgroups": {"min_positive_patients": self.subgroup_min_positive_patients, "table": self.subgroups},
             "refused": self.refused, "missing": self.missing.head(LISTED_LIMIT),
             "missing_total": int(len(self.missing)),
+            "localization": self.localization.to_document() if self.localization is not None
+            else {"available": False, "reason": "not computed"},
         }
 
 
@@ -335,11 +343,13 @@ def evaluate_external(
     batch_size: int | None = None,
     device: str = "auto",
     num_workers: int = 0,
+    localization_max_films: int | None = LOCALIZATION_MAX_FILMS,
 ) -> ExternalEvaluation:
     """Score the collection's present frontal films with the run and compute every table (module docstring).
 
     ``max_films`` scores a seeded sample of whole patients (None: every present film).
     Home draws use ``bootstrap_seed``, away draws ``bootstrap_seed + 1``: independent resamples.
+    ``localization_max_films`` caps the films Grad-CAM'd against the collection's regions (None: all).
     """
     if threshold_method not in METHODS:
         raise ValueError(f"threshold_method must be one of {METHODS}, got {threshold_method!r}")
@@ -428,6 +438,9 @@ def evaluate_external(
         columns=["subgroup", "value", "finding", "auroc", "ci_low", "ci_high", "images", "patients", "positives",
                  "positive_patients", "n_resamples"])
     subgroups = subgroups[subgroups["finding"] != metrics.MEAN_ROW].reset_index(drop=True)  # one finding each: no mean
+    with stage("external localization", films=len(predictions)):
+        located = localize_external(run_dir, films, predictions, max_films=localization_max_films,
+                                    n_bootstrap=n_bootstrap, seed=bootstrap_seed + AWAY_SEED_OFFSET, device=device)
     return ExternalEvaluation(
         run_dir=run_dir, collection=films.collection, films=films, threshold_method=threshold_method,
         thresholds=thresholds, n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed,
@@ -441,7 +454,7 @@ def evaluate_external(
                  "chosen_patients": int(chosen["patient_id"].nunique()), "seed": bootstrap_seed},
         home_note=home_note,
         synthetic=bool(films.synthetic or run_folder.read_config(run_dir).get("synthetic")),
-        home_draws=home_draws, away_draws=away_draws,
+        home_draws=home_draws, away_draws=away_draws, localization=located,
     )
 
 

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from cxrutils.compare.external_validation import ExternalValidation
 from cxrutils.compare.txv import RANDOM_INIT_LABEL
+from cxrutils.evaluate.external_localization import ALL_ROW, SYNTHETIC_NOTE
 from cxrutils.labels import FINDINGS
 from cxrutils.show.display import box, note, table
 from cxrutils.text import figure_text, html_text
@@ -234,6 +235,117 @@ def prevalence_figure(result: ExternalValidation) -> Figure:
     ax.set_title(figure_text(f"Prevalence at home and away{_mark(result)}"),
                  color="#b00020" if result.synthetic else "black")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- localization
+
+
+def _localization(result: ExternalValidation) -> Any:
+    return result.evaluation.localization
+
+
+def localization_available(result: ExternalValidation) -> bool:
+    """Whether the evaluation scored Grad-CAM against regions (the tables and figures below have something to show)."""
+    located = _localization(result)
+    return located is not None and located.available
+
+
+def localization_note(result: ExternalValidation) -> HTML:
+    """Why there is no localization; or the rule the regions follow, and SYNTHETIC on phantoms."""
+    located = _localization(result)
+    if located is None:
+        return note("Localization was not computed for this evaluation.")
+    if not located.available:
+        return note(f"No localization on {result.collection}: {located.reason}.", "neutral")
+    parts = [f"Regions: {located.rule}."]
+    if located.synthetic:
+        parts.insert(0, SYNTHETIC_NOTE)
+    return note(" ".join(parts), "red" if located.synthetic else "blue")
+
+
+def localization_display(result: ExternalValidation) -> Any:
+    """Per finding (and all regions) and score: Grad-CAM, random heatmaps, and Grad-CAM - random, with intervals."""
+    located = _localization(result)
+    if located is None or not located.available:
+        return note("No localization table.", "neutral")
+    frame = located.table.rename(columns={"gradcam": "Grad-CAM", "ci_low": "Grad-CAM ci_low",
+                                          "ci_high": "Grad-CAM ci_high", "random": "random heatmaps",
+                                          "difference": "Grad-CAM - random",
+                                          "difference_ci_low": "Grad-CAM - random ci_low",
+                                          "difference_ci_high": "Grad-CAM - random ci_high"})
+    shown = frame.set_index(["finding", "label"])[["regions", "patients", "Grad-CAM", "Grad-CAM ci_low",
+                                                   "Grad-CAM ci_high", "random heatmaps", "Grad-CAM - random",
+                                                   "Grad-CAM - random ci_low", "Grad-CAM - random ci_high"]]
+    settings = located.settings
+    caption = (f"Grad-CAM ({settings['gradcam_layer']}, {settings['gradcam_grid']}x{settings['gradcam_grid']} grid, "
+               f"binarised at {settings['heatmap_threshold']:g}) against {result.collection}'s regions: pointing game, "
+               f"T(IoBB) and T(IoU) accuracy; random heatmaps: {settings['random_baseline']['repeats']} per region; "
+               f"patient-bootstrap intervals, Grad-CAM - random paired{_mark(result)}")
+    return table(shown, caption=caption)
+
+
+def localization_counts_display(result: ExternalValidation) -> Any:
+    """How the regions read became the regions scored: the cap, and every region set apart, by reason."""
+    located = _localization(result)
+    if located is None or not located.available:
+        return note("No regions were scored.", "neutral")
+    sampled, counts = located.sampled, located.counts
+    facts = {
+        "regions read from the metadata": counts["regions_read"],
+        "rows set apart while reading (malformed)": counts["malformed_rows"],
+        "regions on films not scored (missing, refused, not chosen)": counts["on_films_not_scored"],
+        "regions on films negative for the finding": counts["on_films_negative_for_the_finding"],
+        "films with a region (positive, scored)": sampled["films_with_regions"],
+        f"films Grad-CAM'd (cap {sampled['max_films']}, whole patients, seed {sampled['seed']})":
+            sampled["films_chosen"],
+        "regions set apart on the film (did not decode, beyond it, below a pixel)": counts["set_apart_after_reading"],
+        "regions scored": counts["regions_scored"],
+    }
+    reasons = located.set_apart.groupby("reason", sort=True).size() if not located.set_apart.empty else pd.Series()
+    facts.update({f"set apart: {reason}": int(n) for reason, n in reasons.items()})
+    return table(pd.Series(facts, name="regions", dtype=object),
+                 caption=f"{result.collection}: the regions{_mark(result)}")
+
+
+def localization_figure(result: ExternalValidation) -> Figure:
+    """Every score over all regions: Grad-CAM with its interval, random heatmaps beside it."""
+    located = _localization(result)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    if located is not None and located.available:
+        rows = located.table[located.table["finding"] == ALL_ROW]
+        x = np.arange(len(rows))
+        values = rows["gradcam"].to_numpy(dtype=float)
+        errors = [np.nan_to_num(values - rows["ci_low"].to_numpy(dtype=float)),
+                  np.nan_to_num(rows["ci_high"].to_numpy(dtype=float) - values)]
+        ax.bar(x - 0.2, values, width=0.4, yerr=errors, capsize=2, color="#4c72b0", label="Grad-CAM")
+        ax.bar(x + 0.2, rows["random"].to_numpy(dtype=float), width=0.4, color="#bbbbbb", label="random heatmaps")
+        ax.set_xticks(x, [figure_text(label) for label in rows["label"]], rotation=45, ha="right")
+        ax.legend(fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of regions (95% patient-bootstrap interval)")
+    ax.set_title(figure_text(f"Localization on {result.collection}, all regions{_mark(result)}"),
+                 color="#b00020" if result.synthetic else "black")
+    fig.tight_layout()
+    return fig
+
+
+def localization_examples_figure(result: ExternalValidation) -> Figure:
+    """A few scored films: what the network saw, its Grad-CAM of the finding, the region outlined."""
+    located = _localization(result)
+    examples = located.examples if located is not None and located.available else []
+    fig, axes = plt.subplots(1, max(len(examples), 1), figsize=(2.6 * max(len(examples), 1), 3.0), squeeze=False)
+    for ax, example in zip(axes[0], examples):
+        ax.imshow(example.pixels, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(example.heatmap, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+        ax.contour(example.region.astype(float), levels=[0.5], colors="white", linewidths=1)
+        hit = "hit" if example.pointing_hit else "miss"
+        ax.set_title(figure_text(f"{example.finding} ({hit})\n{example.film[:18]}"), fontsize=7)
+    for ax in axes[0]:
+        ax.axis("off")
+    fig.suptitle(figure_text(f"Grad-CAM and the published regions (white){_mark(result)}"),
+                 color="#b00020" if result.synthetic else "black", fontsize=9)
     fig.tight_layout()
     return fig
 

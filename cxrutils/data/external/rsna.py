@@ -15,6 +15,9 @@ extraction of the DICOM headers (``PatientSex``, ``PatientAge``, ``ViewPosition`
   film's own header when ``ExternalOptions.read_headers`` (a header saying lateral drops
   the film).
 - **Labels**: ``label_maps.RSNA_LABEL_MAP``: Target -> NIH Pneumonia only.
+- **Boxes** (``boxes``): ``x, y, width, height`` in the challenge's 1024 x 1024 frame (every
+  film of the challenge is 1024 px square), one region each; a row whose coordinates are
+  not numbers, give an empty box or leave the frame is set apart and counted.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from cxrutils.data.external.common import (
     sex_code,
 )
 from cxrutils.data.external.label_maps import RSNA_LABEL_MAP
+from cxrutils.data.external.vindr import region_frame, set_apart_frame
 from cxrutils.data.metadata import shipped_data_file
 
 SHIPPED_NAME = "kaggle_stage_2_train_labels.csv.zip"
@@ -44,6 +48,12 @@ METADATA_NAME = "stage_2_train_labels.csv"
 IMAGES_FOLDER = "stage_2_train_images"
 SUFFIX = ".dcm"
 REQUIRED = ("patientId", "x", "y", "width", "height", "Target")
+BOX_FIELDS = ("x", "y", "width", "height")
+FRAME_PX = 1024  # the challenge's films, and so its boxes' frame
+# A box may reach this share of the frame beyond its edge (rounding of a hand-drawn box), as NIH's boxes may.
+FRAME_TOLERANCE = 0.01
+REGION_RULE = ("each box scored on its own (the challenge drew one per opacity); every box is on a Target 1 film, "
+               "so on a film positive for NIH Pneumonia, the finding Target maps to")
 
 
 def read_raw(path: Path | None = None) -> pd.DataFrame:
@@ -81,6 +91,56 @@ def to_frame(raw: pd.DataFrame, options: ExternalOptions, source_split: str = "t
     labels = pd.DataFrame({"Pneumonia": targets["max"].astype(float)}, index=films.index)
     raw_columns = pd.DataFrame({"Target": targets["max"], "boxes": per_film["box"].sum().astype(int)})
     return assemble("rsna", base, labels, raw_columns)
+
+
+def boxes(raw: pd.DataFrame, options: ExternalOptions = ExternalOptions()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(regions, set apart): each box of a Target 1 row, for the NIH finding Target maps to, in the 1024-px frame.
+
+    The columns are ``vindr.REGION_COLUMNS`` (``rad_id`` "": the challenge does not name its
+    readers; ``frame_width`` = ``frame_height`` = 1024) and ``vindr.SET_APART_COLUMNS``.
+    ``options`` is unused (the same call as every collection's).
+    """
+    findings = [finding for finding in RSNA_LABEL_MAP.mapped if RSNA_LABEL_MAP[finding].source_terms == ("Target",)]
+    numbers = raw[list(BOX_FIELDS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    drawn = (raw[list(BOX_FIELDS)].apply(lambda column: column.str.strip()) != "").any(axis=1).to_numpy()
+    target = raw["Target"].str.strip().to_numpy()
+    kept: list[dict[str, object]] = []
+    set_apart: list[dict[str, object]] = []
+    records = raw.to_dict(orient="records")
+    for position in np.flatnonzero(drawn | (target != "0")):
+        row, line = records[position], int(position) + 2  # the header is line 1
+        problem = _box_problem(row, numbers[position], target[position])
+        if problem is not None:
+            field, value, reason = problem
+            set_apart.append({"row": line, "film": row["patientId"], "field": field, "value": value, "reason": reason,
+                              "malformed": True})
+            continue
+        x, y, w, h = numbers[position]
+        kept.extend({"film": row["patientId"], "finding": finding, "source_class": "Target", "rad_id": "",
+                     "kind": "box", "x": x, "y": y, "w": w, "h": h, "frame_width": float(FRAME_PX),
+                     "frame_height": float(FRAME_PX), "encodings": "", "row": line, "positive": True}
+                    for finding in findings)
+    return region_frame(kept), set_apart_frame(set_apart)
+
+
+def _box_problem(row: dict[str, str], numbers: np.ndarray, target: str) -> tuple[str, str, str] | None:
+    """(field, value as written, reason) when a row with a box, or with Target other than 0, gives no box to score."""
+    if target not in ("0", "1"):
+        return "Target", row["Target"], "Target is neither 0 nor 1"
+    if target == "0":
+        return "x", row["x"], "a box on a Target 0 row"
+    for field, value in zip(BOX_FIELDS, numbers):
+        if not np.isfinite(value):
+            return field, row[field], "not a number" if row[field].strip() else "Target 1 without a whole box"
+    x, y, w, h = numbers
+    if w <= 0 or h <= 0:
+        field = "width" if w <= 0 else "height"
+        return field, row[field], "an empty box (width or height not above 0)"
+    slack = FRAME_TOLERANCE * FRAME_PX
+    if x < -slack or y < -slack or x + w > FRAME_PX + slack or y + h > FRAME_PX + slack:
+        return ("x, y, width, height", f"{row['x']} {row['y']} {row['width']} {row['height']}",
+                f"beyond the {FRAME_PX}-px frame")
+    return None
 
 
 def metadata_files(root: Path) -> list[tuple[Path, str]]:

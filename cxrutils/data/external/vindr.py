@@ -16,12 +16,17 @@ as ``vinbigdata-train.csv.gz`` (15,000 films, 3 readers each, 17 readers in all)
   oblique or decubitus is left out (``ExternalFilms.dropped_views``).
 - **Patient**: the release has no patient identifier, so each film is its own patient
   unless its DICOM header gives a ``PatientID``; sex and age come from the header as well.
+- **Boxes** (``boxes``): in each DICOM's own pixel frame (the CSV does not give the film's
+  size). Each reader's box is kept on its own with its ``rad_id`` (``REGION_RULE`` says
+  which are scored, and why); a row whose coordinates are not numbers, or that draws an
+  empty or negative box, is set apart and counted, never read as a number.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cxrutils.data.external.common import CollectionReader, ExternalOptions, assemble, join_inside, read_text_csv
@@ -36,6 +41,13 @@ CLASSES = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly",
            "Infiltration", "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening",
            "Pneumothorax", "Pulmonary fibrosis", "No finding")
 REQUIRED = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
+NO_FINDING = "No finding"
+BOX_FIELDS = ("x_min", "y_min", "x_max", "y_max")
+REGION_RULE = (
+    "each reader's box scored on its own (rad_id kept), for the findings the film is positive for by the "
+    "min_readers rule, the label its AUROC uses; a box whose class too few readers drew is on a film negative for "
+    "that finding and is not scored. Readers' boxes are not fused: a consensus box (union, intersection, weighted "
+    "fusion) is a choice the collection did not make. Nodule/Mass boxes count for both NIH Mass and Nodule")
 
 
 def read_raw(path: Path | None = None) -> pd.DataFrame:
@@ -64,6 +76,92 @@ def to_frame(raw: pd.DataFrame, options: ExternalOptions, source_split: str = "t
     raw_columns = counts.copy()
     raw_columns["readers"] = readers
     return assemble("vindr", base, labels, raw_columns)
+
+
+def boxes(raw: pd.DataFrame, options: ExternalOptions = ExternalOptions()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(regions, set apart): each box of a mapped class, per NIH finding it feeds, in the DICOM's own pixel frame.
+
+    ``regions``: ``film``, ``finding`` (NIH), ``source_class``, ``rad_id``, ``kind`` ("box"),
+    ``x``, ``y``, ``w``, ``h`` (float, the film's stored pixels: the frame is the film's own,
+    so ``frame_width`` / ``frame_height`` are NaN), ``encodings`` (""), ``row`` (the CSV
+    line), and ``positive``: the film is positive for the finding by ``options.min_readers``
+    (``reader_counts``, the same count as the labels: a reader whose box is malformed still
+    drew the class). ``set_apart``: ``row``, ``film``, ``field``, ``value`` (as written: text),
+    ``reason``, ``malformed`` (False for a box of a class no NIH finding maps from).
+    """
+    counts = reader_counts(raw)
+    mapped = pd.DataFrame([(VINDR_LABEL_MAP[f].source_terms[0], f) for f in VINDR_LABEL_MAP.mapped],
+                          columns=["class_name", "finding"])
+    coordinates = raw[list(BOX_FIELDS)]
+    drawn = (coordinates.apply(lambda column: column.str.strip()) != "").any(axis=1).to_numpy()
+    numbers = coordinates.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    class_name = raw["class_name"].to_numpy()
+    looked_at = drawn | (class_name != NO_FINDING)
+    good = (looked_at & np.isin(class_name, mapped["class_name"]) & np.isfinite(numbers).all(axis=1)
+            & (numbers[:, 0] >= 0) & (numbers[:, 1] >= 0) & (numbers[:, 2] > numbers[:, 0])
+            & (numbers[:, 3] > numbers[:, 1]))
+    records = raw.to_dict(orient="records")
+    set_apart = []
+    for position in np.flatnonzero(looked_at & ~good):  # the rare malformed rows, and unmapped classes
+        problem = _box_problem(records[position], numbers[position], class_name[position])
+        if problem is None:  # cannot happen: a row the vectorised test refused has a reason
+            continue
+        field, value, reason, malformed = problem
+        set_apart.append({"row": int(position) + 2, "film": records[position]["image_id"], "field": field,
+                          "value": value, "reason": reason, "malformed": malformed})  # the header is line 1
+    kept = pd.DataFrame({"film": raw["image_id"].to_numpy()[good], "source_class": class_name[good],
+                         "rad_id": raw["rad_id"].to_numpy()[good], "kind": "box", "x": numbers[good, 0],
+                         "y": numbers[good, 1], "w": numbers[good, 2] - numbers[good, 0],
+                         "h": numbers[good, 3] - numbers[good, 1], "frame_width": np.nan, "frame_height": np.nan,
+                         "encodings": "", "row": np.flatnonzero(good) + 2})
+    kept = kept.merge(mapped.rename(columns={"class_name": "source_class"}), on="source_class", how="inner",
+                      sort=False).sort_values(["row", "finding"], kind="stable")
+    drew = counts.stack()
+    kept["positive"] = drew.reindex(pd.MultiIndex.from_arrays([kept["film"], kept["source_class"]])).to_numpy() \
+        >= options.min_readers
+    return region_frame(kept.to_dict(orient="records")), set_apart_frame(set_apart)
+
+
+def _box_problem(row: dict[str, str], numbers: np.ndarray, class_name: str) -> tuple[str, str, str, bool] | None:
+    """(field, value as written, reason, malformed) when a row gives no box to score; None for a good box."""
+    if class_name not in CLASSES:
+        return "class_name", class_name, "not one of VinDr-CXR's 15 classes", True
+    if class_name == NO_FINDING:
+        return "x_min", row["x_min"], "a 'No finding' row with coordinates", True
+    for field, value in zip(BOX_FIELDS, numbers):
+        if not np.isfinite(value):
+            return field, row[field], "not a number", True
+    x_min, y_min, x_max, y_max = numbers
+    if x_min < 0 or y_min < 0:
+        return ("x_min" if x_min < 0 else "y_min"), row["x_min" if x_min < 0 else "y_min"], "negative coordinate", True
+    if x_max <= x_min or y_max <= y_min:
+        field = "x_max" if x_max <= x_min else "y_max"
+        return field, row[field], "an empty box (max not above min)", True
+    if not any(VINDR_LABEL_MAP[f].source_terms[0] == class_name for f in VINDR_LABEL_MAP.mapped):
+        return "class_name", class_name, "a class no NIH finding is read from (not scored)", False
+    return None
+
+
+REGION_COLUMNS = ("film", "finding", "source_class", "rad_id", "kind", "x", "y", "w", "h", "frame_width",
+                  "frame_height", "encodings", "row", "positive")
+SET_APART_COLUMNS = ("row", "film", "field", "value", "reason", "malformed")
+
+
+def region_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+    """``REGION_COLUMNS`` from rows (the same shape for boxes and masks of every collection)."""
+    frame = pd.DataFrame(rows, columns=list(REGION_COLUMNS))
+    for column in ("x", "y", "w", "h", "frame_width", "frame_height"):
+        frame[column] = frame[column].astype(float)
+    frame["row"] = frame["row"].astype(int)
+    frame["positive"] = frame["positive"].astype(bool)
+    return frame
+
+
+def set_apart_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(SET_APART_COLUMNS))
+    frame["row"] = frame["row"].astype(int)
+    frame["malformed"] = frame["malformed"].astype(bool)
+    return frame
 
 
 def metadata_files(root: Path) -> list[tuple[Path, str]]:
