@@ -403,6 +403,11 @@ class ComparisonSettings(_SettingsFamily):
                                             "patients, for CPU runs", default_text="every film")
     subgroup_min_positive_patients: int = _setting(5, "a subgroup figure needs at least this many patients (not "
                                                       "films) with a positive film in the group")
+    target_sensitivity: float = _setting(0.90, "the fixed-sensitivity operating point, for both models: the highest "
+                                               "threshold whose sensitivity on our validation films reaches this")
+    target_specificity: float = _setting(0.95, "the fixed-specificity operating point, for both models: the most "
+                                               "sensitive threshold whose specificity on our validation films "
+                                               "reaches this")
 
 
 @dataclass(frozen=True)
