@@ -455,6 +455,7 @@ def _add_external(verbs: argparse._SubParsersAction) -> Callable[[argparse.Names
     from cxrutils.compare.provenance import DEFAULT_MODELS
     from cxrutils.compare.txv import TXV_MODEL_NAMES
     from cxrutils.data.external import COLLECTIONS, DEFAULT_MIN_READERS, DEFAULT_UNCERTAIN_POLICY, UNCERTAIN_POLICIES
+    from cxrutils.evaluate.external_localization import DEFAULT_MAX_FILMS as LOCALIZATION_MAX_FILMS
     from cxrutils.stats.thresholds import METHODS
 
     parser = verbs.add_parser(
@@ -476,6 +477,9 @@ def _add_external(verbs: argparse._SubParsersAction) -> Callable[[argparse.Names
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seeds the resamples (default: 0)")
     parser.add_argument("--max-films", type=int, default=None,
                         help="score a seeded sample of whole patients up to this many films (default: all)")
+    parser.add_argument("--localization-max-films", type=int, default=LOCALIZATION_MAX_FILMS,
+                        help="Grad-CAM at most this many films against the collection's boxes or masks, a seeded "
+                             f"sample of whole patients (default: {LOCALIZATION_MAX_FILMS})")
     parser.add_argument("--model", dest="models", action="append", choices=TXV_MODEL_NAMES, metavar="MODEL",
                         help=f"a TorchXRayVision model (repeatable; default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--no-txv", action="store_true", help="score the run only")
@@ -496,7 +500,8 @@ def _add_external(verbs: argparse._SubParsersAction) -> Callable[[argparse.Names
             min_readers=args.min_readers, threshold_method=args.threshold_method, n_bootstrap=args.n_bootstrap,
             bootstrap_seed=args.bootstrap_seed, max_films=args.max_films, txv_models=models,
             weights_dir=_absolute(args.weights_dir) if args.weights_dir else None,
-            random_txv=args.random_weights_for_testing, txv_home=not args.no_txv_home, data_root=args.data_root)
+            random_txv=args.random_weights_for_testing, txv_home=not args.no_txv_home, data_root=args.data_root,
+            localization_max_films=args.localization_max_films)
         path = write_external_validation(result)
         synthetic = " (SYNTHETIC phantoms: says nothing about real films)" if result.synthetic else ""
         print(printable(f"{result.headline}{synthetic}"))

@@ -45,6 +45,7 @@ from cxrutils.engine import run_folder
 from cxrutils.evaluate.external import (
     AWAY_SEED_OFFSET,
     HOME_SEED_OFFSET,
+    LOCALIZATION_MAX_FILMS,
     RUN_MODEL,
     AurocDraws,
     ExternalEvaluation,
@@ -335,12 +336,17 @@ def validate_external(
     data_root: str | os.PathLike[str] | None = None,
     subgroup_min_positive_patients: int = 5,
     device: str = "auto",
+    localization_max_films: int | None = LOCALIZATION_MAX_FILMS,
 ) -> ExternalValidation:
-    """The run, then each TorchXRayVision model in ``txv_models`` (empty: none), on ``collection`` at ``root``."""
+    """The run, then each TorchXRayVision model in ``txv_models`` (empty: none), on ``collection`` at ``root``.
+
+    ``localization_max_films`` caps the films Grad-CAM'd against the collection's boxes or masks (None: all).
+    """
     films = load_external(collection, root, ExternalOptions(uncertain=uncertain, min_readers=min_readers))
     evaluation = evaluate_external(run_dir, films, threshold_method=threshold_method, n_bootstrap=n_bootstrap,
                                    bootstrap_seed=bootstrap_seed, max_films=max_films, device=device,
-                                   subgroup_min_positive_patients=subgroup_min_positive_patients)
+                                   subgroup_min_positive_patients=subgroup_min_positive_patients,
+                                   localization_max_films=localization_max_films)
     run = _run_on_collection(evaluation)
     models: dict[str, ModelOnCollection] = {RUN_MODEL: run}
     missing: list[MissingWeights] = []
