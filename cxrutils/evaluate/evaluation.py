@@ -80,32 +80,117 @@ SUBGROUP_MIN_POSITIVE_PATIENTS = 5  # the default of the setting subgroup_min_po
 
 @dataclass
 class LocalizationResult:
-    """Grad-CAM on the split's boxed images, scored against the boxes and against random heatmaps."""
+    """Grad-CAM on the split's boxed images, scored against the boxes and against random heatmaps.
 
-    boxes: pd.DataFrame  # image, finding, x, y, w, h in heatmap pixels, pointing_hit, iobb
+    ``scores`` and ``baseline`` hold, per finding and ``all``, the pointing game, T(IoBB) at
+    ``localization.T_IOBB`` and T(IoU) at ``localization.T_IOU`` (Wang et al. 2017, Table 3),
+    each with its patient-bootstrap interval (``<key>_ci_low``, ``<key>_ci_high``);
+    ``versus_random`` the paired difference Grad-CAM minus random with its interval.
+    """
+
+    boxes: pd.DataFrame  # image, finding, x, y, w, h in heatmap pixels, patient_id, pointing_hit, iobb, iou
     heatmaps: np.ndarray  # (boxes, input_size, input_size)
-    scores: pd.DataFrame  # localization.localization_scores
-    baseline: pd.DataFrame  # localization.random_baseline_scores
+    scores: pd.DataFrame  # localization.localization_intervals(...).scores
+    baseline: pd.DataFrame  # localization.localization_intervals(...).baseline (attrs: repeats, seed, grid)
     heatmap_size: int
     outside: pd.DataFrame  # boxes that fall outside their film as stored: reported, not scored
+    versus_random: pd.DataFrame | None = None  # localization.localization_intervals(...).versus_random
+    random_rates: pd.DataFrame | None = None  # per box: the random heatmaps' hit rate over the draws
 
-    def table(self) -> pd.DataFrame:
-        """Pointing game and T(IoBB) accuracies: this model, random heatmaps, and Wang et al. 2017 (T = 0.1)."""
+    @property
+    def metric_keys(self) -> list[str]:
+        """The accuracies scored, in Table-3 order: pointing game, T(IoBB) ..., T(IoU) ..."""
+        return [key for key in localization.metric_keys() if key in self.scores.columns]
+
+    def keys_of(self, family: str | None = None) -> list[str]:
+        """``iobb``: pointing game and T(IoBB); ``iou``: T(IoU); None: all of them."""
+        if family is None:
+            return self.metric_keys
+        if family == "iobb":
+            return [k for k in self.metric_keys if not k.startswith("t_iou_")]
+        if family == "iou":
+            return [k for k in self.metric_keys if k.startswith("t_iou_")]
+        raise ValueError(f"family must be 'iobb', 'iou' or None, got {family!r}")
+
+    def table(self, family: str | None = None) -> pd.DataFrame:
+        """Wang et al. 2017's Table 3 layout: rows the findings and ``all``, columns (accuracy, source).
+
+        Per accuracy: this model and random heatmaps, each with its patient-bootstrap
+        interval, the difference with its interval, and Wang et al. 2017's figure where
+        ``metrics.wang2017_localization`` has one (T(IoBB) 0.1).
+        """
         findings = list(self.scores.index)
-        wang = metrics.wang2017_localization()
+        published = _published_localization()
+        difference = self.difference_table()
         columns: dict[tuple[str, str], pd.Series] = {("", "boxes"): self.scores["boxes"]}
-        metric_names = {"pointing_game": "pointing game"} | {
-            f"t_iobb_{t:g}": f"T(IoBB) {t:g}" for t in localization.T_IOBB
-        }
-        for column, label in metric_names.items():
-            columns[(label, "this model")] = self.scores[column]
-            columns[(label, "random heatmaps")] = self.baseline[column].reindex(findings)
-            if column == "t_iobb_0.1":
-                columns[(label, "Wang et al. 2017")] = wang.reindex(findings)
+        if "patients" in self.scores.columns:
+            columns[("", "patients")] = self.scores["patients"]
+        for key in self.keys_of(family):
+            label = localization.metric_label(key)
+            for source, frame in (("this model", self.scores), ("random heatmaps", self.baseline)):
+                columns[(label, source)] = frame[key].reindex(findings)
+                for bound in ("low", "high"):
+                    if f"{key}_ci_{bound}" in frame.columns:
+                        columns[(label, f"{source} CI {bound}")] = frame[f"{key}_ci_{bound}"].reindex(findings)
+            if difference is not None:
+                for column, name in (("difference", "this model - random"), ("ci_low", "difference CI low"),
+                                     ("ci_high", "difference CI high")):
+                    columns[(label, name)] = difference[column].xs(key, level="metric").reindex(findings)
+            if key in published.columns:
+                columns[(label, "Wang et al. 2017")] = published[key].reindex(findings)
         table = pd.DataFrame(columns, index=findings)
         table.columns = pd.MultiIndex.from_tuples(table.columns)
         table.index.name = "finding"
+        table.attrs["confidence"] = self.scores.attrs.get("confidence", CONFIDENCE)
         return table
+
+    def difference_table(self) -> pd.DataFrame | None:
+        """``versus_random`` indexed by (finding, metric); None for a result without intervals."""
+        if self.versus_random is None:
+            return None
+        return self.versus_random.set_index(["finding", "metric"])
+
+    def beats_chance(self, family: str | None = None) -> pd.DataFrame:
+        """Rows the findings and ``all``, columns the accuracies: True where the difference's interval is above 0."""
+        if self.versus_random is None:
+            raise ValueError("this localization result has no comparison with the random baseline")
+        table = self.versus_random.pivot(index="finding", columns="metric", values="beats_chance")
+        table = table.reindex(index=list(self.scores.index), columns=self.keys_of(family))
+        table.index.name = "finding"
+        return table
+
+    def to_document(self) -> dict[str, Any]:
+        """The scores, the random baseline and the comparison, keyed by row then metric, as plain values."""
+        document: dict[str, Any] = {
+            "scores": _by_row(self.scores),
+            "random_baseline": _by_row(self.baseline),
+            "random_baseline_repeats": self.baseline.attrs.get("repeats"),
+            "random_baseline_seed": self.baseline.attrs.get("seed"),
+            "random_baseline_grid": self.baseline.attrs.get("grid"),
+            "metrics": self.metric_keys,
+            "thresholds": {"t_iobb": [t for t in localization.T_IOBB if f"t_iobb_{t:g}" in self.scores.columns],
+                           "t_iou": [t for t in localization.T_IOU if f"t_iou_{t:g}" in self.scores.columns],
+                           "heatmap": localization.HEATMAP_THRESHOLD},
+            "definitions": localization.DEFINITIONS,
+        }
+        if self.versus_random is not None:
+            attrs = self.versus_random.attrs
+            document["bootstrap"] = {key: attrs.get(key) for key in ("n_resamples", "seed", "confidence",
+                                                                      "resampling")}
+            fields = ["gradcam", "random", "difference", "ci_low", "ci_high", "p_one_sided", "beats_chance",
+                      "resamples"]
+            document["versus_random"] = {
+                str(finding): {row["metric"]: {field: row[field] for field in fields}
+                               for row in part.to_dict(orient="records")}
+                for finding, part in self.versus_random.groupby("finding", sort=False)
+            }
+        return document
+
+
+def _published_localization() -> pd.DataFrame:
+    """``metrics.wang2017_localization`` as a frame with one column per accuracy it gives (now T(IoBB) 0.1)."""
+    published = metrics.wang2017_localization()
+    return published.to_frame() if isinstance(published, pd.Series) else published
 
 
 @dataclass
@@ -404,9 +489,7 @@ class EvaluationResult:
                 "heatmap_size": self.localization.heatmap_size,
                 "gradcam_layer": self.gradcam_layer,
                 "gradcam_grid": self.gradcam_grid,
-                "scores": _by_row(self.localization.scores),
-                "random_baseline": _by_row(self.localization.baseline),
-                "random_baseline_repeats": self.localization.baseline.attrs.get("repeats"),
+                **self.localization.to_document(),
                 "wang2017_t_iobb_0.1": metrics.wang2017_localization(),
             }
         else:
@@ -674,7 +757,8 @@ def evaluate_run(
     boxes = run.dataset.boxes
     boxes = boxes[boxes["image"].isin(set(predictions["image"]))].reset_index(drop=True)
     localization_note = _localization_unavailable(run, split, boxes)
-    located = None if localization_note else localize(run, boxes, layer, seed=bootstrap_seed)
+    located = None if localization_note else localize(run, boxes, layer, seed=bootstrap_seed,
+                                                      n_bootstrap=n_bootstrap)
     gallery = gallery_panels(run, layer, gallery_examples(predictions, labels, probabilities, thresholds, run.dataset
                                                           .boxes, gallery_per_kind))
     context = context_table(run, split, auroc)
@@ -761,13 +845,16 @@ def _localization_unavailable(run: run_folder.Run, split: str, boxes: pd.DataFra
 
 
 def localize(run: run_folder.Run, boxes: pd.DataFrame, layer: str, seed: int = 0,
-             repeats: int = RANDOM_BASELINE_REPEATS) -> LocalizationResult:
+             repeats: int = RANDOM_BASELINE_REPEATS, n_bootstrap: int = 1000) -> LocalizationResult:
     """Grad-CAM for each box's image and finding, scored; and the random-heatmap chance level for the same boxes.
 
     Boxes are in the 1024-px NIH frame; ``localization.place_boxes`` maps them onto each
     film as stored (its size read from the file) and into the square model frame the
     heatmaps live in. Boxes that fall outside their film are set apart
-    (``LocalizationResult.outside``), never scored as misses.
+    (``LocalizationResult.outside``), never scored as misses. Every accuracy, and its
+    difference from the random heatmaps' (paired by box), gets an interval from
+    ``n_bootstrap`` patient resamples seeded by ``seed`` (a patient has several boxes);
+    ``seed`` also seeds the ``repeats`` random-heatmap draws.
     """
     assert run.dataset.index is not None  # there are scored images
     size = run.config.input_size
@@ -776,20 +863,34 @@ def localize(run: run_folder.Run, boxes: pd.DataFrame, layer: str, seed: int = 0
         if mapped.empty:
             raise ValueError(f"all {len(boxes)} boxes fall outside their films: the films are not the NIH films the "
                              "boxes were drawn on (or were cropped); nothing to score")
+        patient_of = run.dataset.metadata.drop_duplicates("image").set_index("image")["patient_id"]
+        unknown = sorted(set(mapped["image"]) - set(patient_of.index))
+        if unknown:
+            raise KeyError(f"{len(unknown)} boxed images are not in the dataset's metadata, e.g. {unknown[0]}: "
+                           "their patient is unknown, so the boxes cannot be resampled by patient")
         model = run.model()
         heatmaps = localization.box_heatmaps(
             model, run.image_cache(), mapped, size, device=select_device(run.config.device),
             batch_size=run.config.batch_size, layer=model.stage(layer),
         )
         grid = gradcam_grid(size, layer)
-        return LocalizationResult(
-            boxes=localization.score_boxes(heatmaps, mapped),
-            heatmaps=heatmaps,
-            scores=localization.localization_scores(heatmaps, mapped),
-            baseline=localization.random_baseline_scores(mapped, size, seed=seed, repeats=repeats, grid=grid),
-            heatmap_size=size,
-            outside=outside,
-        )
+        scored = localization.score_boxes(heatmaps, mapped)
+        scored.insert(scored.columns.get_loc("h") + 1, "patient_id", patient_of.reindex(scored["image"]).to_numpy())
+        random_rates = localization.random_baseline_hits(mapped, size, seed=seed, repeats=repeats, grid=grid)
+    with stage("localization intervals", boxes=len(scored), resamples=n_bootstrap):
+        intervals = localization.localization_intervals(
+            localization.box_hits(scored), random_rates, scored["finding"].to_numpy(), scored["patient_id"].to_numpy(),
+            n_resamples=n_bootstrap, seed=seed, confidence=CONFIDENCE)
+    return LocalizationResult(
+        boxes=scored,
+        heatmaps=heatmaps,
+        scores=intervals.scores,
+        baseline=intervals.baseline,
+        heatmap_size=size,
+        outside=outside,
+        versus_random=intervals.versus_random,
+        random_rates=random_rates,
+    )
 
 
 # --------------------------------------------------------------------------- gallery

@@ -12,6 +12,7 @@ from pandas.io.formats.style import Styler
 from cxrutils.engine import run_folder
 from cxrutils.engine.gradcam import is_last_stage
 from cxrutils.evaluate.evaluation import POS_WEIGHT_NOTE, PREVALENCE_SHIFT_CALIBRATION_NOTE, EvaluationResult
+from cxrutils.evaluate.localization import metric_label
 from cxrutils.labels import FINDINGS
 from cxrutils.show.display import interval_text, note, table
 from cxrutils.stats.operating import TRANSFER_SENTENCE
@@ -95,6 +96,107 @@ def outside_boxes_note(result: EvaluationResult) -> HTML:
         "or is not the NIH film the box was drawn on. These boxes are not scored (a miss would be wrong): they "
         f"are listed under localization.outside_film in {run_folder.metrics_name(result.split, result.tta_hflip)}."
     )
+
+
+_FAMILY_TITLES = {"iobb": "Pointing game and T(IoBB)", "iou": "T(IoU)", None: "Every accuracy"}
+
+
+def _family_title(family: str | None) -> str:
+    if family not in _FAMILY_TITLES:
+        raise ValueError(f"family must be one of {list(_FAMILY_TITLES)}, got {family!r}")
+    return _FAMILY_TITLES[family]
+
+
+def _count_text(count: int, one: str, many: str) -> str:
+    return f"{count:,} {one if count == 1 else many}"
+
+
+def localization_note(result: EvaluationResult) -> HTML:
+    """What the localization intervals resample, and (on phantoms) that every figure is SYNTHETIC."""
+    located = result.localization
+    if located is None:
+        return HTML("")
+    attrs = located.scores.attrs
+    text = (f"{attrs.get('confidence', 0.95):.0%} intervals from {attrs.get('n_resamples', 0):,} patient-bootstrap "
+            f"resamples: the {located.scores.loc['all', 'boxes']:,} boxes come from "
+            f"{located.scores.loc['all', 'patients']:,} patients, whose boxes and films are alike, so whole patients "
+            "are drawn with replacement. A finding with boxes from a single patient gets no interval. The random "
+            f"heatmaps' figure for each box is its hit rate over {located.baseline.attrs.get('repeats', '?')} draws; "
+            "the difference is paired by box, and 'beats chance' means its whole interval lies above 0 (not adjusted "
+            "for the many findings and thresholds compared).")
+    if result.synthetic:
+        return note("SYNTHETIC phantoms: these boxes were painted on made-up films, so every localization figure "
+                    "below only shows that the method runs. " + text, tone="red")
+    return note(text, tone="neutral")
+
+
+def localization_table(result: EvaluationResult, family: str | None = "iobb") -> Styler:
+    """Wang et al. 2017's Table 3 layout: per finding and ``all``, this model, random heatmaps and Wang et al.
+
+    ``family`` "iobb" (pointing game and T(IoBB) 0.1 ... 0.9) or "iou" (T(IoU) 0.1 ... 0.7);
+    each cell is the accuracy with its patient-bootstrap interval.
+    """
+    located = result.localization
+    numbers = located.table(family)
+    keys = located.keys_of(family)
+    labels = [metric_label(key) for key in keys]
+    rows, records = [], []
+    for finding in numbers.index:
+        counts = _count_text(numbers.loc[finding, ("", "boxes")], "box", "boxes")
+        if ("", "patients") in numbers.columns:
+            counts += ", " + _count_text(numbers.loc[finding, ("", "patients")], "patient", "patients")
+        for source, name in (("this model", "Grad-CAM (this model)"), ("random heatmaps", "random heatmaps"),
+                             ("Wang et al. 2017", "Wang et al. 2017")):
+            if source == "Wang et al. 2017" and not any(
+                    (label, source) in numbers.columns and pd.notna(numbers[(label, source)][finding])
+                    for label in labels):
+                continue  # nothing published for this finding at these thresholds
+            cells = {}
+            for label in labels:
+                value, low, high = (numbers[column][finding] if column in numbers.columns else None
+                                    for column in ((label, source), (label, f"{source} CI low"),
+                                                   (label, f"{source} CI high")))
+                cells[label] = "" if value is None else interval_text(value, low, high)
+            rows.append((f"{finding} ({counts})", name))
+            records.append(cells)
+    shown = pd.DataFrame(records, index=pd.MultiIndex.from_tuples(rows, names=["finding", "heatmaps"]))
+    published = (" Wang et al. 2017 (ChestX-ray8, another network, boxes drawn around the thresholded regions) "
+                 "where their figure is stored here: context, not a like-for-like comparison."
+                 if any(name == "Wang et al. 2017" for _, name in rows) else "")
+    caption = (f"{_family_title(family)} on the {result.split} split's boxes, "
+               f"{numbers.attrs.get('confidence', 0.95):.0%} patient-bootstrap intervals." + published
+               + _synthetic_suffix(result))
+    return table(shown, caption=caption)
+
+
+def versus_random_table(result: EvaluationResult, family: str | None = "iobb") -> Styler:
+    """Grad-CAM minus random heatmaps per finding and accuracy, paired by box, with its interval."""
+    located = result.localization
+    differences = located.difference_table()
+    keys = located.keys_of(family)
+    shown = pd.DataFrame(
+        {metric_label(key): [interval_text(*differences.loc[(finding, key), ["difference", "ci_low",
+                                                                                    "ci_high"]], signed=True)
+                                   for finding in located.scores.index]
+         for key in keys},
+        index=located.scores.index)
+    caption = (f"{_family_title(family)}: this model minus random heatmaps (> 0: better than chance), "
+               f"{located.versus_random.attrs.get('confidence', 0.95):.0%} patient-bootstrap intervals from the same "
+               "resamples." + _synthetic_suffix(result))
+    return table(shown, caption=caption)
+
+
+def beats_chance_table(result: EvaluationResult) -> Styler:
+    """yes / no per finding and accuracy: does the whole interval of Grad-CAM minus random lie above 0?"""
+    located = result.localization
+    verdicts = located.beats_chance()
+    used = located.versus_random.pivot(index="finding", columns="metric", values="resamples").reindex_like(verdicts)
+    shown = pd.DataFrame({metric_label(key): ["yes" if beats else "no" if n else "no interval"
+                                                    for beats, n in zip(verdicts[key], used[key])]
+                          for key in verdicts.columns}, index=verdicts.index)
+    caption = ("Beats chance: yes where the whole interval of (this model minus random heatmaps) lies above 0, "
+               "a one-sided test at 2.5% per cell, not adjusted for the many cells." + _synthetic_suffix(result))
+    return table(shown, caption=caption)
 
 
 def context_note(result: EvaluationResult) -> HTML:

@@ -611,3 +611,60 @@ def auroc_difference_forest(table: pd.DataFrame, names: dict[str, str], confiden
 
 
 # --------------------------------------------------------------------------- inference on new films
+
+
+# --------------------------------------------------------------------------- localization against the threshold
+
+
+def localization_threshold_curves(
+    scores: pd.DataFrame,
+    baseline: pd.DataFrame,
+    reference: pd.Series | pd.DataFrame | None = None,
+    rows: list[str] | None = None,
+) -> Figure:
+    """Accuracy against T for Grad-CAM and random heatmaps, T(IoBB) left and T(IoU) right, one row per finding.
+
+    ``scores`` and ``baseline`` as ``localization.localization_intervals`` gives them (an
+    accuracy column per ``t_iobb_<T>`` / ``t_iou_<T>``, with ``_ci_low`` and ``_ci_high``
+    drawn as bands where present); ``reference`` e.g. ``metrics.wang2017_localization()``
+    (its ``t_iobb_<T>`` values drawn as points); ``rows`` default: every row of ``scores``.
+    """
+    rows = list(scores.index) if rows is None else rows
+    if isinstance(reference, pd.Series):
+        reference = reference.to_frame()
+    families = (("t_iobb_", "T(IoBB)"), ("t_iou_", "T(IoU)"))
+    fig, axes = plt.subplots(len(rows), 2, figsize=(8.0, 1.9 * len(rows) + 0.8), squeeze=False, sharey=True)
+    for r, row in enumerate(rows):
+        for c, (prefix, name) in enumerate(families):
+            ax = axes[r, c]
+            keys = [k for k in scores.columns if k.startswith(prefix) and not k.endswith(("_ci_low", "_ci_high"))]
+            thresholds = np.array([float(k[len(prefix):]) for k in keys])
+            for frame, label, colour in ((scores, "Grad-CAM", "#4c72b0"), (baseline, "random heatmaps", "#999999")):
+                if frame is None or row not in frame.index or not keys:
+                    continue
+                ax.plot(thresholds, frame.loc[row, keys].to_numpy(float), marker="o", ms=3, color=colour, label=label)
+                bounds = [f"{k}_ci_low" for k in keys], [f"{k}_ci_high" for k in keys]
+                if all(b in frame.columns for b in bounds[0] + bounds[1]):
+                    ax.fill_between(thresholds, frame.loc[row, bounds[0]].to_numpy(float),
+                                    frame.loc[row, bounds[1]].to_numpy(float), color=colour, alpha=0.2, lw=0)
+            if reference is not None and row in reference.index:
+                published = [k for k in reference.columns if str(k).startswith(prefix)]
+                values = reference.loc[row, published].to_numpy(float) if published else np.array([])
+                if np.isfinite(values).any():
+                    ax.plot([float(str(k)[len(prefix):]) for k in published], values, "D", color="#dd8452", ms=5,
+                            label="Wang et al. 2017")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{figure_text(str(row))}: {name}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if r == len(rows) - 1:
+                ax.set_xlabel(f"T ({name} >= T counts as located)", fontsize=8)
+            if c == 0:
+                ax.set_ylabel("accuracy", fontsize=8)
+    seen: dict[str, object] = {}
+    for ax in axes.ravel():  # a reference marker may appear in a later row only
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    fig.legend(list(seen.values()), list(seen.keys()), loc="upper center", ncol=len(seen), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    return fig
