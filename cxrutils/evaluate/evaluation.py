@@ -49,6 +49,7 @@ from cxrutils.profiling import stage
 from cxrutils.stats import calibration, metrics, operating
 from cxrutils.stats.calibration import Recalibration
 from cxrutils.stats.cohort import ClusterFacts, cluster_facts, paediatric_counts
+from cxrutils.stats.group_differences import differences_by_variable
 from cxrutils.stats.intervals import CONFIDENCE
 from cxrutils.stats.patient_level import patient_level_auroc
 from cxrutils.stats.thresholds import METHODS
@@ -233,6 +234,8 @@ class EvaluationResult:
     calibration: pd.DataFrame
     reliability: pd.DataFrame
     subgroups: pd.DataFrame  # metrics.subgroup_auroc for sex, age band and view (long format)
+    # group_differences.between_group_differences: each group's AUROC minus its variable's reference group's
+    subgroup_differences: pd.DataFrame
     localization: LocalizationResult | None
     localization_note: str | None  # why there is no localization, when there is none
     gallery: Gallery
@@ -553,6 +556,13 @@ class EvaluationResult:
                 "min_positive_patients": self.subgroup_min_positive_patients,
                 "age_band_edges": list(SUBGROUP_AGE_EDGES),
                 "multiplicity": SUBGROUP_MULTIPLICITY,
+                "differences": {
+                    "table": self.subgroup_differences.to_dict(orient="records"),
+                    "reference": self.subgroup_differences.attrs.get("reference"),
+                    "family": self.subgroup_differences.attrs.get("family"),
+                    "what": "AUROC of each group minus its variable's reference group (the largest), one patient "
+                            "bootstrap for both groups; a two-sided bootstrap p-value and Holm over the stated family",
+                },
             },
             "clusters": self.clusters.to_document(),
             "patient_level_auroc": {
@@ -753,6 +763,8 @@ def evaluate_run(
                                             n_resamples=n_bootstrap, seed=bootstrap_seed)
     subgroups = subgroup_table(rows, labels, probabilities, patient_ids, n_bootstrap, bootstrap_seed,
                                min_positive_patients=subgroup_min_positive_patients)
+    subgroup_differences = subgroup_difference_table(rows, labels, probabilities, patient_ids, n_bootstrap,
+                                                     bootstrap_seed, min_positive_patients=subgroup_min_positive_patients)
 
     boxes = run.dataset.boxes
     boxes = boxes[boxes["image"].isin(set(predictions["image"]))].reset_index(drop=True)
@@ -769,6 +781,7 @@ def evaluate_run(
         gradcam_layer=layer, predictions=predictions, labels=labels, probabilities=probabilities,
         patient_ids=patient_ids, auroc=auroc, average_precision=average_precision, operating=operating_at_thresholds,
         report=report, calibration=calibration_table, reliability=reliability, subgroups=subgroups,
+        subgroup_differences=subgroup_differences,
         localization=located, localization_note=localization_note, gallery=gallery, context=context,
         radiologist=radiologist, clusters=clusters, patient_level=patient_level, paediatric=paediatric_counts(rows),
         subgroup_min_positive_patients=subgroup_min_positive_patients,
@@ -801,8 +814,14 @@ def write_metrics(result: EvaluationResult) -> Path:
 
 SUBGROUP_MULTIPLICITY = (
     "exploratory: one 95% patient-bootstrap interval per cell (variable x group x finding), none adjusted for "
-    "multiplicity, and no test of a difference between groups"
+    "multiplicity. Differences between groups have their own intervals and Holm-adjusted p-values "
+    "(subgroups.differences), over the family stated there; nothing adjusts across the three variables"
 )
+
+
+def _subgroup_variables(rows: pd.DataFrame) -> dict[str, pd.Series]:
+    """Each scored film's sex, age band (``SUBGROUP_AGE_EDGES``) and view, in the order of ``rows``."""
+    return {"sex": rows["sex"], "age band": age_band(rows["age_years"], SUBGROUP_AGE_EDGES), "view": rows["view"]}
 
 
 def subgroup_table(
@@ -814,7 +833,7 @@ def subgroup_table(
     Age bands: ``SUBGROUP_AGE_EDGES`` (<18, 18-39, 40-59, 60-79, 80+). A finding is
     scored in a group with ``min_positive_patients`` patients with a positive film there.
     """
-    groups = {"sex": rows["sex"], "age band": age_band(rows["age_years"], SUBGROUP_AGE_EDGES), "view": rows["view"]}
+    groups = _subgroup_variables(rows)
     with stage("subgroups", images=len(rows), resamples=n_resamples):
         tables = [
             metrics.subgroup_auroc(labels, probabilities, patient_ids, values.rename(name), n_resamples=n_resamples,
@@ -828,6 +847,22 @@ def subgroup_table(
         t["subgroup"].iloc[0]: t.attrs["images_without_group"] for t in tables if len(t)
     }
     return table
+
+
+def subgroup_difference_table(
+    rows: pd.DataFrame, labels: np.ndarray, probabilities: np.ndarray, patient_ids: np.ndarray, n_resamples: int,
+    seed: int, min_positive_patients: int = SUBGROUP_MIN_POSITIVE_PATIENTS,
+) -> pd.DataFrame:
+    """Each group's AUROC minus its variable's reference group's (the one with most films), with intervals.
+
+    ``group_differences.between_group_differences`` per variable: one patient bootstrap for both
+    groups (a patient can have films in two age bands or views), a bootstrap p-value, Holm over
+    ``group_differences.FAMILY``. A difference needs ``min_positive_patients`` in both groups.
+    """
+    with stage("subgroup differences", images=len(rows), resamples=n_resamples):
+        return differences_by_variable(_subgroup_variables(rows), labels, probabilities, patient_ids,
+                                       n_resamples=n_resamples, seed=seed, confidence=CONFIDENCE,
+                                       min_positive_patients=min_positive_patients)
 
 
 # --------------------------------------------------------------------------- localization

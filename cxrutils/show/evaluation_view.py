@@ -14,7 +14,8 @@ from cxrutils.engine.gradcam import is_last_stage
 from cxrutils.evaluate.evaluation import POS_WEIGHT_NOTE, PREVALENCE_SHIFT_CALIBRATION_NOTE, EvaluationResult
 from cxrutils.evaluate.localization import metric_label
 from cxrutils.labels import FINDINGS
-from cxrutils.show.display import interval_text, note, table
+from cxrutils.show.display import interval_text, note, p_text, table
+from cxrutils.stats import metrics
 from cxrutils.stats.operating import TRANSFER_SENTENCE
 
 
@@ -297,6 +298,33 @@ def subgroup_means_table(result: EvaluationResult) -> Styler:
                "the findings shown in every group of its variable. 95% patient-bootstrap intervals, not adjusted "
                "for multiplicity.")
     return table(result.subgroup_means(), caption=caption)
+
+
+def subgroup_differences_table(result: EvaluationResult, means_only: bool = False) -> Styler:
+    """Each group's AUROC minus its variable's reference group's, with the interval, p and Holm's p.
+
+    ``means_only``: the mean rows alone (one per group), else every finding with a difference.
+    """
+    differences = result.subgroup_differences
+    rows = differences[differences["difference"].notna()]
+    rows = rows[rows["finding"] == metrics.MEAN_ROW] if means_only else rows
+    shown = pd.DataFrame({
+        "group": [f"{variable}: {value}" for variable, value in zip(rows["subgroup"], rows["value"])],
+        "minus": rows["reference"].astype(str).to_numpy(),
+        "finding": rows["finding"].to_numpy(),
+        "AUROC (group)": rows["auroc"].to_numpy(), "AUROC (reference)": rows["reference_auroc"].to_numpy(),
+        "difference [95% CI]": [interval_text(v, lo, hi, signed=True)
+                                for v, lo, hi in zip(rows["difference"], rows["ci_low"], rows["ci_high"])],
+        "p": rows["p_value"].to_numpy(), "p (Holm)": rows["p_holm"].to_numpy(),
+        "positive patients (group / reference)": [
+            f"{int(a)} / {int(b)}" for a, b in zip(rows["positive_patients"], rows["reference_positive_patients"])],
+    })
+    family = "" if means_only else f" {differences.attrs.get('family', '')}"
+    caption = (f"Exploratory. Each group minus its variable's reference group (the one with most films), over the "
+               f"same films' patients resampled together ({result.n_bootstrap} resamples), so a patient with films "
+               f"in both groups counts in both. A difference needs {result.subgroup_min_positive_patients} positive "
+               f"patients in each group.{family}{_synthetic_suffix(result)}")
+    return table(shown, caption=caption, index=False, formats={"p": p_text, "p (Holm)": p_text})
 
 
 def paediatric_note(result: EvaluationResult) -> HTML:

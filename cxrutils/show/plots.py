@@ -668,3 +668,26 @@ def localization_threshold_curves(
     fig.legend(list(seen.values()), list(seen.keys()), loc="upper center", ncol=len(seen), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     return fig
+
+
+def subgroup_difference_forest(differences: pd.DataFrame, finding: str = MEAN_ROW) -> Figure:
+    """Each group's AUROC minus its variable's reference group's for ``finding`` (default: the mean), with its
+    interval: ``group_differences.between_group_differences`` rows, several variables stacked."""
+    rows = differences[differences["finding"] == finding].reset_index(drop=True)
+    rows = rows.rename(columns={"ci_low": "diff_ci_low", "ci_high": "diff_ci_high"})
+    positions = np.arange(len(rows))[::-1]
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * max(len(rows), 1) + 1.6))
+    draw_differences(ax, rows.assign(finding="group"), positions)  # every row one colour: they are all the same kind
+    labels = [f"{row.subgroup}: {row.value} - {row.reference}" for row in rows.itertuples()]
+    ax.set_yticks(positions, labels, fontsize=8)
+    for y, row in zip(positions, rows.itertuples()):
+        if pd.isna(row.difference):
+            ax.text(0.0, y, "  too few positive patients in a group", fontsize=7, va="center", color="grey")
+        elif pd.notna(row.p_holm):
+            ax.text(1.01, y, f"Holm p {row.p_holm:.2g}", transform=ax.get_yaxis_transform(), fontsize=7,
+                    va="center")
+    ax.set_xlabel(f"AUROC difference, group - reference ({finding})", fontsize=9)
+    ax.set_title("Between-group differences (exploratory)", fontsize=10)
+    fig.tight_layout()
+    return fig
+

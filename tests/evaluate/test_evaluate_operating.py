@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
@@ -96,6 +97,28 @@ def test_operating_points_prevalences_and_calibration_come_from_validation_and_t
         if entry["average_precision_ci_low"] is not None:
             assert entry["average_precision_ci_low"] <= entry["average_precision"] <= entry["average_precision_ci_high"]
 
+    # Between-group differences: the statistic's own function on the scored films' sex, age band and view, same seed.
+    from cxrutils.data.metadata import age_band
+    from cxrutils.stats.group_differences import between_group_differences
+
+    rows = result.run.dataset.metadata.set_index("image").loc[result.predictions["image"]].reset_index()
+    variables = {"sex": rows["sex"], "age band": age_band(rows["age_years"], evaluation.SUBGROUP_AGE_EDGES),
+                 "view": rows["view"]}
+    saved = document["subgroups"]["differences"]
+    assert "Holm" in saved["family"] and set(saved["reference"]) == set(variables)
+    for name, groups in variables.items():
+        expected = between_group_differences(test_labels, test_probs, result.patient_ids, groups.rename(name),
+                                             n_resamples=30, seed=0, class_names=FINDINGS,
+                                             min_positive_patients=result.subgroup_min_positive_patients)
+        got = [row for row in saved["table"] if row["subgroup"] == name]
+        assert saved["reference"][name] == expected.attrs["reference"] and len(got) == len(expected)
+        for row, (_, want) in zip(got, expected.iterrows()):
+            assert (row["value"], row["finding"]) == (want["value"], want["finding"])
+            assert (row["difference"] is None) == pd.isna(want["difference"])
+            if row["difference"] is not None:
+                assert row["difference"] == pytest.approx(want["difference"])
+                assert (row["ci_low"], row["ci_high"]) == pytest.approx((want["ci_low"], want["ci_high"]))
+
     summary = result.summary_table()  # the headline table sets both prevalences beside the validation threshold
     assert summary.loc[list(FINDINGS), "prevalence (val)"].tolist() == pytest.approx(val_labels.mean(axis=0).tolist())
     assert summary.loc[list(FINDINGS), "prevalence (test)"].tolist() == pytest.approx(
@@ -115,7 +138,10 @@ def test_operating_points_prevalences_and_calibration_come_from_validation_and_t
     pages = [view.operating_points_table(result, rule).to_html() for rule in intervals["rules"]]
     pages += [view.prevalence_shift_table(result).to_html(), view.calibration_figures_table(result).to_html(),
               view.calibration_shift_table(result).to_html(), view.recalibration_table(result).to_html()]
+    pages += [view.subgroup_differences_table(result).to_html(),
+              view.subgroup_differences_table(result, means_only=True).to_html()]
     assert all("SYNTHETIC" in page for page in pages)
+    plt.close(plots.subgroup_difference_forest(result.subgroup_differences))
     assert "sensitivity [95% CI]" in pages[0] and "PPV expected at test prevalence" in pages[4]
     figure = plots.reliability_equal_mass(result.reliability_equal_mass, result.recalibrated_reliability,
                                           result.calibration_summary, synthetic=True)
