@@ -51,6 +51,7 @@ from torch.utils.data import Dataset
 
 from cxrutils import files
 from cxrutils.data.external import ExternalFilms
+from cxrutils.data.external.common import sample_whole_patients
 from cxrutils.data.film_files import ImageReadError
 from cxrutils.data.metadata import age_band
 from cxrutils.data.preparation import prepare_film
@@ -295,23 +296,6 @@ class ExternalEvaluation:
 # --------------------------------------------------------------------------- the evaluation
 
 
-def _sample_patients(films: pd.DataFrame, max_films: int | None, seed: int) -> pd.DataFrame:
-    """Whole patients drawn at random (seeded) until ``max_films`` films; all films when None."""
-    if max_films is None or len(films) <= max_films:
-        return films
-    counts = films.groupby("patient_id", sort=True).size()
-    order = np.random.default_rng(seed).permutation(counts.index.to_numpy())
-    chosen, total = [], 0
-    for patient in order:
-        if total + counts[patient] > max_films and chosen:
-            continue
-        chosen.append(patient)
-        total += int(counts[patient])
-        if total >= max_films:
-            break
-    return films[films["patient_id"].isin(chosen)]
-
-
 def home_predictions(run_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame | None, str | None]:
     """The run's NIH test predictions (``predictions_test.csv``), or None and why there are none."""
     path = run_folder.predictions_path(run_dir, "test")
@@ -361,7 +345,7 @@ def evaluate_external(
     thresholds = run_folder.thresholds_of(run_dir, threshold_method)
     cut = metrics.threshold_array(thresholds)
     present = films.present.reset_index(drop=True)
-    chosen = _sample_patients(present, max_films, bootstrap_seed).reset_index(drop=True)
+    chosen = sample_whole_patients(present, max_films, bootstrap_seed).reset_index(drop=True)
     with stage("external scoring", films=len(chosen)):
         probabilities, refusals = score_film_files(run_dir, chosen["path"].tolist(), batch_size=batch_size,
                                                    device=device, num_workers=num_workers)

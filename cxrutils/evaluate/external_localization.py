@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 
 from cxrutils.data.external import ExternalFilms, collection_reader, rsna, siim, vindr
+from cxrutils.data.external.common import sample_whole_patients
 from cxrutils.data.film_files import ImageReadError, max_pixels_allowed
 from cxrutils.data.images import IMAGE_SUFFIXES, film_format, read_image
 from cxrutils.data.preparation import to_square
@@ -343,22 +344,6 @@ def unavailable(collection: str, reason: str) -> ExternalLocalization:
 # --------------------------------------------------------------------------- the evaluation
 
 
-def _draw_films(candidates: pd.DataFrame, max_films: int | None, seed: int) -> pd.DataFrame:
-    """Whole patients drawn at random (seeded) until ``max_films`` films; all when None or fewer."""
-    if max_films is None or len(candidates) <= max_films:
-        return candidates
-    counts = candidates.groupby("patient_id", sort=True).size()
-    chosen, total = [], 0
-    for patient in np.random.default_rng(seed).permutation(counts.index.to_numpy()):
-        if total + counts[patient] > max_films and chosen:
-            continue
-        chosen.append(patient)
-        total += int(counts[patient])
-        if total >= max_films:
-            break
-    return candidates[candidates["patient_id"].isin(chosen)]
-
-
 def _set_apart_row(region: pd.Series, reason: str) -> dict[str, Any]:
     return {"row": int(region["row"]), "film": region["film"], "field": region["kind"],
             "value": f"{region['finding']} ({region['source_class']})", "reason": reason, "malformed": False}
@@ -406,7 +391,7 @@ def localize_external(
         return unavailable(films.collection, f"no scored film positive for a mapped finding has a region "
                                              f"({counts['regions_read']:,} regions read)")
     film_table = candidates.drop_duplicates("film")[["film", "patient_id", "path"]]
-    chosen = _draw_films(film_table, max_films, seed)
+    chosen = sample_whole_patients(film_table, max_films, seed)
     candidates = candidates[candidates["film"].isin(set(chosen["film"]))].reset_index(drop=True)
     sampled = {"max_films": max_films, "films_with_regions": int(len(film_table)),
                "patients_with_regions": int(film_table["patient_id"].nunique()), "films_chosen": int(len(chosen)),

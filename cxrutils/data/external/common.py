@@ -256,3 +256,24 @@ def join_inside(root: Path, *parts: str) -> str:
             return ""
         pieces.extend(components)
     return os.path.join(os.fspath(root), *pieces)
+
+
+def sample_whole_patients(films: pd.DataFrame, max_films: int | None, seed: int) -> pd.DataFrame:
+    """Whole patients (``patient_id``) drawn at random (seeded) until ``max_films`` films; every film when None.
+
+    A patient whose films would overshoot the cap is passed over for a smaller one, so the
+    sample comes as close to the cap as whole patients allow; never a patient split in two.
+    """
+    if max_films is None or len(films) <= max_films:
+        return films
+    counts = films.groupby("patient_id", sort=True).size()
+    chosen, total = [], 0
+    for patient in np.random.default_rng(seed).permutation(counts.index.to_numpy()):
+        if total + counts[patient] > max_films and chosen:
+            continue
+        chosen.append(patient)
+        total += int(counts[patient])
+        if total >= max_films:
+            break
+    return films[films["patient_id"].isin(chosen)]
+
