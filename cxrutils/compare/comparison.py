@@ -219,15 +219,15 @@ def _paired_differences(test: PairedPredictions, validation: PairedPredictions,
     """Ours - TXV per (rule, finding) in ``DIFFERENCE_METRICS``, with intervals from the shared resamples.
 
     The draws and the weighted curves are ``operating_point_intervals``'s own (its seeds,
-    its chunks, its ``_Curve``): each resample re-chooses both models' thresholds on the
+    its chunks, its ``ResampledCurve``): each resample re-chooses both models' thresholds on the
     same validation patients and reads both on the same test patients.
     """
     n_classes = len(test.findings)
     val_codes, n_val_patients = _patient_codes(validation.patient_ids, len(validation))
     test_codes, n_test_patients = _patient_codes(test.patient_ids, len(test))
     curves = {
-        model: ([operating._Curve.of(validation.labels[:, k].astype(bool), val_scores[:, k]) for k in range(n_classes)],
-                [operating._Curve.of(test.labels[:, k].astype(bool), test_scores[:, k]) for k in range(n_classes)])
+        model: ([operating.ResampledCurve.of(validation.labels[:, k].astype(bool), val_scores[:, k]) for k in range(n_classes)],
+                [operating.ResampledCurve.of(test.labels[:, k].astype(bool), test_scores[:, k]) for k in range(n_classes)])
         for model, val_scores, test_scores in ((OURS, validation.ours, test.ours), (TXV, validation.txv, test.txv))
     }
     sampled = {(rule.name, metric): np.full((n_resamples, n_classes), np.nan)
@@ -243,8 +243,8 @@ def _paired_differences(test: PairedPredictions, validation: PairedPredictions,
                 val_curve, test_curve = val_curves[k], test_curves[k]
                 val_tp, val_fp = val_curve.counts(val_counts[:, val_codes[val_curve.order]])
                 test_tp, test_fp = test_curve.counts(test_counts[:, test_codes[test_curve.order]])
-                chosen = operating._thresholds_from_counts(val_tp, val_fp, val_curve.values, rules)
-                rates[model] = {rule.name: operating._rates_from_counts(test_tp, test_fp, test_curve.values,
+                chosen = operating.thresholds_from_counts(val_tp, val_fp, val_curve.values, rules)
+                rates[model] = {rule.name: operating.rates_from_counts(test_tp, test_fp, test_curve.values,
                                                                         chosen[rule.name]) for rule in rules}
             for rule in rules:
                 for metric in DIFFERENCE_METRICS:

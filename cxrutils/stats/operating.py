@@ -78,7 +78,7 @@ class OperatingRule:
 
 
 @dataclass(frozen=True)
-class _Curve:
+class ResampledCurve:
     """One class's films sorted by score, descending, grouped by distinct score: the ROC curve's skeleton."""
 
     order: np.ndarray  # film positions, highest score first
@@ -87,7 +87,7 @@ class _Curve:
     positive: np.ndarray  # bool, in ``order``
 
     @classmethod
-    def of(cls, positive: np.ndarray, scores: np.ndarray) -> _Curve:
+    def of(cls, positive: np.ndarray, scores: np.ndarray) -> ResampledCurve:
         order = np.argsort(-scores, kind="stable")
         ordered = scores[order]
         ends = np.flatnonzero(np.r_[ordered[1:] != ordered[:-1], True])
@@ -103,9 +103,13 @@ class _Curve:
         return tp, fp
 
 
-def _thresholds_from_counts(tp: np.ndarray, fp: np.ndarray, values: np.ndarray,
-                            rules: Sequence[OperatingRule]) -> dict[str, np.ndarray]:
-    """Each rule's threshold per row, on the weighted ROC curve given by ``_Curve.counts`` (computed once for all)."""
+def thresholds_from_counts(tp: np.ndarray, fp: np.ndarray, values: np.ndarray,
+                           rules: Sequence[OperatingRule]) -> dict[str, np.ndarray]:
+    """Each rule's threshold per row, on the weighted ROC curve given by ``ResampledCurve.counts``.
+
+    Public so that a paired comparison (``compare.comparison``) re-chooses two models' thresholds
+    on the very resamples ``operating_point_intervals`` draws.
+    """
     positives, negatives = tp[:, -1], fp[:, -1]
     usable = (positives > 0) & (negatives > 0)
     rows = np.arange(len(tp))
@@ -152,9 +156,9 @@ def weighted_thresholds(labels: Any, scores: Any, weights: Any, rule: OperatingR
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     if not (y.size == s.size == w.shape[1]):
         raise ValueError(f"labels ({y.size}), scores ({s.size}) and weights ({w.shape[1]} columns) differ in length")
-    curve = _Curve.of(y, s)
+    curve = ResampledCurve.of(y, s)
     tp, fp = curve.counts(w[:, curve.order])
-    return _thresholds_from_counts(tp, fp, curve.values, [rule])[rule.name]
+    return thresholds_from_counts(tp, fp, curve.values, [rule])[rule.name]
 
 
 def choose_operating_thresholds(labels: Any, scores: Any, rule: OperatingRule) -> np.ndarray:
@@ -164,9 +168,10 @@ def choose_operating_thresholds(labels: Any, scores: Any, rule: OperatingRule) -
     return np.array([weighted_thresholds(y[:, k], s[:, k], ones, rule)[0] for k in range(y.shape[1])])
 
 
-def _rates_from_counts(tp: np.ndarray, fp: np.ndarray, values: np.ndarray,
-                       thresholds: np.ndarray) -> dict[str, np.ndarray]:
-    """Per row: sensitivity, specificity, PPV, NPV and F1 at that row's threshold, read off ``_Curve.counts``."""
+def rates_from_counts(tp: np.ndarray, fp: np.ndarray, values: np.ndarray,
+                      thresholds: np.ndarray) -> dict[str, np.ndarray]:
+    """Per row: sensitivity, specificity, PPV, NPV and F1 at that row's threshold, read off
+    ``ResampledCurve.counts``."""
     undefined = ~np.isfinite(thresholds)
     # the distinct scores at or above each threshold: a prefix of the descending ``values``
     called = np.searchsorted(-values, -np.where(undefined, np.inf, thresholds), side="right")
@@ -190,9 +195,9 @@ def _rates_from_counts(tp: np.ndarray, fp: np.ndarray, values: np.ndarray,
 def _weighted_rates(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray,
                     thresholds: np.ndarray) -> dict[str, np.ndarray]:
     """Per row of ``weights`` (R, n): sensitivity, specificity, PPV, NPV and F1 at that row's threshold."""
-    curve = _Curve.of(np.asarray(positive, dtype=bool), np.asarray(scores, dtype=np.float64))
+    curve = ResampledCurve.of(np.asarray(positive, dtype=bool), np.asarray(scores, dtype=np.float64))
     tp, fp = curve.counts(np.atleast_2d(weights)[:, curve.order])
-    return _rates_from_counts(tp, fp, curve.values, np.asarray(thresholds, dtype=np.float64))
+    return rates_from_counts(tp, fp, curve.values, np.asarray(thresholds, dtype=np.float64))
 
 
 def rates_at_thresholds(labels: Any, scores: Any, thresholds: Any) -> pd.DataFrame:
@@ -269,8 +274,8 @@ def operating_point_intervals(
     sampled = {rule.name: {m: np.full((n_resamples, n_classes), np.nan) for m in OPERATING_METRICS} for rule in rules}
     val_codes, n_val_patients = _patient_codes(val_patient_ids, val_y.shape[0])
     test_codes, n_test_patients = _patient_codes(test_patient_ids, test_y.shape[0])
-    val_curves = [_Curve.of(val_y[:, k].astype(bool), val_s[:, k]) for k in range(n_classes)]
-    test_curves = [_Curve.of(test_y[:, k].astype(bool), test_s[:, k]) for k in range(n_classes)]
+    val_curves = [ResampledCurve.of(val_y[:, k].astype(bool), val_s[:, k]) for k in range(n_classes)]
+    test_curves = [ResampledCurve.of(test_y[:, k].astype(bool), test_s[:, k]) for k in range(n_classes)]
     bar = progress_bar(total=n_resamples, desc=progress, unit="resample", disable=progress is None, leave=False,
                        done=False)
     row = 0
@@ -282,11 +287,11 @@ def operating_point_intervals(
             # one cumulative sum per class and chunk on each side, shared by every rule
             val_tp, val_fp = val_curves[k].counts(val_counts[:, val_codes[val_curves[k].order]])
             test_tp, test_fp = test_curves[k].counts(test_counts[:, test_codes[test_curves[k].order]])
-            chosen = _thresholds_from_counts(val_tp, val_fp, val_curves[k].values, rules)
+            chosen = thresholds_from_counts(val_tp, val_fp, val_curves[k].values, rules)
             for rule in rules:
                 cut = chosen[rule.name]
                 sampled_thresholds[rule.name][rows, k] = cut
-                for metric, values in _rates_from_counts(test_tp, test_fp, test_curves[k].values, cut).items():
+                for metric, values in rates_from_counts(test_tp, test_fp, test_curves[k].values, cut).items():
                     sampled[rule.name][metric][rows, k] = values
         row += len(val_counts)
         bar.update(len(val_counts))
@@ -332,7 +337,7 @@ def operating_point_intervals(
 
 
 def _average_precision_from_counts(tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    """Average precision (sklearn's step rule) per row of ``_Curve.counts``; NaN without positive weight."""
+    """Average precision (sklearn's step rule) per row of ``ResampledCurve.counts``; NaN without positive weight."""
     positives = tp[:, -1]
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = tp / (tp + fp)  # NaN only where no weight is called yet, and then no recall step is taken
@@ -346,7 +351,7 @@ def weighted_average_precision(labels: Any, scores: Any, weights: Any) -> np.nda
     y = np.asarray(labels).reshape(-1).astype(bool)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    curve = _Curve.of(y, s)
+    curve = ResampledCurve.of(y, s)
     return _average_precision_from_counts(*curve.counts(w[:, curve.order]))
 
 
@@ -364,7 +369,7 @@ def bootstrap_average_precision(
     ones = np.ones((1, y.shape[0]))
     samples = np.full((n_resamples, y.shape[1]), np.nan)
     codes, n_patients = _patient_codes(patient_ids, y.shape[0])
-    curves = [_Curve.of(y[:, k].astype(bool), s[:, k]) for k in range(y.shape[1])]
+    curves = [ResampledCurve.of(y[:, k].astype(bool), s[:, k]) for k in range(y.shape[1])]
     row = 0
     for counts in _patient_draw_chunks(n_patients, n_resamples, seed):
         for k, curve in enumerate(curves):
