@@ -53,20 +53,24 @@ from cxrutils.engine import run_folder
 from cxrutils.engine.gradcam import gradcam_films_per_pass, gradcam_grid, gradcam_layer_for, gradcam_per_film
 from cxrutils.engine.network_input import denormalize, prepare_batch
 from cxrutils.engine.runtime import select_device
-from cxrutils.evaluate.localization import random_heatmaps
-from cxrutils.labels import FINDINGS
+from cxrutils.evaluate.localization import (
+    ALL_ROW,
+    HEATMAP_THRESHOLD,
+    T_IOBB,
+    T_IOU,
+    metric_keys,
+    metric_label,
+    random_heatmaps,
+    resampled_accuracies,
+)
 from cxrutils.progress import progress_bar
 from cxrutils.stats.intervals import CONFIDENCE, percentile_interval
 
 REGION_READERS = {"vindr": vindr.boxes, "rsna": rsna.boxes, "siim": siim.masks}
 REGION_RULES = {"vindr": vindr.REGION_RULE, "rsna": rsna.REGION_RULE, "siim": siim.REGION_RULE}
 DEFAULT_MAX_FILMS = 500  # films Grad-CAM'd: seconds on a GPU, minutes on a CPU, at 224 px
-HEATMAP_THRESHOLD = 0.5  # a heatmap (in [0, 1]) binarised here is the detected region, as in localization.iobb
-T_IOBB: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)  # Wang et al. 2017, Table 3
-T_IOU: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 RANDOM_REPEATS = 20
 STORED_FRAME_TOLERANCE = 0.01  # a box may reach this share of the film beyond its edge, as NIH's may
-ALL_ROW = "all"
 LISTED_LIMIT = 1000  # set-apart rows listed by name in external.json; all are counted
 EXAMPLES = 6  # films kept with their pixels, heatmap and region for the report's pictures (not in the JSON)
 SYNTHETIC_NOTE = ("SYNTHETIC: the phantom films' lesions are not drawn inside the published boxes or masks, so "
@@ -79,20 +83,6 @@ def no_regions_reason(collection: str) -> str | None:
     if collection in REGION_READERS:
         return None
     return f"{collection_reader(collection).title} publishes no boxes or masks for these films"
-
-
-def metric_names(t_iobb: tuple[float, ...] = T_IOBB, t_iou: tuple[float, ...] = T_IOU) -> list[str]:
-    """The columns of a region's scores: pointing_game, t_iobb_<T>..., t_iou_<T>... (0/1 per region)."""
-    return ["pointing_game", *(f"t_iobb_{t:g}" for t in t_iobb), *(f"t_iou_{t:g}" for t in t_iou)]
-
-
-def metric_label(metric: str) -> str:
-    """``t_iobb_0.5`` -> ``T(IoBB) 0.5`` (and ``pointing game``), as a report prints it."""
-    if metric.startswith("t_iobb_"):
-        return f"T(IoBB) {metric[len('t_iobb_'):]}"
-    if metric.startswith("t_iou_"):
-        return f"T(IoU) {metric[len('t_iou_'):]}"
-    return metric.replace("_", " ")
 
 
 # --------------------------------------------------------------------------- regions read
@@ -209,7 +199,8 @@ def pointing_points(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def region_scores(heatmaps: np.ndarray, regions: np.ndarray, threshold: float = HEATMAP_THRESHOLD,
                   t_iobb: tuple[float, ...] = T_IOBB, t_iou: tuple[float, ...] = T_IOU) -> pd.DataFrame:
-    """Per (heatmap, region mask) pair: pointing hit, IoBB, IoU, the pixel counts, and each T's 0/1 (``metric_names``).
+    """Per (heatmap, region mask) pair: pointing hit, IoBB, IoU, the pixel counts, and each T's 0/1
+    (``localization.metric_keys``).
 
     IoBB = |detected ∩ region| / |detected| and IoU = |detected ∩ region| / |detected ∪ region|
     with detected = {heatmap >= threshold}; both 0 when nothing is detected.
@@ -238,46 +229,30 @@ def region_scores(heatmaps: np.ndarray, regions: np.ndarray, threshold: float = 
     return scores
 
 
-def patient_bootstrap_means(values: np.ndarray, patients: Any, n_resamples: int, seed: int) -> np.ndarray:
-    """(n_resamples, metrics): each metric's mean over the regions of patients drawn with replacement.
-
-    ``values`` (regions, metrics); a patient drawn k times counts k times. Draw b takes
-    ``rng.integers(0, P, P)`` (row b of one (n_resamples, P) draw) over the patients in order
-    of first appearance; the means come from per-patient sums and counts, one product each.
-    """
-    values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
-    codes, uniques = pd.factorize(pd.Series(np.asarray(patients)).astype(str))
-    n_patients = len(uniques)
-    if n_patients == 0:
-        return np.full((n_resamples, values.shape[1]), np.nan)
-    sums = np.zeros((n_patients, values.shape[1]))
-    np.add.at(sums, codes, values)
-    counts = np.bincount(codes, minlength=n_patients).astype(np.float64)
-    draws = np.random.default_rng(seed).integers(0, n_patients, size=(n_resamples, n_patients))
-    offsets = (np.arange(n_resamples) * n_patients)[:, None]
-    weights = np.bincount((draws + offsets).ravel(), minlength=n_resamples * n_patients)
-    weights = weights.reshape(n_resamples, n_patients).astype(np.float64)
-    return (weights @ sums) / (weights @ counts)[:, None]
-
-
 def summary_table(scored: pd.DataFrame, metrics: list[str], n_resamples: int, seed: int,
                   confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Long table, a row per (finding or ``all``, metric): Grad-CAM, random, Grad-CAM - random, with paired intervals."""
-    order = [f for f in FINDINGS if f in set(scored["finding"])]
+    """Long table, a row per (finding or ``all``, metric): Grad-CAM, random, Grad-CAM - random, with paired intervals.
+
+    The intervals are NIH localization's (``localization.resampled_accuracies``): one patient
+    bootstrap for every finding and for Grad-CAM and its difference from random, region by region.
+    """
+    gradcam = scored[metrics].to_numpy(dtype=np.float64)
+    chance = scored[[f"random_{m}" for m in metrics]].to_numpy(dtype=np.float64)
+    findings = scored["finding"].to_numpy(dtype=object)
+    groups, draws = resampled_accuracies(np.hstack([gradcam, gradcam - chance]), findings,
+                                         scored["patient_id"].astype(str).to_numpy(), n_resamples, seed)
     rows = []
-    for group in (*order, ALL_ROW):
-        part = scored if group == ALL_ROW else scored[scored["finding"] == group]
-        gradcam = part[metrics].to_numpy(dtype=np.float64)
-        chance = part[[f"random_{m}" for m in metrics]].to_numpy(dtype=np.float64)
-        draws = patient_bootstrap_means(np.hstack([gradcam, gradcam - chance]), part["patient_id"], n_resamples, seed)
+    for g, group in enumerate(groups):
+        member = np.ones(len(scored), bool) if group == ALL_ROW else findings == group
+        part = scored[member]
         for k, metric in enumerate(metrics):
-            low, high, _ = percentile_interval(draws[:, k], confidence)
-            diff_low, diff_high, _ = percentile_interval(draws[:, len(metrics) + k], confidence)
+            low, high, _ = percentile_interval(draws[:, g, k], confidence)
+            diff_low, diff_high, _ = percentile_interval(draws[:, g, len(metrics) + k], confidence)
             rows.append({"finding": group, "metric": metric, "label": metric_label(metric), "regions": len(part),
                          "films": int(part["film"].nunique()), "patients": int(part["patient_id"].nunique()),
-                         "gradcam": float(gradcam[:, k].mean()), "ci_low": low, "ci_high": high,
-                         "random": float(chance[:, k].mean()),
-                         "difference": float((gradcam[:, k] - chance[:, k]).mean()),
+                         "gradcam": float(gradcam[member, k].mean()), "ci_low": low, "ci_high": high,
+                         "random": float(chance[member, k].mean()),
+                         "difference": float((gradcam[member, k] - chance[member, k]).mean()),
                          "difference_ci_low": diff_low, "difference_ci_high": diff_high})
     return pd.DataFrame(rows)
 
@@ -405,7 +380,7 @@ def localize_external(
     layer = model.stage(layer_name)
     size, grid = config.input_size, gradcam_grid(config.input_size, layer_name)
     per_pass = films_per_pass or gradcam_films_per_pass(size)
-    metrics = metric_names()
+    metrics = metric_keys()
     by_film = {film: part for film, part in candidates.groupby("film", sort=False)}
     order = list(by_film)
     results: list[pd.DataFrame] = []
