@@ -331,7 +331,7 @@ def _add_reports(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namesp
 def _add_rehearsal(verbs: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     from cxrutils.publish.rehearsal import SIZES
 
-    parser = verbs.add_parser("rehearsal", help="every notebook at the real dataset's size (112,120 phantom films)",
+    parser = verbs.add_parser("rehearsal", help="every notebook at the real dataset's size (112,120 NIH phantom films; notebook 07 on full-size phantom CheXpert and PadChest roots)",
                               description="A quarter of the rows, then all of them, each stage timed and measured "
                                           "against its budget: reports/rehearsal.html.")
     parser.add_argument("--size", action="append", choices=list(SIZES), default=[],

@@ -342,7 +342,9 @@ def validate_external(
 
     ``localization_max_films`` caps the films Grad-CAM'd against the collection's boxes or masks (None: all).
     """
-    films = load_external(collection, root, ExternalOptions(uncertain=uncertain, min_readers=min_readers))
+    with stage("load external collection") as facts:
+        films = load_external(collection, root, ExternalOptions(uncertain=uncertain, min_readers=min_readers))
+        facts["films"] = len(films.films)
     evaluation = evaluate_external(run_dir, films, threshold_method=threshold_method, n_bootstrap=n_bootstrap,
                                    bootstrap_seed=bootstrap_seed, max_films=max_films, device=device,
                                    subgroup_min_positive_patients=subgroup_min_positive_patients,

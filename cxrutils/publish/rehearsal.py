@@ -14,11 +14,47 @@ The rehearsal runs the real pipeline at that size on the CPU instead:
 3. runs every notebook on the full root through the reports runner, from a fresh run
    folder and a fresh image cache, so the cache build is measured too; training is
    capped (``configs/train/rehearsal.yaml``), everything around it is not;
-4. writes ``reports/rehearsal.json`` and ``reports/rehearsal.html``: wall time and peak
+4. scores that run on phantom CheXpert and PadChest roots through notebook 07 (below,
+   "External validation"), building each root first if it is missing;
+5. writes ``reports/rehearsal.json`` and ``reports/rehearsal.html``: wall time and peak
    memory of every stage (``cxrutils.profiling``) and notebook, at each size, how each
    stage grows from a quarter to all rows, and the budgets each figure must meet.
 
 Every report it writes is marked SYNTHETIC: the figures measure the code, not a model.
+
+External validation
+-------------------
+After the NIH notebooks at each size, ``rehearse_external`` runs notebook 07 through the
+reports runner (profile ``rehearsal_external``) with the size's run on a phantom root of each
+of ``EXTERNAL_COLLECTIONS``, in the collection's published layout, from the metadata
+torchxrayvision ships (``cxrutils.demo.external_roots``): at full size every listed row
+(CheXpert 223,414 rows of 64,540 patients, 191,027 of them frontal; PadChest 160,861 rows
+of 67,625 patients, 110,633 frontal), at quarter size a quarter of each collection's
+patients, whole. Films are 64-px phantoms (the NIH root's size), read at the run's 32-px
+cache size. A root is built once into ``data/rehearsal_<size>_<collection>`` and reused;
+its build is a stage of its own ("build CheXpert root", its films counted), judged only
+when built at both sizes. The notebook's stages are recorded under "07_external_validation
+(SYNTHETIC CheXpert)", and the whole notebook is set against the films it scored.
+
+What grows with the collection is rehearsed at its full size: reading and mapping every
+row of the metadata, looking for every listed film on disk, sampling whole patients. What
+does not depend on the collection's size is capped: the films scored are a seeded sample
+of whole patients up to ``max_films`` = 25,596 (the official NIH test list's size: the
+largest set the NIH notebooks score), at both sizes, as notebook 04 caps TorchXRayVision to
+a sample. Every frontal film would not fit the 20-minute budget: measured alone on the
+project's 2-core machine (2026-12-06, another program holding about a fifth of the cores),
+notebook 07 on all 191,027 frontal CheXpert films took 597 s, of which scoring 493 s (2.6
+ms a film, nearly all of it the network's forward pass; decoding a tiny film is about 0.2
+ms) and the statistics 89 s (142 CPU s: 1,000 patient resamples of AUROC, calibration and
+subgroups for 7 findings), peak 1.7 GB; on all 110,633 frontal PadChest films 437 s
+(scoring 278 s, statistics for 14 findings 145 s / 244 CPU s), peak 1.5 GB: 18.2 minutes
+with the root builds (PadChest 56 s, 96 CPU s in two worker processes; CheXpert 57 s).
+Both are linear in the films scored, so the sample costs what the full set would, divided.
+
+No TorchXRayVision model is scored there: at 224 px that is GPU work; notebook 04 rehearses
+TorchXRayVision on a capped sample. VinDr-CXR, RSNA and SIIM-ACR (DICOM; 15,000, 26,684 and
+12,047 frontal films) are left out of the default to keep the budget; add them to
+``EXTERNAL_COLLECTIONS`` to rehearse them.
 
 How growth is judged
 --------------------
@@ -85,6 +121,8 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +130,21 @@ import pandas as pd
 import psutil
 
 from cxrutils import files
+from cxrutils.data.dataset import SYNTHETIC_MANIFEST_NAME
+from cxrutils.data.external import collection_reader
+from cxrutils.demo.external_roots import (
+    ExternalRootSpec,
+    ensure_external_root,
+    external_root_is_built,
+    shipped_patients,
+)
 from cxrutils.demo.roots import RehearsalSpec, ensure_rehearsal_dataset, rehearsal_root_is_built
 from cxrutils.engine.data_adapters import training_cache_dir
+from cxrutils.evaluate.external import read_external
 from cxrutils.paths import DATA_DIR, REPORTS_DIR, resolve
 from cxrutils.profiling import STAGE_LOG_VARIABLE, read_stage_log, stage, stage_context
 from cxrutils.publish import runner as reports
-from cxrutils.settings import load_profile, load_train_config
+from cxrutils.settings import TrainConfig, load_profile, load_train_config
 
 PROFILE = "rehearsal"
 SIZES: dict[str, float] = {"quarter": 0.25, "full": 1.0}
@@ -124,6 +171,10 @@ CLOCK_TICK_SECONDS = 0.01
 WORK_FACTS = ("boxes", "images", "films")
 WHOLE_NOTEBOOK = "(whole notebook)"
 ALL_NOTEBOOKS = "(all notebooks)"
+# External validation (module docstring): the run on these collections' phantom roots, through notebook 07 ...
+EXTERNAL_COLLECTIONS: tuple[str, ...] = ("chexpert", "padchest")
+# ... with this profile (configs/rehearsal_external.yaml: no TorchXRayVision model, every film).
+EXTERNAL_PROFILE = "rehearsal_external"
 
 
 def root_for(size: str) -> Path:
@@ -134,11 +185,44 @@ def run_name_for(size: str) -> str:
     return f"rehearsal_{size}"
 
 
+def external_root_for(size: str, collection: str) -> Path:
+    return DATA_DIR / f"rehearsal_{size}_{collection}"
+
+
+def external_label(collection: str) -> str:
+    """What follows notebook 07's name (and its stages' context) for one collection: " (SYNTHETIC CheXpert)"."""
+    return f" (SYNTHETIC {collection_reader(collection).title})"
+
+
+def external_spec(collection: str, fraction: float, image_size: int, seed: int = 0) -> ExternalRootSpec:
+    """Every shipped row (``fraction`` 1), else that share of the collection's patients, whole and seeded."""
+    n_patients = None if fraction >= 1 else max(1, round(fraction * shipped_patients(collection)))
+    return ExternalRootSpec(collection, n_patients=n_patients, seed=seed, image_size=image_size)
+
+
+def _train_config(size: str, train_profile: str) -> TrainConfig:
+    return load_train_config(train_profile, {"data_root": str(root_for(size)), "name": run_name_for(size)})
+
+
 def _fresh_run(size: str, train_profile: str) -> None:
     """Delete the size's run folder and image cache, so training and the cache build are measured from scratch."""
-    config = load_train_config(train_profile, {"data_root": str(root_for(size)), "name": run_name_for(size)})
+    config = _train_config(size, train_profile)
     shutil.rmtree(config.run_dir, ignore_errors=True)
     shutil.rmtree(training_cache_dir(config), ignore_errors=True)
+
+
+@contextmanager
+def _stages_logged_to(log: Path) -> Iterator[None]:
+    """Stages recorded inside the block (and by the kernels started in it) go to ``log``; then as before."""
+    previous = os.environ.get(STAGE_LOG_VARIABLE)
+    os.environ[STAGE_LOG_VARIABLE] = str(log)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(STAGE_LOG_VARIABLE, None)
+        else:
+            os.environ[STAGE_LOG_VARIABLE] = previous
 
 
 def rehearse(size: str, reports_dir: Path, seed: int = 0) -> dict[str, Any]:
@@ -153,6 +237,7 @@ def rehearse(size: str, reports_dir: Path, seed: int = 0) -> dict[str, Any]:
         log.unlink(missing_ok=True)
     started = time.perf_counter()
     entries: dict[str, dict[str, Any]] = {}
+    external: dict[str, Any] = {"notebooks": {}, "collections": [], "records": [], "ok": True}
     try:
         os.environ[STAGE_LOG_VARIABLE] = str(logs[""])
         with stage_context(RUNNER_CONTEXT):
@@ -176,25 +261,92 @@ def rehearse(size: str, reports_dir: Path, seed: int = 0) -> dict[str, Any]:
                 code = reports.run_reports(PROFILE, [f"data_root={root_for(size)}", f"name={run_name_for(size)}"],
                                            into=notebooks_dir)
                 entries.update(_notebook_entries(notebooks_dir))
+            if code == 0:  # notebook 07 needs the trained, evaluated run
+                roots = {collection: (external_root_for(size, collection),
+                                      external_spec(collection, fraction, image_size, seed))
+                         for collection in EXTERNAL_COLLECTIONS}
+                external = rehearse_external(_train_config(size, profile["train_profile"]).run_dir, roots, out, size)
+                entries.update(external["notebooks"])
     finally:
         os.environ.pop(STAGE_LOG_VARIABLE, None)
     total = time.perf_counter() - started
     records = read_stage_log(logs[""]) + [
         {**record, "context": record["context"] + NO_IMAGES_LABEL} for record in read_stage_log(logs[NO_IMAGES_LABEL])
-    ]
-    manifest = json.loads((root_for(size) / "PHANTOM_DATASET.json").read_text())
+    ] + external["records"]
+    manifest = json.loads((root_for(size) / SYNTHETIC_MANIFEST_NAME).read_text())
     return {
         "size": size,
         "fraction": fraction,
         "images": manifest["images"],
         "patients": manifest["patients"],
         "image_size": image_size,
-        "ok": code == 0,
+        "ok": code == 0 and external["ok"],
         "total_seconds": round(total, 1),
         "notebooks": list(entries.values()),
+        "external": external["collections"],
         "stages": aggregate_stages([r for r in records if "stage" in r]),
         "events": [r for r in records if "event" in r],
     }
+
+
+def rehearse_external(run_dir: Path, roots: dict[str, tuple[Path, ExternalRootSpec]], out: Path, name: str,
+                      overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Build (if missing) each collection's phantom root, then run notebook 07 on it with the finished run.
+
+    ``roots``: collection -> (root folder, spec). Each build is a stage of the caller's stage
+    log ("build CheXpert root", context "rehearsal", its films counted, ``built`` False when
+    reused); notebook 07 runs through the reports runner (profile ``EXTERNAL_PROFILE`` with
+    ``overrides``), its reports in ``out/<name>_<collection>/`` and its stages in
+    ``out/<name>_<collection>_stages.jsonl``, read back under the context
+    "07_external_validation (SYNTHETIC CheXpert)". Every collection runs, whichever failed.
+
+    Returns ``notebooks`` (index entries by name, each with the films it scored as its work),
+    ``collections`` (per collection: root, films listed, patients, films scored, built,
+    status, headline, all marked synthetic), ``records`` (the notebooks' stage records) and
+    ``ok`` (every notebook ran).
+    """
+    result: dict[str, Any] = {"notebooks": {}, "collections": [], "records": [], "ok": True}
+    for collection, (root, spec) in roots.items():
+        title = collection_reader(collection).title
+        with stage_context(RUNNER_CONTEXT), stage(f"build {title} root") as facts:
+            facts["built"] = not external_root_is_built(root, spec)  # else reused: its time is no build's
+            ensure_external_root(root, spec)
+            manifest = json.loads((root / SYNTHETIC_MANIFEST_NAME).read_text())
+            facts["films"] = int(manifest["films_listed"])
+        label = external_label(collection)
+        log = out / f"{name}_{collection}_stages.jsonl"
+        log.unlink(missing_ok=True)
+        folder = out / f"{name}_{collection}"
+        print(f"== rehearsal ({name}): notebook 07 on {manifest['films_listed']:,} SYNTHETIC {title} films listed "
+              f"in {root}", flush=True)
+        with _stages_logged_to(log):
+            code = reports.run_reports(EXTERNAL_PROFILE, [f"run_dir={run_dir}", f"collection={collection}",
+                                                          f"external_root={root}", *overrides], into=folder)
+        result["records"] += [{**record, "context": record["context"] + label} for record in read_stage_log(log)]
+        saved = read_external(run_dir, collection) if code == 0 else None
+        scored = saved["summary"]["films_scored"] if saved else None
+        entries = _notebook_entries(folder, label)
+        for entry in entries.values():
+            if scored:  # the notebook's work is the films it scored, however they grew against NIH's
+                entry.update(item="films", items=int(scored))
+        result["notebooks"].update(entries)
+        entry = entries.get(reports.EXTERNAL_NOTEBOOK + label, {})
+        result["collections"].append({
+            "collection": collection, "title": title, "synthetic": True, "root": str(root),
+            "built": bool(facts["built"]), "films_listed": int(manifest["films_listed"]),
+            "patients": int(manifest["patients"]), "films_scored": scored, "notebook": reports.EXTERNAL_NOTEBOOK + label,
+            "status": entry.get("status", "not run"), "report": entry.get("report"),
+            "headline": _index_headline(folder),
+        })
+        result["ok"] = result["ok"] and code == 0
+    return result
+
+
+def _index_headline(reports_dir: Path) -> str:
+    """Notebook 07's headline in a reports folder's index, or ""."""
+    index = reports_dir / reports.INDEX_JSON_NAME
+    entries = json.loads(index.read_text()) if index.is_file() else {}
+    return str(entries.get(reports.EXTERNAL_NOTEBOOK, {}).get("headline", ""))
 
 
 def _notebook_entries(reports_dir: Path, suffix: str = "") -> dict[str, dict[str, Any]]:
@@ -285,7 +437,7 @@ def _timings(result: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     } for row in result["stages"]}
     found.update({(row["notebook"], WHOLE_NOTEBOOK): {
         "seconds": row["seconds"], "cpu_seconds": None, "others_cpu_seconds": None, "core_seconds": None,
-        "item": None, "items": None, "did_work": True,
+        "item": row.get("item"), "items": row.get("items"), "did_work": True,
     } for row in result["notebooks"] if row.get("seconds") is not None})
     return found
 
@@ -474,6 +626,7 @@ def render_page(document: dict[str, Any]) -> str:
         f"({r['image_size']} px), {r['total_seconds'] / 60:.1f} min in all; "
         + ", ".join(f"<a href='{html.escape(n['report'])}'>{html.escape(n['notebook'])}</a> ({n['status']})"
                     for n in r["notebooks"]) + "</li>"
+        + _external_lines(r.get("external", []))
         for size, r in sizes.items()
     )
     formats = {c: "{:,.1f}" for c in stages.columns if c.endswith(" s")}
@@ -489,6 +642,22 @@ def render_page(document: dict[str, Any]) -> str:
         min_seconds=f"{GROWTH_MIN_SECONDS:g}", limit=f"{GROWTH_EXPONENT_LIMIT:g}",
         limit_ratio=f"{4.09 ** GROWTH_EXPONENT_LIMIT:.1f}", busy=f"{BUSY_SHARE_LIMIT:.0%}",
     )
+
+
+def _external_lines(collections: list[dict[str, Any]]) -> str:
+    """A size's external collections: each root's films and patients, the films scored, notebook 07's headline."""
+    if not collections:
+        return ""
+    items = []
+    for c in collections:
+        scored = f"{c['films_scored']:,} frontal films scored" if c.get("films_scored") else "none scored"
+        link = (f"<a href='{html.escape(c['report'])}'>{html.escape(c['notebook'])}</a>" if c.get("report")
+                else html.escape(c["notebook"]))
+        items.append(f"<li><span class='tag'>SYNTHETIC</span> <b>{html.escape(c['title'])}</b>: "
+                     f"{c['films_listed']:,} films of {c['patients']:,} patients listed (root "
+                     f"{'built' if c['built'] else 'reused'}), {scored}; {link} ({html.escape(c['status'])})"
+                     + (f": {html.escape(c['headline'])}" if c.get("headline") else "") + "</li>")
+    return f"<ul>{''.join(items)}</ul>"
 
 
 GROWTH_TABLE_FORMATS = {"quarter CPU s": "{:,.1f}", "full CPU s": "{:,.1f}", "quarter wall s": "{:,.1f}",
@@ -546,15 +715,19 @@ table {{ border-collapse: collapse; margin: 1rem 0; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: .3rem .7rem; text-align: left; white-space: pre; }}
 th {{ background: #f4f4f4; }}
 .synthetic {{ background: #b00020; color: white; padding: .6em 1em; border-radius: 6px; }}
+.tag {{ background: #b00020; color: white; padding: 0 .3em; border-radius: 3px; font-size: 85%; }}
 </style></head><body>
 <h1>Full-size rehearsal</h1>
 <p class="synthetic"><b>SYNTHETIC DATA.</b> The films are tiny phantoms; the metadata, box list and radiologist
-labels are the real ones. These figures measure the code at the real dataset's size, not any model.</p>
+labels are the real ones (NIH ChestX-ray14's, and for notebook 07 CheXpert's and PadChest's, as torchxrayvision
+ships them). These figures measure the code at the real datasets' size, not any model.</p>
 <p>Generated {created} by <code>cxrutils rehearsal</code> on: {machine}.
 <a href="index.html">Back to the reports index</a>.</p>
 <h2>Budgets</h2>
 {checks}
 <h2>Sizes</h2>
+<p>At each size, after the NIH notebooks, notebook 07 scores the run on phantom roots of the external collections
+(every listed film at full size, a quarter of each collection's patients at quarter size).</p>
 <ul>{sizes}</ul>
 <h2>Growth</h2>
 <p>How each stage's time grows from a quarter of the rows to all of them, summed over the notebooks that run

@@ -401,3 +401,57 @@ def test_padchest_films_kept_flat_at_the_root_are_found(roots, tmp_path):
     films = load_external("padchest", root)
     assert films.missing == [] and films.films["present"].all()
     assert all(os.path.dirname(path) == str(root) for path in films.films["path"])
+
+
+# --------------------------------------------------------------------------- the full-size build, on a small sample
+
+
+def _written_files(root) -> dict[str, bytes]:
+    """Every film file under ``root`` (the markers and the metadata left out), by its path inside it."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            relative = os.path.relpath(path, root)
+            if relative not in ("README.md", "PHANTOM_DATASET.json", METADATA[os.path.basename(root)]):
+                with open(path, "rb") as handle:
+                    found[relative] = handle.read()
+    return found
+
+
+@pytest.mark.parametrize("collection", ["chexpert", "padchest"])
+def test_the_full_size_build_writes_every_listed_film_at_its_published_path_whatever_the_workers(
+        collection, tmp_path, monkeypatch):
+    # The full-size path (n_patients=None: every shipped row, written a chunk at a time by worker processes) on the
+    # first 150 shipped rows, in chunks of 40 so that two spawned workers share four chunks.
+    from cxrutils.demo import external_roots
+
+    shipped = external_roots.shipped_raw(collection).head(150)
+    monkeypatch.setattr(external_roots, "shipped_raw", lambda name: shipped.copy())
+    monkeypatch.setattr(external_roots, "_CHUNK_FILMS", 40)
+    spec = ExternalRootSpec(collection, n_patients=None, seed=5)
+    in_workers = build_external_root(tmp_path / "workers" / collection, spec, workers=2)
+    in_process = build_external_root(tmp_path / "process" / collection, spec, workers=1)
+
+    raw = _read_root_csv(collection, in_workers)
+    shipped_lines = _plain_csv(shipped_data_file({"chexpert": "chexpert_train.csv.gz",
+                                                  "padchest": PADCHEST_CSV}[collection])).head(150)
+    assert raw.equals(shipped_lines)  # every row kept, in the file's order
+    # Where each collection publishes a film, from its own CSV fields (CheXpert: Path below the dataset folder;
+    # PadChest: ImageDir/ImageID).
+    if collection == "chexpert":
+        expected = {os.path.join("CheXpert-v1.0-small", path.split("/", 1)[1]): frontal == "Frontal"
+                    for path, frontal in zip(raw["Path"], raw["Frontal/Lateral"])}
+    else:
+        expected = {os.path.join(folder, image): projection in PADCHEST_FRONTAL
+                    for folder, image, projection in zip(raw["ImageDir"], raw["ImageID"], raw["Projection"])}
+    written = _written_files(in_workers)
+    assert set(written) == set(expected) and sum(expected.values()) > 0  # one film per listed row, nothing else
+    for relative in expected:
+        film = read_image(in_workers / relative)
+        assert film.shape == (64, 64) and film.dtype == np.uint8 and film.std() > 0
+    assert written == _written_files(in_process)  # the same bytes however many processes wrote them
+    films = load_external(collection, in_workers)
+    assert films.missing == [] and films.films["present"].all()
+    assert sorted(os.path.relpath(path, in_workers) for path in films.films["path"]) == sorted(
+        relative for relative, frontal in expected.items() if frontal)
