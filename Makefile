@@ -50,13 +50,15 @@ reports: $(INSTALLED)  ## run the notebooks for PROFILE (e.g. make reports PROFI
 metadata-report: $(INSTALLED)  ## the EDA on the metadata shipped in torchxrayvision: no download needed
 	$(VENV)/bin/cxrutils reports --profile metadata
 
-test: $(INSTALLED)  ## run the test suite
-	$(VENV_PYTHON) -m pytest
+# A test process per core, at most 4 (each holds torch); session fixtures are built once for all of them.
+TEST_ARGS ?= -n auto --maxprocesses=4
+test: $(INSTALLED)  ## run the test suite (TEST_ARGS="" for one process)
+	$(VENV_PYTHON) -m pytest $(TEST_ARGS)
 
 mutation: $(INSTALLED)  ## mutants of stats/ and the evaluation: do the tests catch them? (~25 min) -> reports/mutation.json
 	nice -n 19 $(VENV_PYTHON) benchmarks/mutation.py $(MUTATION_ARGS)
 
-rehearsal: $(INSTALLED)  ## every notebook at the real dataset's size (112,120 phantom films), measured: reports/rehearsal.html
+rehearsal: $(INSTALLED)  ## every notebook at the real dataset's size (112,120 NIH phantom films; notebook 07 on phantom CheXpert and PadChest roots of every listed film), measured: reports/rehearsal.html
 	$(VENV)/bin/cxrutils rehearsal $(REHEARSAL_ARGS)
 
 bench: $(INSTALLED)  ## data path and training-epoch throughput (benchmarks/; add BENCH_ARGS="--preset gpu --both" on a GPU)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -20,20 +21,52 @@ FIXTURES = Path(__file__).parent / "helpers" / "fixtures"
 REUSE_VARIABLE = "CXRUTILS_TEST_FIXTURES"
 
 
-def built_once(name: str, tmp_path_factory: pytest.TempPathFactory, build: Callable[[Path], None]) -> Path:
-    """A folder that ``build`` fills: fresh for each session, or reused from $CXRUTILS_TEST_FIXTURES/<name>."""
-    reuse = os.environ.get(REUSE_VARIABLE)
-    if not reuse:
-        folder = tmp_path_factory.mktemp(name)
-        build(folder)
-        return folder
-    folder = Path(reuse) / name
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs a process per core): one thread per process for torch and BLAS.
+
+    Two processes of two threads each on two cores meet at OpenMP barriers while the other holds
+    a core, and spin: slower than one thread each. Children (kernels, torchrun) inherit it.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(variable, "1")
+
+
+def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """Under pytest-xdist, the folder above every worker's temporary root (pytest-xdist's documented recipe for a
+    session fixture built once for all workers); None in a single process."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    return tmp_path_factory.getbasetemp().parent
+
+
+def _build_marked(folder: Path, build: Callable[[Path], None]) -> Path:
+    """``build`` into ``folder`` unless a complete build (its ``.built`` mark) is there; a half build is redone."""
     if not (folder / ".built").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         build(folder)
         (folder / ".built").touch()
     return folder
+
+
+def built_once(name: str, tmp_path_factory: pytest.TempPathFactory, build: Callable[[Path], None],
+               reusable: bool = True) -> Path:
+    """A folder that ``build`` fills: once per test session (once for all pytest-xdist workers), or, when
+    ``reusable``, reused from $CXRUTILS_TEST_FIXTURES/<name> (what the code under test builds is not: a mutant must
+    build it again)."""
+    reuse = os.environ.get(REUSE_VARIABLE)
+    if reuse and reusable:
+        return _build_marked(Path(reuse) / name, build)
+    shared = _shared_root(tmp_path_factory)
+    if shared is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    # The first worker to ask builds it; the others wait on the lock, then find it built.
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_marked(shared / f"shared-{name}", build)
 
 
 def write_png(path: Path, size: int = 32, value: int = 128, mode: str = "L") -> Path:
@@ -109,18 +142,22 @@ def rendered_reports(tiny_phantom_root: Path, tmp_path_factory: pytest.TempPathF
     descriptors as it does for a user (inside pytest it does not), so what lands in the HTML and
     what reaches the terminal are what a user gets. Read-only: copy before changing.
     """
-    folder = tmp_path_factory.mktemp("rendered")
-    (folder / "no_weights").mkdir()
-    sets = [f"data_root={tiny_phantom_root}", f"runs_dir={folder / 'runs'}", f"cache_dir={folder / 'cache'}",
-            "name=tiny_reports", *_tiny_training_settings(), "n_bootstrap=50", f"weights_dir={folder / 'no_weights'}",
-            "integrity_check=quick"]
-    command = [sys.executable, "-m", "cxrutils", "reports", "--profile", "demo", "--reports-dir", str(folder / "reports"),
-               *[arg for text in sets for arg in ("--set", text)]]
-    environment = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
-                                                              environment.get("PYTHONPATH")]))
-    finished = subprocess.run(command, cwd=Path(__file__).parent.parent, env=environment, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=900)
+    def build(folder: Path) -> None:
+        (folder / "no_weights").mkdir()
+        sets = [f"data_root={tiny_phantom_root}", f"runs_dir={folder / 'runs'}", f"cache_dir={folder / 'cache'}",
+                "name=tiny_reports", *_tiny_training_settings(), "n_bootstrap=50",
+                f"weights_dir={folder / 'no_weights'}", "integrity_check=quick"]
+        command = [sys.executable, "-m", "cxrutils", "reports", "--profile", "demo", "--reports-dir",
+                   str(folder / "reports"), *[arg for text in sets for arg in ("--set", text)]]
+        environment = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
+                                                                  environment.get("PYTHONPATH")]))
+        finished = subprocess.run(command, cwd=Path(__file__).parent.parent, env=environment, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, timeout=900)
+        (folder / "terminal.txt").write_text(finished.stdout)
+        (folder / "returncode.txt").write_text(str(finished.returncode))
+
+    folder = built_once("rendered", tmp_path_factory, build, reusable=False)
     # Each run's reports have their own folder (reports/<run name>/); reports/index.html lists the runs.
-    return RenderedReports(folder / "reports" / "tiny_reports", folder / "runs" / "tiny_reports", finished.stdout,
-                           finished.returncode)
+    return RenderedReports(folder / "reports" / "tiny_reports", folder / "runs" / "tiny_reports",
+                           (folder / "terminal.txt").read_text(), int((folder / "returncode.txt").read_text()))
