@@ -50,8 +50,9 @@ reports: $(INSTALLED)  ## run the notebooks for PROFILE (e.g. make reports PROFI
 metadata-report: $(INSTALLED)  ## the EDA on the metadata shipped in torchxrayvision: no download needed
 	$(VENV)/bin/cxrutils reports --profile metadata
 
-# A test process per core, at most 4 (each holds torch); session fixtures are built once for all of them.
-TEST_ARGS ?= -n auto --maxprocesses=4
+# A test process per core, at most 4 (each holds torch); session fixtures are built once for all of them, and the
+# tests that start Jupyter kernels share one process (tests/conftest.py says why).
+TEST_ARGS ?= -n auto --maxprocesses=4 --dist loadgroup
 test: $(INSTALLED)  ## run the test suite (TEST_ARGS="" for one process)
 	$(VENV_PYTHON) -m pytest $(TEST_ARGS)
 

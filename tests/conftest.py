@@ -32,6 +32,19 @@ def pytest_configure(config: pytest.Config) -> None:
             os.environ.setdefault(variable, "1")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that starts Jupyter kernels (marked ``notebook``, or reading the reports rendered once) runs in
+    one pytest-xdist worker (``--dist loadgroup``, as ``make test`` runs).
+
+    jupyter_client picks a kernel's five TCP ports by binding to port 0 and letting go: two
+    kernels started at the same moment by two processes can be handed the same ports, and a
+    client then reads the other kernel's messages ("Invalid Signature", "Kernel didn't respond").
+    """
+    for item in items:
+        if item.get_closest_marker("notebook") or "rendered_reports" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("kernels"))
+
+
 def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     """Under pytest-xdist, the folder above every worker's temporary root (pytest-xdist's documented recipe for a
     session fixture built once for all workers); None in a single process."""

@@ -9,6 +9,8 @@ from cxrutils.publish import runner as reports
 from cxrutils.settings import SettingsError, apply_overrides, load_profile, parse_override
 from cxrutils.summary import SUMMARY_NAME, write_summary
 
+pytestmark = pytest.mark.notebook  # the reports runner starts Jupyter kernels
+
 
 def test_overrides_keep_their_yaml_types():
     assert parse_override("seed=3") == ("seed", 3)
