@@ -50,10 +50,10 @@ reports: $(INSTALLED)  ## run the notebooks for PROFILE (e.g. make reports PROFI
 metadata-report: $(INSTALLED)  ## the EDA on the metadata shipped in torchxrayvision: no download needed
 	$(VENV)/bin/cxrutils reports --profile metadata
 
-# A test process per core, at most 4 (each holds torch); session fixtures are built once for all of them, and the
-# tests that start Jupyter kernels share one process (tests/conftest.py says why).
-TEST_ARGS ?= -n auto --maxprocesses=4 --dist loadgroup
-test: $(INSTALLED)  ## run the test suite (TEST_ARGS="" for one process)
+# Arguments for pytest, e.g. TEST_ARGS="-k localization". One process: a pytest-xdist run (-n 2 --dist loadgroup)
+# hung once in a kernel test and is not the default until that is understood (tests/conftest.py).
+TEST_ARGS ?=
+test: $(INSTALLED)  ## run the test suite (TEST_ARGS="-k ..." passes arguments to pytest)
 	$(VENV_PYTHON) -m pytest $(TEST_ARGS)
 
 mutation: $(INSTALLED)  ## mutants of stats/ and the evaluation: do the tests catch them? (~25 min) -> reports/mutation.json

@@ -33,8 +33,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that starts Jupyter kernels (marked ``notebook``, or reading the reports rendered once) runs in
-    one pytest-xdist worker (``--dist loadgroup``, as ``make test`` runs).
+    """Under pytest-xdist (``--dist loadgroup``; not ``make test``'s default: one such run hung in a kernel test),
+    every test that starts Jupyter kernels (marked ``notebook``, or reading the reports rendered once) runs in one
+    worker.
 
     jupyter_client picks a kernel's five TCP ports by binding to port 0 and letting go: two
     kernels started at the same moment by two processes can be handed the same ports, and a
