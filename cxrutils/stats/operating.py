@@ -281,20 +281,23 @@ def operating_point_intervals(
     row = 0
     val_draws = _patient_draw_chunks(n_val_patients, n_resamples, seed + VALIDATION_SEED_OFFSET)
     test_draws = _patient_draw_chunks(n_test_patients, n_resamples, seed)
-    for val_counts, test_counts in zip(val_draws, test_draws):
-        rows = slice(row, row + len(val_counts))
-        for k in range(n_classes):
-            # one cumulative sum per class and chunk on each side, shared by every rule
-            val_tp, val_fp = val_curves[k].counts(val_counts[:, val_codes[val_curves[k].order]])
-            test_tp, test_fp = test_curves[k].counts(test_counts[:, test_codes[test_curves[k].order]])
-            chosen = thresholds_from_counts(val_tp, val_fp, val_curves[k].values, rules)
-            for rule in rules:
-                cut = chosen[rule.name]
-                sampled_thresholds[rule.name][rows, k] = cut
-                for metric, values in rates_from_counts(test_tp, test_fp, test_curves[k].values, cut).items():
-                    sampled[rule.name][metric][rows, k] = values
-        row += len(val_counts)
-        bar.update(len(val_counts))
+    block = _cache_sized_rows(max(val_y.shape[0], test_y.shape[0]))
+    for val_chunk, test_chunk in zip(val_draws, test_draws):
+        for start in range(0, len(val_chunk), block):
+            val_counts, test_counts = val_chunk[start:start + block], test_chunk[start:start + block]
+            rows = slice(row + start, row + start + len(val_counts))
+            for k in range(n_classes):
+                # one cumulative sum per class and block on each side, shared by every rule
+                val_tp, val_fp = val_curves[k].counts(val_counts[:, val_codes[val_curves[k].order]])
+                test_tp, test_fp = test_curves[k].counts(test_counts[:, test_codes[test_curves[k].order]])
+                chosen = thresholds_from_counts(val_tp, val_fp, val_curves[k].values, rules)
+                for rule in rules:
+                    cut = chosen[rule.name]
+                    sampled_thresholds[rule.name][rows, k] = cut
+                    for metric, values in rates_from_counts(test_tp, test_fp, test_curves[k].values, cut).items():
+                        sampled[rule.name][metric][rows, k] = values
+        row += len(val_chunk)
+        bar.update(len(val_chunk))
     bar.close()
 
     val_prevalence, test_prevalence = val_y.mean(axis=0), test_y.mean(axis=0)
@@ -336,6 +339,18 @@ def operating_point_intervals(
 # --------------------------------------------------------------------------- average precision
 
 
+# Resamples x films arrays above a few MB leave the CPU's cache, and each of the curve's steps (gather, cumulative
+# sums, precision) then streams them through memory: at the full NIH test split (25,596 films) 128-resample blocks
+# took 8x the time of a quarter-size split for 4x the films. Blocks of about this many elements (256 KB of float64)
+# stay cache-sized; the draws themselves are unchanged, only the arithmetic is blocked.
+_CACHE_BLOCK_ELEMENTS = 1 << 15
+
+
+def _cache_sized_rows(films: int) -> int:
+    """Resamples per block so that a (block, films) float64 array stays about ``_CACHE_BLOCK_ELEMENTS`` elements."""
+    return max(1, _CACHE_BLOCK_ELEMENTS // max(1, films))
+
+
 def _average_precision_from_counts(tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
     """Average precision (sklearn's step rule) per row of ``ResampledCurve.counts``; NaN without positive weight."""
     positives = tp[:, -1]
@@ -371,10 +386,13 @@ def bootstrap_average_precision(
     codes, n_patients = _patient_codes(patient_ids, y.shape[0])
     curves = [ResampledCurve.of(y[:, k].astype(bool), s[:, k]) for k in range(y.shape[1])]
     row = 0
+    block = _cache_sized_rows(y.shape[0])
     for counts in _patient_draw_chunks(n_patients, n_resamples, seed):
-        for k, curve in enumerate(curves):
-            samples[row:row + len(counts), k] = _average_precision_from_counts(
-                *curve.counts(counts[:, codes[curve.order]]))
+        for start in range(0, len(counts), block):
+            rows = counts[start:start + block]
+            for k, curve in enumerate(curves):
+                samples[row + start:row + start + len(rows), k] = _average_precision_from_counts(
+                    *curve.counts(rows[:, codes[curve.order]]))
         row += len(counts)
     rows = []
     for k, name in enumerate(names):
