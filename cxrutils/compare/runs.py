@@ -9,18 +9,22 @@ patient-clustered paired DeLong test with Holm and Benjamini-Hochberg over the
 findings, and paired patient-bootstrap intervals of the differences; every run is
 scored on the same resamples). It returns a ``RunsComparison``; ``write_runs_comparison``
 saves it as ``runs_compared.json`` in a comparison folder, ``runs/comparisons/<name>/`` by
-default. Notebook 06 and ``cxrutils compare-runs`` both call it. Display lives in
-``cxrutils.show.runs_view``.
+default. Notebook 06 and ``cxrutils compare-runs`` both call it; the notebook also puts a
+copy beside its report (``copy_beside_report``), which the index of reports links. Display
+lives in ``cxrutils.show.runs_view``.
 
 **Seeds.** Runs whose settings are the same but for ``seed`` (and settings that do
 not change what a run learns: its name and folders) form a seed group. For each group
 with two or more runs, each figure (every finding's test AUROC and their mean) gets
 its mean, standard deviation and range across seeds, beside the single runs' bootstrap
-intervals. Two groups' difference *exceeds the seed spread* when it is larger than
-twice its seed standard error, ``2 * s * sqrt(1/n1 + 1/n2)``, with ``s`` the seed
-standard deviation pooled over every group with two or more seeds: roughly a
-two-sided 5% test that treats ``s`` as known. With two or three seeds ``s`` is itself
-uncertain, so the rule says which differences stand out, not which are proven.
+intervals. Every pair of groups is compared (B - A, C - A, C - B, ...: each group minus
+every group given before it), not only each group with the first: the difference that
+matters may be between two recipes that are both not the first. Two groups' difference
+*exceeds the seed spread* when it is larger than twice its seed standard error,
+``2 * s * sqrt(1/n1 + 1/n2)``, with ``s`` the seed standard deviation pooled over every
+group with two or more seeds: roughly a two-sided 5% test that treats ``s`` as known,
+not adjusted for the number of pairs and figures. With two or three seeds ``s`` is
+itself uncertain, so the rule says which differences stand out, not which are proven.
 
 Run names are folder names, which may hold anything a file system allows: they are
 data, never markup (the display escapes them), and the comparison's own folder name
@@ -301,32 +305,40 @@ def pooled_seed_sd(spread: pd.DataFrame) -> pd.Series:
 
 
 def between_groups(spread: pd.DataFrame, groups: Sequence[SeedGroup]) -> pd.DataFrame:
-    """Each group against the first: per figure, the difference of the group means, its seed SE and the verdict.
+    """Every pair of groups: per figure, the later group's mean minus the earlier one's, its seed SE and the verdict.
 
+    The pairs come in the order B - A, C - A, C - B, D - A, ... (``group`` minus
+    ``other_group``, each group against every group given before it), so with three or
+    more recipes the ones after the first are also compared with each other.
     ``seed_se = pooled SD * sqrt(1/n1 + 1/n2)``; ``exceeds_spread`` is True when
     ``|difference| > SPREAD_FACTOR * seed_se``, None where no group has two seeds.
     """
-    columns = ["group", "reference_group", "finding", "difference", "seed_se", "threshold", "exceeds_spread"]
+    columns = ["group", "other_group", "finding", "difference", "seed_se", "threshold", "exceeds_spread"]
     if len(groups) < 2:
         return pd.DataFrame(columns=columns)
     pooled = pooled_seed_sd(spread)
     means = spread.set_index(["group", "finding"])
-    first = groups[0]
     rows = []
-    for group in groups[1:]:
-        for figure in pooled.index:
-            difference = means.loc[(group.label, figure), "mean"] - means.loc[(first.label, figure), "mean"]
-            se = pooled[figure] * math.sqrt(1 / len(group.runs) + 1 / len(first.runs))
-            known = bool(np.isfinite(se) and np.isfinite(difference))  # no seed spread, or no figure to compare
-            rows.append({"group": group.label, "reference_group": first.label, "finding": figure,
-                         "difference": float(difference), "seed_se": se if known else np.nan,
-                         "threshold": SPREAD_FACTOR * se if known else np.nan,
-                         "exceeds_spread": bool(abs(difference) > SPREAD_FACTOR * se) if known else None})
+    for later, group in enumerate(groups):
+        for other in groups[:later]:
+            for figure in pooled.index:
+                difference = means.loc[(group.label, figure), "mean"] - means.loc[(other.label, figure), "mean"]
+                se = pooled[figure] * math.sqrt(1 / len(group.runs) + 1 / len(other.runs))
+                known = bool(np.isfinite(se) and np.isfinite(difference))  # no seed spread, or no figure to compare
+                rows.append({"group": group.label, "other_group": other.label, "finding": figure,
+                             "difference": float(difference), "seed_se": se if known else np.nan,
+                             "threshold": SPREAD_FACTOR * se if known else np.nan,
+                             "exceeds_spread": bool(abs(difference) > SPREAD_FACTOR * se) if known else None})
     return pd.DataFrame(rows, columns=columns)
 
 
+def group_pairs(between: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (group, other group) pairs of ``between_groups``' table, in its order."""
+    return list(dict.fromkeys(zip(between["group"], between["other_group"])))
+
+
 def spread_sentence(groups: Sequence[SeedGroup], between: pd.DataFrame) -> str:
-    """One sentence (or two) saying which differences between groups exceed the seed spread."""
+    """One sentence (or two) saying which differences between groups, every pair of them, exceed the seed spread."""
     seeded = [g for g in groups if g.has_spread]
     if len(groups) == 1:
         if not seeded:
@@ -338,12 +350,12 @@ def spread_sentence(groups: Sequence[SeedGroup], between: pd.DataFrame) -> str:
                 "groups can be set against it: train more seeds of each recipe (cxrutils train --config PROFILE "
                 "--seeds 0 1 2).")
     parts = []
-    for group in groups[1:]:
-        rows = between[between["group"] == group.label]
+    for label, other in group_pairs(between):
+        rows = between[(between["group"] == label) & (between["other_group"] == other)]
         mean = rows[rows["finding"] == MEAN_ROW]
         findings = rows[rows["finding"] != MEAN_ROW]
         above = findings[findings["exceeds_spread"] == True]  # noqa: E712 (None: unknown)
-        text = f"group {group.label} minus group {groups[0].label}: "
+        text = f"group {label} minus group {other}: "
         if len(mean) and mean.iloc[0]["exceeds_spread"] is not None:
             row = mean.iloc[0]
             verdict = "exceeds" if row["exceeds_spread"] else "is within"
@@ -357,7 +369,8 @@ def spread_sentence(groups: Sequence[SeedGroup], between: pd.DataFrame) -> str:
         parts.append(text)
     pooled_from = ", ".join(f"{g.label} ({len(g.runs)} seeds)" for g in seeded)
     over = "group" if len(seeded) == 1 else "groups"
-    return f"Against the seed spread (SD pooled over {over} {pooled_from}): " + "; ".join(parts) + "."
+    pairs = "" if len(parts) == 1 else f", each of the {len(parts)} pairs of groups"
+    return f"Against the seed spread (SD pooled over {over} {pooled_from}){pairs}: " + "; ".join(parts) + "."
 
 
 # --------------------------------------------------------------------------- the comparison
@@ -482,7 +495,8 @@ class RunsComparison:
                              "title": g.title} for g in self.groups],
             "seed_spread": self.spread,
             "between_groups": self.between,
-            "spread_rule": f"|difference| > {SPREAD_FACTOR:g} x pooled seed SD x sqrt(1/n1 + 1/n2)",
+            "spread_rule": f"every pair of groups: |difference| > {SPREAD_FACTOR:g} x pooled seed SD x "
+                           "sqrt(1/n1 + 1/n2)",
             "spread_sentence": self.spread_sentence,
             "history": {run.name: None if run.history is None else
                         run.history[[c for c in HISTORY_COLUMNS if c in run.history.columns]]
@@ -490,10 +504,15 @@ class RunsComparison:
             "caveats": self.caveats,
         })
 
-    def summary_facts(self, comparison_json: Path) -> dict[str, Any]:
-        """The keyword arguments for ``cxrutils.summary.write_summary``."""
+    def summary_facts(self, comparison_json: Path, report_copy: Path | None = None) -> dict[str, Any]:
+        """The keyword arguments for ``cxrutils.summary.write_summary``.
+
+        ``comparison_json``: the saved comparison (in runs/comparisons/); ``report_copy``: its copy in the notebook's
+        output folder (``copy_beside_report``), which the index of reports links (``result_json``, by file name).
+        """
+        copy = {"result_json": Path(report_copy).name} if report_copy is not None else {}
         return {"headline": self.headline, "data_source": self.data_source, "synthetic": self.synthetic,
-                "comparison_json": str(comparison_json), "runs": self.names, "split": self.split,
+                "comparison_json": str(comparison_json), **copy, "runs": self.names, "split": self.split,
                 "mean_auroc_difference": {name: self.mean_difference(name) for name in self.pairs},
                 "spread_sentence": self.spread_sentence}
 
@@ -594,3 +613,15 @@ def write_runs_comparison(result: RunsComparison, folder: str | os.PathLike[str]
     target = resolve(folder)
     target.mkdir(parents=True, exist_ok=True)
     return files.write_json(target / COMPARISON_JSON, result.to_document())
+
+
+def copy_beside_report(saved: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> Path:
+    """``output_dir/runs_compared.json``: the saved comparison beside its report, where the index of reports links it.
+
+    The reports folder is read and shared without the runs folder, so its links stay inside
+    it. A hard link where the file system allows (else a copy): a later ``compare-runs``
+    that rewrites the original makes a new file, and this one stays what the report showed.
+    """
+    target = resolve(output_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    return files.atomic_same_file(resolve(saved), target / COMPARISON_JSON)

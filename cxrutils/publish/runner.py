@@ -6,7 +6,8 @@ Every notebook receives the same training profile and settings (``train_profile`
 ``settings``: the data root, its split, the run's name; see ``cxrutils.settings``), so
 they all describe one split of one dataset; plus the profile's notebook parameters
 that its ``parameters`` cell declares, and ``output_dir`` (``<run's reports>/<notebook>/``),
-where it writes ``report_summary.json`` (status, data source, headline figures).
+where it writes ``report_summary.json`` (status, data source, headline figures; and
+``result_json``, the file name of the results JSON it saved there, which the indexes link).
 ``--set KEY=VALUE`` changes a training setting or a notebook parameter, whichever KEY
 names.
 
@@ -50,6 +51,9 @@ KERNEL_NAME = "cxrutils"
 # Parameters the runner fills for every notebook from the profile; --set reaches them through the settings.
 SHARED_PARAMETERS = {"train_profile", "settings", "output_dir"}
 INDEX_JSON_NAME = "index.json"
+# A summary fact: the file name of the results JSON a notebook saved into its output_dir (notebook 06's
+# runs_compared.json), linked beside its report. Links stay inside the reports folder, which is shared without runs/.
+RESULT_JSON_FACT = "result_json"
 # Pages other commands write beside a run's reports, linked from its index when present.
 EXTRA_PAGES = {
     "model_card.html": "Model card: the trained run's data, training, evaluation and limitations, from its run folder",
@@ -182,6 +186,12 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, 
         error = (f"the notebook finished without writing {SUMMARY_NAME}: its last cell must call "
                  "cxrutils.summary.write_summary(output_dir, ...)")
     summary = json.loads(summary_path.read_text()) if error is None else {}
+    result_json = None
+    if RESULT_JSON_FACT in summary:
+        try:
+            result_json = result_json_link(summary.pop(RESULT_JSON_FACT), output_dir)
+        except ValueError as err:
+            error, summary = str(err), {}
     status = "failed" if error else summary.pop("status", "ok")
     return {
         "notebook": notebook.stem,
@@ -192,8 +202,36 @@ def run_notebook(notebook: Path, parameters: dict[str, Any], reports_dir: Path, 
         "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
         "parameters": passed,
         "thumbnail": f"{notebook.stem}/{THUMBNAIL_NAME}" if thumbnail else None,
+        RESULT_JSON_FACT: result_json,
         **summary,
     }
+
+
+def result_json_link(name: Any, output_dir: Path) -> str:
+    """The results JSON a notebook's summary names, as the index links it: ``<output_dir's name>/<name>``.
+
+    ``ValueError`` unless ``name`` is the plain name of a JSON file in ``output_dir``: a
+    link to a missing file, or out of the reports folder, would lead nowhere where the
+    reports are shared.
+    """
+    if not isinstance(name, str) or not name.endswith(".json") or Path(name).name != name or name.startswith("."):
+        raise ValueError(f"the notebook's {SUMMARY_NAME} gives {RESULT_JSON_FACT}={name!r}: it must be the file name "
+                         f"of a JSON file the notebook wrote into its output_dir ({output_dir})")
+    if not (output_dir / name).is_file():
+        raise ValueError(f"the notebook's {SUMMARY_NAME} gives {RESULT_JSON_FACT}={name!r}, but {output_dir / name} "
+                         "does not exist: write the file into output_dir before the summary")
+    return f"{output_dir.name}/{name}"
+
+
+def _result_json_html(entry: dict[str, Any], reports_dir: Path, href_prefix: str = "") -> str:
+    """A link to the entry's results JSON under its report's link, when the file is there; '' otherwise."""
+    link = entry.get(RESULT_JSON_FACT)
+    # index.json may come from elsewhere (the index of runs reads every folder): a link never leaves its folder.
+    if not isinstance(link, str) or Path(link).is_absolute() or ".." in Path(link).parts \
+            or not (reports_dir / link).is_file():
+        return ""
+    return (f"<div class='files'><a href='{href_prefix}{html_text(quote(link))}'>{html_text(Path(link).name)}</a>"
+            "</div>")
 
 
 def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path, in_runs_index: bool = True,
@@ -227,6 +265,7 @@ def write_index(entries: list[dict[str, Any]], profile: str, reports_dir: Path, 
         report_page = html_text(f"{name}.html")
         has_page = (reports_dir / f"{name}.html").is_file()
         link = f"<a href='{report_page}'>{html_text(name)}</a>" if has_page else html_text(name)
+        link += _result_json_html(entry, reports_dir)
         headline = f"<div class='headline'>{html_text(str(entry.get('headline', '')))}</div>"
         thumbnail = entry.get("thumbnail")
         if thumbnail and (reports_dir / thumbnail).is_file():
@@ -293,7 +332,7 @@ def write_runs_index(reports_dir: Path) -> Path:
 
 def _comparison_rows(reports_dir: Path, group: str = COMPARISONS_FOLDER) -> list[str]:
     """One row per folder of reports/<group>/ (comparisons/: notebook 06's reports; external/: notebook 07's), newest
-    first, names escaped and quoted."""
+    first, names escaped and quoted; with a link to the results JSON saved beside the report when there is one."""
     rows = []
     for index_json in (reports_dir / group).glob(f"*/{INDEX_JSON_NAME}"):
         try:
@@ -310,7 +349,8 @@ def _comparison_rows(reports_dir: Path, group: str = COMPARISONS_FOLDER) -> list
         source = html_text(str(entry.get("data_source", "")))
         if entry.get("synthetic"):
             source = f"<span class='synthetic'>SYNTHETIC</span> {source.removeprefix('SYNTHETIC ')}"
-        lines.append(f"<tr><td><a href='{href}/{INDEX_PAGE}'>{html_text(folder.name)}</a></td>"
+        files_link = _result_json_html(entry, folder, href_prefix=f"{href}/")
+        lines.append(f"<tr><td><a href='{href}/{INDEX_PAGE}'>{html_text(folder.name)}</a>{files_link}</td>"
                      f"<td class='status {html_text(status.replace(' ', '-'))}'>{html_text(status)}</td>"
                      f"<td><div class='headline'>{html_text(str(entry.get('headline', '')))}</div></td>"
                      f"<td>{source}</td><td>{html_text(finished)}</td></tr>")
@@ -362,6 +402,7 @@ th {{ background: #f4f4f4; }}
 .reason {{ font-weight: normal; font-size: .85em; color: #555; }}
 .synthetic {{ background: #b00020; color: white; padding: 0 .3em; border-radius: 3px; font-size: .85em; }}
 .headline {{ font-weight: 600; }}
+.files {{ font-size: .85em; }}
 .thumbnail {{ display: block; max-width: 240px; max-height: 160px; margin-bottom: .3rem; border: 1px solid #ddd; }}
 </style>"""
 

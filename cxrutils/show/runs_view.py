@@ -225,16 +225,17 @@ def seed_spread_display(result: RunsComparison) -> Styler:
 
 
 def between_display(result: RunsComparison) -> Styler | HTML:
-    """Each group against the first: the difference of group means, twice its seed SE, and the verdict."""
+    """Every pair of groups (B - A, C - A, C - B, ...): the difference of group means, twice its seed SE, the verdict."""
     if result.between.empty:
         return HTML("")
     shown = result.between.copy()
     shown["verdict"] = shown["exceeds_spread"].map({True: "exceeds the seed spread", False: "within the seed spread",
                                                     None: "unknown: no group has two seeds"})
-    shown = shown.set_index(["group", "finding"])[["difference", "threshold", "verdict"]]
+    shown["groups"] = [f"{group} minus {other}" for group, other in zip(shown["group"], shown["other_group"])]
+    shown = shown.set_index(["groups", "finding"])[["difference", "threshold", "verdict"]]
     shown = shown.rename(columns={"difference": "difference of group means",
                                   "threshold": f"{SPREAD_FACTOR:g} x seed SE"})
-    return table(shown, caption="Group minus the first group, against the seed spread")
+    return table(shown, caption="Every pair of groups, the later minus the earlier, against the seed spread")
 
 
 def spread_box(result: RunsComparison) -> HTML:

@@ -222,46 +222,66 @@ def test_settings_that_differ_are_listed_and_seeds_group_runs_with_their_spread(
              write_run(runs_dir / "a2", perturbed(films, 0.5, 2), seed=2),
              write_run(runs_dir / "b0", perturbed(films, 0.5, 3, shift=0.4), seed=0, lr=0.01),
              write_run(runs_dir / "b1", perturbed(films, 0.5, 4, shift=0.4), seed=1, lr=0.01,
-                       record={"device": "cuda"})]
+                       record={"device": "cuda"}),
+             write_run(runs_dir / "c0", perturbed(films, 0.5, 5, shift=1.2), seed=0, lr=0.1)]
     record = json.loads((paths[1] / "config.json").read_text())
     record.pop("arch", None)
     (paths[1] / "config.json").write_text(json.dumps(record))
     result = compare_runs(paths, n_bootstrap=100)
 
     assert list(result.settings_table.index) == ["lr", "seed"]  # names and folders are not the recipe
-    assert list(result.settings_table.loc["lr"]) == [0.001, 0.001, 0.001, 0.01, 0.01]
+    assert list(result.settings_table.loc["lr"]) == [0.001, 0.001, 0.001, 0.01, 0.01, 0.1]
     assert list(result.facts_table.index) == ["device"]
     assert [(g.label, g.runs, g.seeds, g.settings) for g in result.groups] == [
-        ("A", ["a0", "a1", "a2"], [0, 1, 2], {"lr": 0.001}), ("B", ["b0", "b1"], [0, 1], {"lr": 0.01})]
+        ("A", ["a0", "a1", "a2"], [0, 1, 2], {"lr": 0.001}), ("B", ["b0", "b1"], [0, 1], {"lr": 0.01}),
+        ("C", ["c0"], [0], {"lr": 0.1})]
 
     per_run = result.per_run.set_index(["run", "finding"])["auroc"]
     spread = result.spread.set_index(["group", "finding"])
+    members = {"A": ["a0", "a1", "a2"], "B": ["b0", "b1"], "C": ["c0"]}
     values = {group: {f: np.array([per_run[(run, f)] for run in runs]) for f in [*FINDINGS, MEAN_ROW]}
-              for group, runs in (("A", ["a0", "a1", "a2"]), ("B", ["b0", "b1"]))}
+              for group, runs in members.items()}
     for group in ("A", "B"):
         for figure in ("Effusion", MEAN_ROW):
             assert spread.loc[(group, figure), "mean"] == pytest.approx(values[group][figure].mean())
             assert spread.loc[(group, figure), "sd"] == pytest.approx(values[group][figure].std(ddof=1))
             assert spread.loc[(group, figure), "max"] == pytest.approx(values[group][figure].max())
-    # Between groups: the difference of the means against twice the pooled seed SD x sqrt(1/3 + 1/2).
-    between = result.between.set_index("finding")
-    for figure in [*FINDINGS, MEAN_ROW]:
-        a, b = values["A"][figure], values["B"][figure]
-        pooled = math.sqrt((2 * a.var(ddof=1) + 1 * b.var(ddof=1)) / 3)
-        threshold = SPREAD_FACTOR * pooled * math.sqrt(1 / 3 + 1 / 2)
-        assert between.loc[figure, "difference"] == pytest.approx(b.mean() - a.mean())
-        assert between.loc[figure, "threshold"] == pytest.approx(threshold)
-        assert between.loc[figure, "exceeds_spread"] is (abs(b.mean() - a.mean()) > threshold)
+    assert np.isnan(spread.loc[("C", MEAN_ROW), "sd"])  # one run: no spread of its own
+    # Every pair of groups, not only each against the first: C - B too. The difference of the means against twice
+    # the seed SD pooled over A and B (C has one run) x sqrt(1/n1 + 1/n2).
+    assert list(dict.fromkeys(zip(result.between["group"], result.between["other_group"]))) == [
+        ("B", "A"), ("C", "A"), ("C", "B")]
+    between = result.between.set_index(["group", "other_group", "finding"])
+    for group, other in (("B", "A"), ("C", "A"), ("C", "B")):
+        n1, n2 = len(members[group]), len(members[other])
+        for figure in [*FINDINGS, MEAN_ROW]:
+            a, b = values["A"][figure], values["B"][figure]
+            pooled = math.sqrt((2 * a.var(ddof=1) + 1 * b.var(ddof=1)) / 3)
+            threshold = SPREAD_FACTOR * pooled * math.sqrt(1 / n1 + 1 / n2)
+            difference = values[group][figure].mean() - values[other][figure].mean()
+            row = between.loc[(group, other, figure)]
+            assert row["difference"] == pytest.approx(difference)
+            assert row["threshold"] == pytest.approx(threshold)
+            assert row["exceeds_spread"] is (abs(difference) > threshold)
     sentence = result.spread_sentence
-    mean_exceeds = between.loc[MEAN_ROW, "exceeds_spread"]
-    assert mean_exceeds  # group B was made better on every finding (shift 0.4)
-    assert "group B minus group A: the mean AUROC difference" in sentence and "exceeds the seed spread" in sentence
-    exceeding = [f for f in FINDINGS if between.loc[f, "exceeds_spread"]]
-    assert f"{len(exceeding)} of 14 findings' differences exceed it" in sentence
-    assert all(f in sentence for f in exceeding)
+    # Group B was made better on every finding (shift 0.4), group C better still (shift 1.2).
+    assert between.loc[("B", "A", MEAN_ROW), "exceeds_spread"] and between.loc[("C", "B", MEAN_ROW), "exceeds_spread"]
+    assert "each of the 3 pairs of groups" in sentence
+    for group, other in (("B", "A"), ("C", "A"), ("C", "B")):
+        part = sentence.split(f"group {group} minus group {other}: ")[1].split(";")[0]
+        assert part.startswith("the mean AUROC difference") and "exceeds the seed spread" in part
+        exceeding = [f for f in FINDINGS if between.loc[(group, other, f), "exceeds_spread"]]
+        named = sentence.split(f"group {group} minus group {other}: ")[1].split("; group ")[0]
+        assert f"{len(exceeding)} of 14 findings' differences exceed it" in named
+        assert all(f in named for f in exceeding)
+    shown = runs_view.between_display(result).to_html()
+    assert "C minus B" in shown and "C minus A" in shown and "B minus A" in shown
     saved = result.to_document()
     assert saved["seed_groups"][1]["settings"] == {"lr": 0.01}
-    assert saved["settings_differences"]["lr"] == {"a0": 0.001, "a1": 0.001, "a2": 0.001, "b0": 0.01, "b1": 0.01}
+    assert saved["settings_differences"]["lr"] == {"a0": 0.001, "a1": 0.001, "a2": 0.001, "b0": 0.01, "b1": 0.01,
+                                                   "c0": 0.1}
+    assert {(row["group"], row["other_group"]) for row in saved["between_groups"]} == {("B", "A"), ("C", "A"),
+                                                                                       ("C", "B")}
 
 
 def test_without_two_seeds_of_a_recipe_the_sentence_says_the_spread_is_unknown(films, tmp_path):
@@ -319,10 +339,16 @@ def test_the_index_of_runs_lists_comparisons_escaped_and_quoted(tmp_path):
     folder.mkdir(parents=True)
     (folder / runner.INDEX_JSON_NAME).write_text(json.dumps({"06_runs_compared": {
         "status": "ok", "headline": "mean AUROC <b> - a +0.010", "synthetic": True,
-        "data_source": "SYNTHETIC phantom dataset", "finished_at": "2026-12-05T20:00:00"}}))
+        "data_source": "SYNTHETIC phantom dataset", "finished_at": "2026-12-05T20:00:00",
+        "result_json": f"06_runs_compared/{COMPARISON_JSON}"}}))
     page = runner.write_runs_index(tmp_path / "reports").read_text()
     assert "<h2>Runs compared</h2>" in page and "href='comparisons/a%23b/index.html'" in page
     assert "mean AUROC &lt;b&gt; - a +0.010" in page and "class='synthetic'" in page
+    assert COMPARISON_JSON not in page  # the JSON the entry names is not there: no link to nothing
+    (folder / "06_runs_compared").mkdir()
+    (folder / "06_runs_compared" / COMPARISON_JSON).write_text("{}")
+    page = runner.write_runs_index(tmp_path / "reports").read_text()
+    assert f"href='comparisons/a%23b/06_runs_compared/{COMPARISON_JSON}'>{COMPARISON_JSON}</a>" in page
 
 
 def test_the_runs_compared_notebook_runs_only_when_a_profile_names_it():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,17 @@ def test_notebook_06_shows_every_item_and_saves_what_it_shows(tmp_path: Path):
     assert saved["settings_differences"]["lr"][HOSTILE] == 0.01
     assert set(saved["history"]) == {"base", "base_seed1", HOSTILE} and len(saved["history"][HOSTILE]) == 4
     # The comparison's own index links back to the index of runs, which lists it.
-    assert "href='../../index.html'" in (folder / "index.html").read_text()
+    index_page = (folder / "index.html").read_text()
+    assert "href='../../index.html'" in index_page
     top = (reports_dir / "index.html").read_text()
     assert f"href='comparisons/{name}/index.html'" in top and html_text(saved["headline"]) in top
+    # Both indexes link runs_compared.json inside the reports folder: a copy beside the report, the saved document.
+    linked = re.findall(r"href='([^']+\.json)'", index_page)
+    assert linked == [f"{NOTEBOOK}/{COMPARISON_JSON}"]
+    assert json.loads((folder / linked[0]).read_text()) == saved
+    assert re.findall(r"href='([^']+\.json)'", top) == [f"comparisons/{name}/{NOTEBOOK}/{COMPARISON_JSON}"]
+    entry = json.loads((folder / runner.INDEX_JSON_NAME).read_text())[NOTEBOOK]
+    assert entry["result_json"] == linked[0]
     assert not (folder / "model_card.html").exists()
 
 

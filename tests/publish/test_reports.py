@@ -77,6 +77,29 @@ def test_the_index_marks_a_synthetic_source_once(tmp_path):
     assert page.count("SYNTHETIC</span> SYNTHETIC") == 0
 
 
+def test_the_index_links_the_results_json_a_notebook_saved_beside_its_report(tmp_path):
+    """A notebook's summary names the JSON it saved into its output_dir (result_json); the index links it there,
+    inside the reports folder, and refuses a name that leads elsewhere or to nothing."""
+    reports_dir = tmp_path / "reports"
+    output_dir = reports_dir / "06_runs_compared"
+    output_dir.mkdir(parents=True)
+    (output_dir / "runs_compared.json").write_text(json.dumps({"headline": "mean AUROC b - a +0.010"}))
+    (tmp_path / "outside.json").write_text("{}")
+    link = reports.result_json_link("runs_compared.json", output_dir)
+    assert link == "06_runs_compared/runs_compared.json"
+    for bad in ("../../outside.json", str(tmp_path / "outside.json"), "missing.json", "report_summary.txt", None):
+        with pytest.raises(ValueError, match="result_json"):
+            reports.result_json_link(bad, output_dir)
+    (reports_dir / "06_runs_compared.html").write_text("<html></html>")
+    reports.write_index([{"notebook": "06_runs_compared", "status": "ok", "result_json": link},
+                         {"notebook": "07_gone", "status": "ok", "result_json": "07_gone/x.json"},
+                         {"notebook": "08_out", "status": "ok", "result_json": "../outside.json"}], "p", reports_dir)
+    page = (reports_dir / "index.html").read_text()
+    hrefs = re.findall(r"href='([^']+\.json)'", page)
+    assert hrefs == ["06_runs_compared/runs_compared.json"]  # none to a missing file or out of the reports
+    assert json.loads((reports_dir / hrefs[0]).read_text())["headline"] == "mean AUROC b - a +0.010"
+
+
 def _notebook(path, *cells: str):
     """A notebook in the project's shape: a parameters cell declaring output_dir, then ``cells``."""
     notebook = nbformat.v4.new_notebook()
