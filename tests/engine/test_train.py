@@ -363,6 +363,17 @@ def test_torchrun_with_two_cpu_processes_trains_resumes_after_a_kill_and_only_ra
     run_dir = tmp_path / "runs" / "ddp"
     run_writers = {rank for rank, what in lines if what.startswith(str(tmp_path / "runs"))}
     assert run_writers == {"0"}  # only rank 0 wrote to the run folder
+    # TensorBoard's writer bypasses the logged atomic writes, so its files are counted: each writing process opens
+    # one, events.out.tfevents.<time>.<host>.<pid>.<n>. One file, holding each epoch once: rank 1 wrote none.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cxrutils.engine.tensorboard_log import TENSORBOARD_FOLDER
+
+    events = [path.name for path in (run_dir / TENSORBOARD_FOLDER).iterdir()]
+    assert len(events) == 1 and events[0].startswith("events.out.tfevents."), events
+    board = EventAccumulator(str(run_dir / TENSORBOARD_FOLDER), size_guidance={"scalars": 0})
+    board.Reload()
+    assert [event.step for event in board.Scalars("loss/train")] == [1, 2, 3]
     config = json.loads((run_dir / run_folder.CONFIG_NAME).read_text())
     assert config["world_size"] == 2 and _checkpoint(run_dir)["world_size"] == 2
     whole = run_folder.read_history(run_dir)
