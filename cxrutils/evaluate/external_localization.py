@@ -15,8 +15,12 @@ Grad-CAM of that finding and scores it against the region:
   padding and scale (as ``localization.box_to_heatmap``), a DICOM's orientation steps
   (``dicom.orient``, undone), and the collection's frame (RSNA and SIIM draw on 1024 x 1024
   films and are scaled onto a film stored at another size, as NIH's boxes are; VinDr draws
-  in each film's own pixels). A box is the pixels whose centre lies in it, exactly
-  ``localization.box_mask`` of the mapped box; a mask is read at the nearest pixel.
+  in each film's own pixels, and a box reaching beyond its film as stored is set apart). A
+  box is the pixels whose centre lies in it, exactly ``localization.box_mask`` of the mapped
+  box; a mask is read at the nearest pixel. A phantom VinDr root's boxes were scaled from the
+  real films' pixels onto its phantom films when it was written
+  (``external_roots.scale_vindr_boxes``), so on phantoms too they fall inside their films and
+  are scored.
 - **Scores**, per region, with the heatmap binarised at ``HEATMAP_THRESHOLD``: the pointing
   game (the heatmap's maximum, the plateau pixel nearest its centroid as in
   ``localization.pointing_game_hit``, lies in the region), IoBB (the detected region's share

@@ -46,6 +46,7 @@ VINDR_CLASSES = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "
                  "Infiltration": "Infiltration", "Mass": "Nodule/Mass", "Nodule": "Nodule/Mass",
                  "Pneumothorax": "Pneumothorax", "Consolidation": "Consolidation", "Fibrosis": "Pulmonary fibrosis",
                  "Pleural_Thickening": "Pleural thickening"}
+VINDR_BOX_FIELDS = ["x_min", "y_min", "x_max", "y_max"]
 METADATA = {"chexpert": CHEXPERT_CSV, "padchest": PADCHEST_CSV, "vindr": "train.csv",
             "rsna": "stage_2_train_labels.csv", "siim": "train-rle.csv"}
 
@@ -207,9 +208,11 @@ def test_the_phantom_root_holds_real_shipped_rows_of_whole_patients_as_published
     shipped = _shipped_csv(collection)
     assert list(written.columns) == list(shipped.columns)
     assert len(written) > SAMPLE_PATIENTS // 2
-    key = list(shipped.columns)
+    # Every written row is a shipped row, field for field (VinDr's box coordinates scaled onto the phantom films:
+    # test_a_phantom_vindr_root_with_films_writes_each_box_scaled_inside_its_film).
+    key = [column for column in shipped.columns if not (collection == "vindr" and column in VINDR_BOX_FIELDS)]
     merged = written.merge(shipped, on=key, how="left", indicator=True)
-    assert (merged["_merge"] == "both").all()  # every written row is a shipped row, field for field
+    assert (merged["_merge"] == "both").all()
     if collection == "padchest":
         with gzip.open(root / PADCHEST_CSV, "rt") as handle:
             assert handle.readline().startswith(",ImageID,ImageDir,")  # the blank first header, as published
@@ -336,6 +339,88 @@ def test_a_missing_film_is_listed_and_what_stands_in_its_place_is_named(roots, c
     assert not again.films.set_index("film").loc[[gone["film"], folder["film"]], "present"].any()
     assert again.films["present"].sum() == len(films) - 2
     assert again.summary()["missing"] == len(again.missing)
+
+
+def _vindr_expected_scaling(shipped: pd.DataFrame) -> tuple[pd.Series, dict[str, int]]:
+    """(boxed rows, each film's real side F): F the smallest multiple of 256 at least the film's largest coordinate,
+    counted on its rows of a class other than 'No finding' whose four coordinates are all numbers."""
+    def number(text: str) -> float | None:
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return value if np.isfinite(value) else None
+
+    boxed = pd.Series([row["class_name"] != "No finding" and all(number(row[c]) is not None for c in VINDR_BOX_FIELDS)
+                       for _, row in shipped.iterrows()], index=shipped.index)
+    sides: dict[str, int] = {}
+    for _, row in shipped[boxed].iterrows():
+        largest = max(float(row[c]) for c in VINDR_BOX_FIELDS)
+        sides[row["image_id"]] = max(sides.get(row["image_id"], 256), 256 * int(np.ceil(largest / 256)))
+    return boxed, sides
+
+
+def test_a_phantom_vindr_root_with_films_writes_each_box_scaled_inside_its_film(roots):
+    import pydicom
+
+    root = roots["vindr"]
+    written = _read_root_csv("vindr", root)
+    shipped = _shipped_csv("vindr")
+    shipped = shipped[shipped["image_id"].isin(set(written["image_id"]))].reset_index(drop=True)
+    other = [column for column in shipped.columns if column not in VINDR_BOX_FIELDS]
+    assert written[other].equals(shipped[other])  # the same rows in the file's order; only coordinates change
+    boxed, sides = _vindr_expected_scaling(shipped)
+    assert boxed.sum() >= 10  # (this sample's films all have boxes: a blank row is in the test below)
+    for position, row in shipped.iterrows():
+        if not boxed[position]:  # 'No finding' (blank coordinates): as shipped
+            assert written.loc[position, VINDR_BOX_FIELDS].tolist() == row[VINDR_BOX_FIELDS].tolist()
+            continue
+        side = sides[row["image_id"]]
+        # shipped * image_size / F, written as Python writes the float ('691.0' style, as shipped)
+        assert written.loc[position, VINDR_BOX_FIELDS].tolist() == [repr(float(row[c]) * 64 / side)
+                                                                    for c in VINDR_BOX_FIELDS]
+    # Every parsable box is inside its phantom film, whose size the film's own DICOM header says.
+    for position in np.flatnonzero(boxed.to_numpy()):
+        row = written.loc[position]
+        header = pydicom.dcmread(root / "train" / f"{row['image_id']}.dicom", stop_before_pixels=True)
+        x_min, y_min, x_max, y_max = (float(row[c]) for c in VINDR_BOX_FIELDS)
+        assert 0 <= x_min < x_max <= int(header.Columns) and 0 <= y_min < y_max <= int(header.Rows)
+        assert (int(header.Rows), int(header.Columns)) == (64, 64)
+    # The labels do not read coordinates: the counts are the shipped rows' own, counted independently.
+    for min_readers in (2, 1):
+        films = load_external("vindr", root, ExternalOptions(min_readers=min_readers))
+        assert observed(films.films, "vindr") == vindr_expected(shipped, min_readers)
+    assert "scaled" in (root / "README.md").read_text()
+
+
+def test_a_vindr_row_without_numbers_stays_as_shipped_and_is_still_set_apart(tmp_path, monkeypatch):
+    from cxrutils.data.external import vindr
+    from cxrutils.demo import external_roots
+
+    shipped = external_roots.shipped_raw("vindr")
+    film = shipped.loc[shipped["class_name"] == "Cardiomegaly", "image_id"].iloc[0]
+    head = shipped[shipped["image_id"] == film]
+    odd = pd.DataFrame([[film, "Cardiomegaly", "3", "R99", "abc", "10.0", "9000.0", "9000.0"],  # not a number
+                        [film, "Cardiomegaly", "3", "R98", "10.0", "", "9000.0", "9000.0"],  # one blank
+                        [film, "No finding", "14", "R97", "1.0", "2.0", "8000.0", "8000.0"],  # a box on 'No finding'
+                        [film, "No finding", "14", "R96", "", "", "", ""]],  # no box, as shipped
+                       columns=list(shipped.columns)).astype(shipped.dtypes.to_dict())
+    rows = pd.concat([head, odd], ignore_index=True)
+    monkeypatch.setattr(external_roots, "shipped_raw", lambda name: rows.copy())
+    root = build_external_root(tmp_path / "vindr", ExternalRootSpec("vindr", n_patients=None, image_size=128))
+    lines = (root / "train.csv").read_text().splitlines()
+    assert lines[-4:] == [",".join(values) for values in odd.itertuples(index=False)]  # byte for byte as shipped
+    # The film's side comes from its boxes alone, not from the 9,000 and 8,000 of the rows set apart.
+    boxed, sides = _vindr_expected_scaling(rows)
+    assert boxed.tail(4).tolist() == [False] * 4 and sides[film] < 4096
+    first = int(np.flatnonzero(boxed.to_numpy())[0])
+    written = _plain_csv(root / "train.csv")
+    assert written.loc[first, VINDR_BOX_FIELDS].tolist() == [repr(float(rows.loc[first, c]) * 128 / sides[film])
+                                                             for c in VINDR_BOX_FIELDS]
+    regions, set_apart = vindr.boxes(vindr.read_raw(root / "train.csv"))
+    assert set(set_apart.loc[set_apart["malformed"], "row"]) == {len(lines) - 3, len(lines) - 2, len(lines) - 1}
+    assert len(regions) > 0
+    assert ((regions["x"] + regions["w"]) <= 128).all() and ((regions["y"] + regions["h"]) <= 128).all()
 
 
 def test_a_hostile_film_name_stays_a_name(roots, tmp_path):

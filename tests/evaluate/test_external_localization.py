@@ -3,7 +3,7 @@
 The geometry is checked by drawing the region into a film and sending the film the way the
 scoring does (``dicom.orient``, ``to_square``); the scores against from-definition pointing,
 IoBB and IoU on hand-made masks and against ``evaluate.localization``'s box functions; the
-bootstrap against a loop over the same draws; and the evaluation on a tiny RSNA phantom root by
+bootstrap against a loop over the same draws; and the evaluation on tiny RSNA and VinDr-CXR phantom roots by
 recomputing each region's Grad-CAM through ``engine.gradcam.gradcam`` on ``prepare_film``'s pixels.
 """
 
@@ -211,6 +211,87 @@ def test_rsna_phantoms_localize_every_box_of_a_positive_scored_film_as_an_indepe
     for t in located.T_IOU:
         assert table.loc[("Pneumonia", f"t_iou_{t:g}"), "gradcam"] == pytest.approx((regions["iou"] >= t).mean())
     assert 0 < everything["random"] < 1  # twenty random maps per box: a chance level, not a 0 or a 1
+
+
+# VinDr-CXR's classes and the NIH findings each feeds, written out here (Nodule/Mass feeds both Mass and Nodule).
+VINDR_FINDINGS = {"Atelectasis": ("Atelectasis",), "Cardiomegaly": ("Cardiomegaly",), "Pleural effusion": ("Effusion",),
+                  "Infiltration": ("Infiltration",), "Nodule/Mass": ("Mass", "Nodule"),
+                  "Pneumothorax": ("Pneumothorax",), "Consolidation": ("Consolidation",),
+                  "Pulmonary fibrosis": ("Fibrosis",), "Pleural thickening": ("Pleural_Thickening",)}
+
+
+@pytest.fixture(scope="module")
+def vindr_root(tmp_path_factory) -> Path:
+    return build_external_root(tmp_path_factory.mktemp("vindr") / "vindr",
+                               ExternalRootSpec("vindr", n_patients=4, seed=2, image_size=64, positives_per_finding=1))
+
+
+def test_vindr_phantoms_localize_every_box_of_a_positive_scored_film_as_an_independent_recomputation(
+        external_run, vindr_root):
+    # The films as scored (localize_external reads only their names, paths, patients and labels): the three films
+    # positive for the fewest findings (one Grad-CAM map per film and finding: seconds on a CPU); the other films'
+    # boxes are counted as on films not scored.
+    films = load_external("vindr", vindr_root)
+    nih_findings = sorted({finding for fed in VINDR_FINDINGS.values() for finding in fed})
+    present = films.films[films.films["present"]]
+    positives = present[nih_findings].eq(1).sum(axis=1)
+    fewest = positives[positives > 0].sort_values(kind="stable").index[:3]
+    scored = present.loc[fewest].set_index("film", drop=False)
+    result = located.localize_external(external_run, films, scored.reset_index(drop=True), max_films=None,
+                                       n_bootstrap=N_BOOTSTRAP, repeats=4, device="cpu", show_progress=False)
+    assert result.available and result.synthetic and result.counts["malformed_rows"] == 0
+
+    # Independently, from the root's CSV: each box of a class drawn by at least two of the film's readers (the
+    # default min_readers), on a scored film labelled positive, once per NIH finding its class feeds.
+    with open(vindr_root / "train.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    readers: dict[tuple[str, str], set[str]] = {}
+    for row in rows:
+        readers.setdefault((row["image_id"], row["class_name"]), set()).add(row["rad_id"])
+    model, config, _ = run_folder.load_run_model(external_run)
+    size, stored = config.input_size, 64  # the model frame; the phantom films' size, which the boxes were scaled to
+    expected_scored, expected_tiny, on_other_films = {}, set(), 0
+    for line, row in enumerate(rows, start=2):  # the header is line 1
+        for finding in VINDR_FINDINGS.get(row["class_name"], ()):
+            if row["image_id"] not in scored.index:
+                on_other_films += 1
+                continue
+            if len(readers[(row["image_id"], row["class_name"])]) < 2 or scored.at[row["image_id"], finding] != 1:
+                continue
+            x_min, y_min, x_max, y_max = (float(row[c]) for c in ("x_min", "y_min", "x_max", "y_max"))
+            assert 0 <= x_min < x_max <= stored and 0 <= y_min < y_max <= stored  # inside its phantom film
+            mapped = localization.box_to_heatmap((x_min, y_min, x_max - x_min, y_max - y_min), stored, stored, size)
+            if localization.box_mask(mapped, (size, size)).any():
+                expected_scored[(line, finding)] = (row["image_id"], mapped)
+            else:
+                expected_tiny.add((line, finding))
+    regions = result.regions
+    assert len(expected_scored) >= 5 and set(zip(regions["row"], regions["finding"])) == set(expected_scored)
+    assert len(regions) == len(expected_scored) == result.counts["regions_scored"]
+    assert result.counts["on_films_not_scored"] == on_other_films > 0
+    after_reading = result.set_apart.iloc[len(result.set_apart) - result.counts["set_apart_after_reading"]:]
+    assert set(after_reading["reason"]) <= {"smaller than one pixel of the model frame"}  # none beyond its film
+    assert {(row, value.split(" (")[0]) for row, value in zip(after_reading["row"], after_reading["value"])} \
+        == expected_tiny
+
+    layer = model.stage(gradcam_layer_for(config.input_size, "auto", config.arch))
+    heatmaps: dict[tuple[str, str], np.ndarray] = {}
+    for region in regions.itertuples():
+        film, mapped = expected_scored[(region.row, region.finding)]
+        if (film, region.finding) not in heatmaps:
+            pixels = torch.from_numpy(prepare_film(scored.at[film, "path"], config.cache_size).copy())
+            inputs = prepare_batch(pixels[None, None], torch.device("cpu"), size, False)
+            heatmaps[(film, region.finding)] = gradcam(model, inputs, region.finding, layer=layer)[0].numpy()
+        heatmap = heatmaps[(film, region.finding)]
+        assert region.pointing_hit == localization.pointing_game_hit(heatmap, mapped)
+        assert region.iobb == pytest.approx(localization.iobb(heatmap, mapped), abs=1e-9)
+    table = result.table.set_index(["finding", "metric"])
+    assert set(result.table["metric"]) == set(localization.metric_keys())
+    assert set(result.table["finding"]) == {located.ALL_ROW, *regions["finding"]}
+    everything = table.loc[(located.ALL_ROW, "pointing_game")]
+    assert everything["gradcam"] == pytest.approx(regions["pointing_hit"].mean())
+    assert everything["regions"] == len(regions) and everything["films"] == regions["film"].nunique()
+    assert table.loc[(located.ALL_ROW, "t_iobb_0.5"), "gradcam"] == pytest.approx((regions["iobb"] >= 0.5).mean())
 
 
 def test_the_localization_section_is_written_and_the_cap_draws_whole_patients_reproducibly(

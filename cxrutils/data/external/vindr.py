@@ -19,7 +19,10 @@ as ``vinbigdata-train.csv.gz`` (15,000 films, 3 readers each, 17 readers in all)
 - **Boxes** (``boxes``): in each DICOM's own pixel frame (the CSV does not give the film's
   size). Each reader's box is kept on its own with its ``rad_id`` (``REGION_RULE`` says
   which are scored, and why); a row whose coordinates are not numbers, or that draws an
-  empty or negative box, is set apart and counted, never read as a number.
+  empty or negative box, is set apart and counted, never read as a number. A phantom root
+  written with films (``cxrutils.demo.external_roots``) has its boxes already scaled from the
+  real films' pixels onto its phantom films (``scale_vindr_boxes``), so they are in the
+  phantom film's own pixels as the real ones are in the real film's.
 """
 
 from __future__ import annotations
