@@ -18,7 +18,8 @@ the report profiles that name them.
   ``ComparisonSettings``, ``InferenceSettings``): each field's default and meaning, from
   which the command line builds its options (``cxrutils evaluate --n-bootstrap``). The
   notebooks' parameters cells and the library functions use the same defaults (the
-  tests hold them equal).
+  tests hold them equal). Every value, made in code or passed to a notebook by the
+  reports runner, arrives as its field's declared type or is refused by name.
 
 ``describe_settings(family)`` lists a family's settings, defaults and meanings.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import decimal
 import functools
 import inspect
 import io
@@ -75,24 +77,38 @@ class AugmentConfig:
         )
 
 
-_NUMBER_WORDS = {"float": "a number", "int": "a whole number", "bool": "true or false", "str": "text"}
+_NUMBER_WORDS = {"float": "a number", "int": "a whole number", "bool": "true or false", "str": "text",
+                 "tuple[str, ...]": "a list of names"}
+# A whole number written with an exponent (1e3) is read up to this many digits: no setting counts past 10^18.
+_LARGEST_WHOLE_NUMBER_DIGITS = 19
 
 
 def typed_setting(schema: type, key: str, value: Any, prefix: str = "") -> Any:
     """``value`` as the type ``schema`` declares for ``key``, or a ``SettingsError`` naming the key, the value and the type.
 
-    ``--set`` values and YAML arrive loosely typed: YAML 1.1 reads ``4e-4`` (no dot) as a
-    string, a shell user writes ``batch_size=96/4``. A number written as text is read as
-    the number; anything else that does not fit is refused before any work starts.
+    ``--set`` values and YAML arrive loosely typed: YAML 1.1 reads ``4e-4`` and ``1e3`` (no dot)
+    as strings, a shell user writes ``batch_size=96/4``. A number written as text is read as
+    the number (``1e3`` as the whole number 1000); anything else that does not fit is refused
+    before any work starts.
     """
     declared = str(next(f.type for f in dataclasses.fields(schema) if f.name == key))
+    return _typed_value(declared, f"{prefix}{key}", value)
+
+
+def _typed_value(declared: str, label: str, value: Any, text_may_be_null: bool = True) -> Any:
+    """``value`` as the annotation ``declared`` (``"int | None"``, ``"tuple[str, ...]"``) says, or a ``SettingsError``.
+
+    ``label`` names the setting in the error. ``text_may_be_null``: a text setting that is
+    not declared Optional may still be null (the training settings: ``data_root`` is judged
+    where it is needed); a settings family's text setting may not.
+    """
     kinds = [part.strip() for part in declared.split("|")]
-    if value is None:
-        if "None" in kinds or kinds[0] == "str":  # a text setting left empty is judged where it is needed (data_root)
-            return None
-        raise SettingsError(f"{prefix}{key} needs {_NUMBER_WORDS.get(kinds[0], kinds[0])}, got null")
     kind = kinds[0]
-    problem = f"{prefix}{key}={value!r}: expected {_NUMBER_WORDS.get(kind, kind)}"
+    if value is None:
+        if "None" in kinds or (kind == "str" and text_may_be_null):
+            return None
+        raise SettingsError(f"{label} needs {_NUMBER_WORDS.get(kind, kind)}, got null")
+    problem = f"{label}={value!r}: expected {_NUMBER_WORDS.get(kind, kind)}"
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -111,8 +127,10 @@ def typed_setting(schema: type, key: str, value: Any, prefix: str = "") -> Any:
             return int(value)
         if isinstance(value, int):
             return value
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            return int(value)
+        if isinstance(value, str):
+            whole = _whole_number(value)
+            if whole is not None:
+                return whole
         raise SettingsError(problem + (" (write the result, e.g. batch_size=24 for 96/4)" if "/" in str(value) else ""))
     if kind == "str":
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -120,7 +138,25 @@ def typed_setting(schema: type, key: str, value: Any, prefix: str = "") -> Any:
         if isinstance(value, os.PathLike):
             return os.fspath(value)
         raise SettingsError(problem)
+    if kind == "tuple[str, ...]":
+        if isinstance(value, str):  # one name is not a list of its letters
+            raise SettingsError(f"{problem}, got one name as text; write [{value}]")
+        if isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value):
+            return tuple(value)  # a list from YAML, a notebook or JSON: equal settings compare equal
+        raise SettingsError(problem + ", e.g. [first, second]")
     return value
+
+
+def _whole_number(text: str) -> int | None:
+    """The whole number ``text`` writes (``12``, ``1e3``, ``1_000``), or None where it writes none (``2.5``, ``96/4``)."""
+    try:
+        number = decimal.Decimal(text.strip())
+    except decimal.InvalidOperation:
+        return None
+    if (not number.is_finite() or number.adjusted() >= _LARGEST_WHOLE_NUMBER_DIGITS
+            or number != number.to_integral_value()):
+        return None
+    return int(number)
 
 
 @dataclass
@@ -304,21 +340,24 @@ def _value_type(annotation: Any) -> type:
     return next((t for t in typing.get_args(annotation) if t is not type(None)), annotation)
 
 
+def _check_choices(label: str, value: Any, choices: tuple[str, ...] | None) -> None:
+    """A ``SettingsError`` naming the setting when ``value`` (or a name in a list of names) is not one of ``choices``."""
+    names = value if isinstance(value, tuple) else () if value is None else (value,)
+    wrong = [name for name in names if choices and name not in choices]
+    if wrong:
+        raise SettingsError(f"{label}: {', '.join(map(repr, wrong))} is not one of {list(choices)}")
+
+
 class _SettingsFamily:
     """The command line and checks of a frozen dataclass of settings, generated from its fields."""
 
     def __post_init__(self) -> None:
+        # Every field as its declared type, whether the settings come from the command line, a notebook or code:
+        # a notebook's n_bootstrap="1e3" is the number 1000, a list of names a tuple; anything else refused by name.
         for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            if isinstance(item.default, tuple) and not isinstance(value, tuple):
-                if isinstance(value, str):
-                    raise SettingsError(f"{item.name} is a list of names, got the string {value!r}")
-                value = tuple(value)  # a list from a notebook or JSON: equal settings compare equal
-                object.__setattr__(self, item.name, value)
-            choices = item.metadata.get("choices")
-            wrong = [v for v in (value if isinstance(value, tuple) else (value,)) if choices and v not in choices]
-            if wrong:
-                raise SettingsError(f"{item.name}: {', '.join(map(repr, wrong))} is not one of {list(choices)}")
+            value = _typed_value(str(item.type), item.name, getattr(self, item.name), text_may_be_null=False)
+            _check_choices(item.name, value, item.metadata.get("choices"))
+            object.__setattr__(self, item.name, value)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -431,6 +470,32 @@ SETTINGS_FAMILIES: dict[str, type[_SettingsFamily]] = {
     "comparison": ComparisonSettings,
     "inference": InferenceSettings,
 }
+# Notebook parameters that hold a family's setting under another name: notebook 04's txv_max_images is the
+# comparison's max_images (notebook 07's max_films is a setting of its own).
+RENAMED_NOTEBOOK_PARAMETERS: dict[str, tuple[str, str]] = {"txv_max_images": ("comparison", "max_images")}
+
+
+@functools.cache
+def _family_fields_of_parameters() -> dict[str, list[dataclasses.Field]]:
+    """Notebook parameter -> every family field it sets: notebooks 03, 04 and 05 name their parameters after the
+    fields (``n_bootstrap`` is evaluation's and comparison's alike), bar ``RENAMED_NOTEBOOK_PARAMETERS``."""
+    fields: dict[str, list[dataclasses.Field]] = {}
+    for family in SETTINGS_FAMILIES.values():
+        for item in dataclasses.fields(family):
+            fields.setdefault(item.name, []).append(item)
+    for parameter, (family_name, name) in RENAMED_NOTEBOOK_PARAMETERS.items():
+        fields[parameter] = [item for item in dataclasses.fields(SETTINGS_FAMILIES[family_name]) if item.name == name]
+    return fields
+
+
+def typed_notebook_parameter(key: str, value: Any) -> Any:
+    """A notebook parameter that is a settings family's field, as that field's type (a list of names as a list,
+    which papermill passes); any other parameter as it is. A ``SettingsError`` names the parameter, the value and
+    the type: ``cxrutils reports --set n_bootstrap=1e3`` hands the notebook the number 1000, not the text."""
+    for item in _family_fields_of_parameters().get(key, []):
+        value = _typed_value(str(item.type), key, value, text_may_be_null=False)
+        _check_choices(key, value, item.metadata.get("choices"))
+    return list(value) if isinstance(value, tuple) else value
 
 
 @functools.cache
@@ -587,17 +652,24 @@ def apply_overrides(profile: dict[str, Any], overrides: list[str], parameters: s
     """The profile with ``--set`` values applied: training settings to ``settings``, the rest to ``parameters``.
 
     ``parameters`` are the notebook parameters that may be set (default: any key that is
-    not a training setting). A key that is neither is an error naming both lists. The
-    profile's ``required`` settings must end up with a value.
+    not a training setting). A key that is neither is an error naming both lists. A
+    parameter that is a settings family's field arrives as its type or is refused
+    (``typed_notebook_parameter``). The profile's ``required`` settings must end up with a value.
     """
     settings = dict(profile["settings"])
-    notebook_parameters = dict(profile["parameters"])
+    try:
+        notebook_parameters = {key: typed_notebook_parameter(key, value) for key, value in profile["parameters"].items()}
+    except SettingsError as err:
+        raise SettingsError(f"profile {profile.get('name')!r}, parameters: {err}") from err
     for text in overrides:
         key, value = parse_override(text)
         if is_setting(key):
             settings[key] = value
         elif parameters is None or key in parameters:
-            notebook_parameters[key] = value
+            try:
+                notebook_parameters[key] = typed_notebook_parameter(key, value)
+            except SettingsError as err:
+                raise SettingsError(f"--set {err}") from err
         else:
             raise SettingsError(
                 f"--set {key}: neither a training setting nor a parameter of the selected notebooks; "

@@ -11,8 +11,11 @@ pictures are ``cxrutils.show.inference_view.draw_film``'s, the drawing notebook 
 shows inline (``inference_view.film_figure``).
 ``write_page`` writes ``inference.html``: the summary, every refused file with its
 reason, and each scored film with its 14 probabilities against the thresholds, its
-calls, its overlays and what its header says. Every name and header field on the
-page goes through ``cxrutils.text.html_text``: a file named ``<script>...`` is text.
+calls, its overlays and what its header says; a DICOM's PACS identifiers
+(StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, AccessionNumber) beside its facts
+or its refusal, so each result can be found again in the PACS. Every name and header
+field on the page goes through ``cxrutils.text.html_text``: a file named
+``<script>...`` is text.
 
 ``InferenceOutput`` is one inference run into one folder, as the command and
 notebook 05 do it: the folder's lock (a second run into it stops at once, naming
@@ -151,7 +154,27 @@ def _facts_line(row: pd.Series) -> str:
                      f"({row['pixel_spacing_source']})")
     if row["transfer_syntax"]:
         parts.append(str(row["transfer_syntax"]))
+    parts.extend(f"{keyword} {value}" for keyword, value in inference_view.pacs_identifiers(row).items())
     return " · ".join(html_text(str(part)) for part in parts)
+
+
+def _refused_table(refused: pd.DataFrame) -> str:
+    """Every refused file with its reason, and its PACS identifiers where any refused file has one (a lateral
+    DICOM is refused, and still has to be found in the PACS)."""
+    if refused.empty:
+        return "<p>None: every file was scored.</p>"
+    identifiers = [inference_view.pacs_identifiers(row) for _, row in refused.iterrows()]
+    with_identifiers = any(identifiers)
+    rows = []
+    for r, found in zip(refused.itertuples(), identifiers, strict=True):
+        cells = (f"<td>{html_text(r.image)}<div class='path'>{html_text(r.path)}</div></td>"
+                 f"<td>{html_text(r.reason)}</td>")
+        if with_identifiers:
+            cells += "<td class='pacs'>" + "".join(f"<div>{html_text(keyword)} {html_text(value)}</div>"
+                                                   for keyword, value in found.items()) + "</td>"
+        rows.append(f"<tr>{cells}</tr>")
+    header = "<tr><th>file</th><th>reason</th>" + ("<th>PACS identifiers</th>" if with_identifiers else "") + "</tr>"
+    return f"<table>{header}{''.join(rows)}</table>"
 
 
 def _findings_table(row: pd.Series, thresholds: dict[str, float | None]) -> str:
@@ -177,11 +200,7 @@ def write_page(result: InferenceResult, out_dir: str | os.PathLike[str], picture
     summary = result.summary()
     banner = ("<p class='synthetic'><b>SYNTHETIC TRAINING DATA.</b> This model was trained on rendered phantoms: its "
               "outputs say nothing about real chest X-rays.</p>" if result.synthetic else "")
-    refused = table[table["status"] == REFUSED]
-    refused_html = ("<p>None: every file was scored.</p>" if refused.empty else
-                    "<table><tr><th>file</th><th>reason</th></tr>" + "".join(
-                        f"<tr><td>{html_text(r.image)}<div class='path'>{html_text(r.path)}</div></td>"
-                        f"<td>{html_text(r.reason)}</td></tr>" for r in refused.itertuples()) + "</table>")
+    refused_html = _refused_table(table[table["status"] == REFUSED])
     notes_by_image = {} if differences is None else dict(zip(differences["image"], differences["differs"]))
     cards = []
     for _, row in table[table["status"] == SCORED].iterrows():
@@ -230,7 +249,7 @@ img.film {{ width: 256px; height: 256px; image-rendering: auto; }}
 figure {{ margin: 0; }} figure img {{ width: 200px; height: 200px; }}
 figcaption {{ font-size: .8em; text-align: center; }}
 tr.positive td {{ color: #b00020; font-weight: 600; }}
-.facts, .path, .note {{ font-size: .85em; color: #555; }}
+.facts, .path, .note, .pacs {{ font-size: .85em; color: #555; }}
 </style></head><body>
 <h1>Inference with run {run}</h1>
 {banner}

@@ -8,6 +8,11 @@ saves those pixels as its PNGs; ``film_figure`` lays the same pixels out beside 
 film's 14 probabilities, thresholds and calls, which notebook 05 shows. So a film
 looks the same in the notebook and on the page.
 
+``files_table`` is notebook 05's table of every file, with the PACS identifiers
+(``PACS_IDENTIFIERS``: StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID,
+AccessionNumber) that any file has; ``pacs_identifiers`` gives one row's, which the
+page shows beside the film's facts and in its table of refused files.
+
 Nothing here imports IPython or pyplot: the command line draws the page's pictures
 without a display, and a figure is a plain ``matplotlib.figure.Figure``.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -35,6 +41,31 @@ _JET = colormaps["jet"](np.arange(_JET_LEVELS))[:, :3]
 _JET_OVER_FILM = (HEATMAP_ALPHA * 255 * _JET).astype(np.float32)  # each colour's share of an overlay pixel
 OVERLAY_COLUMNS = 4
 CALLED, NOT_CALLED, NO_THRESHOLD = "#c44e52", "#4c72b0", "#bbbbbb"
+# What links a result back to the PACS, by DICOM keyword: a DICOM's row holds them ("" where absent; a PNG has
+# none). The table of files and the inference page show each one that a film has.
+PACS_IDENTIFIERS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber")
+# The table of files notebook 05 shows: these columns, then each PACS identifier that any file has.
+FILE_TABLE_COLUMNS = ("image", "status", "source_format", "width", "height", "bits_stored", "view", "intensity",
+                      "positive_findings", "notes")
+
+
+def pacs_identifiers(row: pd.Series | dict) -> dict[str, str]:
+    """The PACS identifiers a file's row holds, by DICOM keyword, as text; the absent (empty, missing) left out."""
+    present = {}
+    for keyword in PACS_IDENTIFIERS:
+        value = row.get(keyword)
+        text = "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+        if text:
+            present[keyword] = text
+    return present
+
+
+def files_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Every file's row of an inference table, as notebook 05 shows it: ``FILE_TABLE_COLUMNS``, then each PACS
+    identifier that at least one file has (as text, for ``cxrutils.show.display.table`` to escape)."""
+    shown = [keyword for keyword in PACS_IDENTIFIERS
+             if keyword in table and any(pacs_identifiers({keyword: value}) for value in table[keyword])]
+    return table[[*FILE_TABLE_COLUMNS, *shown]].reset_index(drop=True)
 
 
 def film_picture(pixels: np.ndarray) -> np.ndarray:

@@ -383,3 +383,98 @@ def test_the_cache_size_follows_the_input_size_unless_set():
     assert load_train_config("nih_448").cache_size == 512
     assert load_train_config("nih", ["input_size=448", "cache_size=600"]).cache_size == 600
     assert load_train_config("demo").cache_size == 64  # a profile's own value stands
+
+
+# --------------------------------------------------------------------------- typed values of the settings families
+
+
+FAMILY_FIELDS = {(family.__name__, item.name): item
+                 for family in settings.SETTINGS_FAMILIES.values() for item in dataclasses.fields(family)}
+FAMILIES_BY_NAME = {family.__name__: family for family in settings.SETTINGS_FAMILIES.values()}
+# What a refusal calls each declared type.
+TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text",
+              "tuple[str, ...]": "a list of names"}
+
+
+def _choices(name: str) -> tuple[str, ...] | None:
+    """The choices of a setting of that name in any family (a notebook parameter must fit every family's field)."""
+    return next((item.metadata["choices"] for (_, other), item in FAMILY_FIELDS.items()
+                 if other == name and "choices" in item.metadata), None)
+
+
+def _written_and_meant(item: dataclasses.Field) -> tuple[str, object]:
+    """A value of the field as --set writes it, and what it must arrive as (numbers as YAML 1.1 reads text: 1e3)."""
+    kind = str(item.type).split("|")[0].strip()
+    choices = _choices(item.name)
+    if kind == "tuple[str, ...]":
+        return f"[{choices[-1]}]", (choices[-1],)
+    if choices:
+        return choices[-1], choices[-1]
+    return {"int": ("1e3", 1000), "float": ("5e-1", 0.5), "bool": ("true", True), "str": ("17", "17")}[kind]
+
+
+@pytest.mark.parametrize(("family_name", "name"), [pytest.param(*key, id=".".join(key)) for key in sorted(FAMILY_FIELDS)])
+def test_every_family_setting_is_read_as_its_type_or_refused_by_name(family_name, name):
+    """Made in code (as a notebook or JSON hands it) or passed to a notebook by --set: text in, the declared type out;
+    a value of no sensible reading is refused, naming the setting, the value and the type."""
+    family, item = FAMILIES_BY_NAME[family_name], FAMILY_FIELDS[family_name, name]
+    kind = str(item.type).split("|")[0].strip()
+    assert kind in TYPE_WORDS, f"{family_name}.{name}: a type this test does not know: {item.type}"
+    written, meant = _written_and_meant(item)
+    _, value = parse_override(f"{name}={written}")
+    if kind in ("int", "float", "str") and not _choices(name):
+        assert type(value) is not type(meant)  # YAML hands over the wrong type: the reading is what is tested
+    got = getattr(family(**{name: value}), name)
+    assert got == meant and type(got) is type(meant), (got, meant)
+
+    refusal = f"{name}={{'a': 1}}: expected {TYPE_WORDS[kind]}"
+    with pytest.raises(SettingsError, match=re.escape(refusal)):
+        family(**{name: {"a": 1}})
+    # As a notebook parameter (inference's batch_size and device are no notebook's: --set gives the training's).
+    if not settings.is_setting(name):
+        passed = apply_overrides(load_profile("demo"), [f"{name}={written}"], parameters={name})["parameters"][name]
+        expected = list(meant) if isinstance(meant, tuple) else meant  # papermill passes lists, not tuples
+        assert passed == expected and type(passed) is type(expected), (passed, expected)
+        with pytest.raises(SettingsError, match=re.escape(f"--set {refusal}")):
+            apply_overrides(load_profile("demo"), [f"{name}={{a: 1}}"], parameters={name})
+    if "None" in str(item.type):
+        assert getattr(family(**{name: None}), name) is None
+    else:
+        with pytest.raises(SettingsError, match=re.escape(f"{name} needs {TYPE_WORDS[kind]}, got null")):
+            family(**{name: None})
+
+
+def test_set_n_bootstrap_1e3_reaches_the_notebooks_as_the_whole_number_1000():
+    """YAML 1.1 reads 1e3 (no dot) as text: the reports runner used to hand the notebooks the string '1e3'."""
+    assert parse_override("n_bootstrap=1e3") == ("n_bootstrap", "1e3")
+    profile = apply_overrides(load_profile("demo"), ["n_bootstrap=1e3", "txv_max_images=2e2", "split=val"],
+                              parameters={"n_bootstrap", "txv_max_images", "split"})
+    assert profile["parameters"] == {"integrity_check": "full", "n_bootstrap": 1000, "txv_max_images": 200,
+                                     "split": "val"}
+    assert type(profile["parameters"]["n_bootstrap"]) is int and type(profile["parameters"]["txv_max_images"]) is int
+    for written, problem in (("n_bootstrap=2.5", "n_bootstrap=2.5: expected a whole number"),
+                             ("n_bootstrap=many", "n_bootstrap='many': expected a whole number"),
+                             ("txv_max_images=lots", "txv_max_images='lots': expected a whole number"),
+                             ("split=holdout", "split: 'holdout' is not one of ['train', 'val', 'test']")):
+        with pytest.raises(SettingsError, match=re.escape(f"--set {problem}")):
+            apply_overrides(load_profile("demo"), [written], parameters={"n_bootstrap", "txv_max_images", "split"})
+
+
+def test_a_report_profiles_own_parameters_are_typed_too(tmp_path):
+    (tmp_path / "mine.yaml").write_text("train_profile: demo\nparameters:\n  n_bootstrap: 1e3\n  txv_models: []\n")
+    assert apply_overrides(load_profile("mine", tmp_path), [])["parameters"] == {"n_bootstrap": 1000, "txv_models": []}
+    (tmp_path / "mine.yaml").write_text("train_profile: demo\nparameters:\n  n_bootstrap: lots\n")
+    with pytest.raises(SettingsError, match=re.escape("profile 'mine', parameters: n_bootstrap='lots'")):
+        apply_overrides(load_profile("mine", tmp_path), [])
+
+
+@pytest.mark.parametrize("stem", sorted(NOTEBOOK_SETTINGS))
+def test_every_notebook_parameter_that_is_a_family_setting_is_typed_by_the_runner(stem):
+    """A parameter of notebooks 03-05 that is a family's field (under its own name or a known other) is typed by
+    apply_overrides: a new renamed parameter that the runner would pass through raw fails here."""
+    _, renamed, not_settings = NOTEBOOK_SETTINGS[stem]
+    assert {name: settings.RENAMED_NOTEBOOK_PARAMETERS[name][1] for name in renamed} == renamed
+    for name in set(notebook_parameters(stem)) - not_settings:
+        with pytest.raises(SettingsError, match=re.escape(f"{name}={{'a': 1}}: expected")):
+            settings.typed_notebook_parameter(name, {"a": 1})
+    assert settings.typed_notebook_parameter("paths", {"a": 1}) == {"a": 1}  # not a setting: as given

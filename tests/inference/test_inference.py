@@ -79,6 +79,31 @@ def test_the_command_scores_every_film_of_the_root_as_evaluation_scores_them(run
     assert all(name in page for name in on_disk) and "SYNTHETIC" in page
 
 
+def test_the_command_needs_the_run_folder_alone_when_its_data_root_is_gone(run_copy, tiny_phantom_root, tmp_path):
+    """A radiologist's workstation: the run folder copied there, the data root and cache it recorded left on the
+    training machine. `cxrutils infer --run` scores the films as it does beside the data, and reads nothing there."""
+    run_dir = Path(shutil.copytree(run_copy[0], tmp_path / "workstation" / "tiny"))
+    record = run_folder.read_config(run_dir)
+    training_machine = tmp_path / "training_machine"
+    record.update(data_root=str(training_machine / "nih"), cache_dir=str(training_machine / "cache"))
+    (run_dir / run_folder.CONFIG_NAME).write_text(json.dumps(record))
+    films = tmp_path / "films"
+    films.mkdir()
+    for film in sorted((tiny_phantom_root / "images").glob("*.png"))[:3]:
+        shutil.copy(film, films / film.name)
+    out = tmp_path / "out"
+
+    assert cli_main(["infer", "--run", str(run_dir), str(films), "--out", str(out), "--no-overlays"]) == 0
+
+    table = pd.read_csv(out / CSV_NAME).set_index("image")
+    assert sorted(table.index) == sorted(p.name for p in films.iterdir()) and set(table["status"]) == {SCORED}
+    beside_the_data = infer_films(run_copy[0], [films], with_gradcam=False, show_progress=False).table.set_index("image")
+    np.testing.assert_allclose(table.loc[beside_the_data.index, PROBABILITIES].to_numpy(),
+                               beside_the_data[PROBABILITIES].to_numpy(), atol=2e-6)
+    assert json.loads((out / JSON_NAME).read_text())["summary"]["scored"] == 3
+    assert not training_machine.exists()
+
+
 @pytest.fixture(scope="module")
 def mixed_folder(tiny_phantom_root, tmp_path_factory):
     """Two phantom PNGs, DICOM copies of the first in several variants, and files that must be refused."""
@@ -186,16 +211,19 @@ def test_every_row_of_a_dicom_carries_its_pacs_identifiers_as_text(run_copy, tmp
 
     A refused DICOM keeps them too (a lateral still has to be found in the PACS), a PNG
     has none, and an accession number that looks like a formula stays text in the CSV.
+    The page shows them beside a scored film's facts and in the table of refused files,
+    as text: an accession number written as markup is shown, never run.
     """
     from cxrutils.files import read_csv_text
     from cxrutils.inference.scoring import write_results
+    from cxrutils.publish.inference_page import write_page
 
     run_dir, _ = run_copy
     film = (np.add.outer(np.arange(128), np.arange(128)) % 251).astype(np.uint8)
     study = "1.2.826.0.1.3680043.8.498.1"
     identities = {
         "frontal.dcm": {"StudyInstanceUID": study, "SeriesInstanceUID": study + ".2", "AccessionNumber": "=1+2"},
-        "lateral.dcm": {"StudyInstanceUID": study, "SeriesInstanceUID": study + ".3", "AccessionNumber": "A77"},
+        "lateral.dcm": {"StudyInstanceUID": study, "SeriesInstanceUID": study + ".3", "AccessionNumber": "<script>"},
     }
     folder = tmp_path / "pacs"
     for name, extra in identities.items():
@@ -215,6 +243,21 @@ def test_every_row_of_a_dicom_carries_its_pacs_identifiers_as_text(run_copy, tmp
     document = json.loads((tmp_path / "out" / JSON_NAME).read_text())
     assert json.dumps(document).count(study + ".2") >= 1
 
+    page = write_page(result, tmp_path / "out", {}).read_text(encoding="utf-8")
+    cards = {card.split("</h3>")[0]: card for card in page.split("<section class='card'><h3>")[1:]}
+    assert set(cards) == {"frontal.dcm", "plain.png"}
+    frontal_sop = str(pydicom.dcmread(folder / "frontal.dcm", stop_before_pixels=True).SOPInstanceUID)
+    for shown in (f"StudyInstanceUID {study}", f"SeriesInstanceUID {study}.2", f"SOPInstanceUID {frontal_sop}",
+                  "AccessionNumber =1+2"):
+        assert shown in cards["frontal.dcm"], shown
+    assert "InstanceUID" not in cards["plain.png"] and "AccessionNumber" not in cards["plain.png"]
+    refused = page.split("<h2>Refused files</h2>")[1].split("<h2>")[0]
+    lateral_sop = str(pydicom.dcmread(folder / "lateral.dcm", stop_before_pixels=True).SOPInstanceUID)
+    assert "<th>PACS identifiers</th>" in refused
+    for shown in (f"StudyInstanceUID {study}", f"SeriesInstanceUID {study}.3", f"SOPInstanceUID {lateral_sop}",
+                  "AccessionNumber &lt;script&gt;"):
+        assert shown in refused, shown
+    assert "<script>" not in page  # the accession number is text on the page, never markup
 
 
 def test_the_same_probabilities_calls_and_maps_whatever_the_number_of_decoding_processes(run_copy, tiny_phantom_root):

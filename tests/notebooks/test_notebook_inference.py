@@ -88,5 +88,9 @@ def test_a_run_folder_alone_renders_notebook_05_where_the_training_data_is_not(t
     assert table.loc["study1/IM0002", "status"] != SCORED and table.loc["study1/IM0002", "StudyInstanceUID"] == "1.2.3.4"
     page = (folder / f"{NOTEBOOK}.html").read_text()
     assert "Not compared with the training films" in page and "the_training_machine" in page
+    # The identifiers that link a result back to the PACS are shown, not only saved: the notebook's files table and
+    # the inference page.
+    assert "1.2.3.4" in page and "ACC9" in page
+    assert "StudyInstanceUID 1.2.3.4" in (folder / NOTEBOOK / "inference.html").read_text()
     assert f"href='{run_dir.name}/index.html'" in (reports_dir / "index.html").read_text()
     assert not (tmp_path / "the_training_machine").exists()

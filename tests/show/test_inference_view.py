@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 from PIL import Image
@@ -172,3 +173,44 @@ def test_an_overlay_is_matplotlibs_jet_over_the_grey_film_to_one_grey_level():
         drawn = inference_view.overlay_picture(grey, heat).astype(int)
         assert drawn.shape == expected.shape and np.abs(drawn - expected).max() <= 1
         assert (drawn == expected).mean() > 0.9  # rounding, not a different colour
+
+
+def _files(**identifiers: list[str]) -> pd.DataFrame:
+    """An inference table of a PNG and a DICOM: every column notebook 05 shows, a path it does not, and the
+    identifiers given (the others empty, as scoring writes them)."""
+    frame = pd.DataFrame({"image": ["plain.png", "study/IM1"], "status": ["scored", "refused"],
+                          "source_format": ["png", "dicom"], "width": [64, 128], "height": [64, 128],
+                          "bits_stored": [8, 12], "view": ["", "LL"], "intensity": ["as stored", "window"],
+                          "positive_findings": ["", ""], "notes": ["", ""], "path": ["/a/plain.png", "/a/study/IM1"]})
+    for keyword in inference_view.PACS_IDENTIFIERS:
+        frame[keyword] = identifiers.get(keyword, ["", ""])
+    return frame
+
+
+def test_the_table_of_files_shows_each_pacs_identifier_a_file_has_as_text():
+    """Notebook 05's table of files: the DICOM's StudyInstanceUID, SOPInstanceUID and AccessionNumber where present
+    (a column nobody has stays out), rendered as text: markup shown, never run; a formula shown as written."""
+    from cxrutils.data import dicom
+    from cxrutils.inference.films import FACT_COLUMNS
+    from cxrutils.show.display import table
+
+    assert inference_view.PACS_IDENTIFIERS == tuple(dicom._IDENTIFIER_FIELDS.values())  # the header's keywords
+    assert set(inference_view.PACS_IDENTIFIERS) <= set(FACT_COLUMNS)  # and every inference row has them
+    files = _files(StudyInstanceUID=["", "<script>alert(1)</script>"], SOPInstanceUID=["", "1.2.840.5"],
+                   AccessionNumber=["", "=1+1"])
+    shown = inference_view.files_table(files)
+    assert list(shown.columns) == [*inference_view.FILE_TABLE_COLUMNS, "StudyInstanceUID", "SOPInstanceUID",
+                                   "AccessionNumber"]
+    assert shown.loc[1, "AccessionNumber"] == "=1+1" and shown.loc[0, "StudyInstanceUID"] == ""
+    html = table(shown, index=False).to_html()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
+    assert "=1+1" in html and "1.2.840.5" in html
+
+    assert list(inference_view.files_table(_files()).columns) == list(inference_view.FILE_TABLE_COLUMNS)
+    assert inference_view.pacs_identifiers(files.iloc[1]) == {
+        "StudyInstanceUID": "<script>alert(1)</script>", "SOPInstanceUID": "1.2.840.5", "AccessionNumber": "=1+1"}
+    assert inference_view.pacs_identifiers({"StudyInstanceUID": float("nan"), "AccessionNumber": None}) == {}
+
+    notebook = nbformat.read(NOTEBOOKS_DIR / "05_inference.ipynb", as_version=4)
+    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    assert "inference_view.files_table(result.table)" in code  # the notebook shows this table, not its own columns

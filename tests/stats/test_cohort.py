@@ -86,8 +86,9 @@ def test_the_whole_dataset_averages_3_6_films_per_patient(metadata):
 
 
 def test_an_official_shaped_test_list_has_the_official_lists_concentration(metadata):
-    """The real test_list.txt is not shipped (NIH_FORMATS.md); the rehearsal builder draws a list of its size and
-    shape from the shipped metadata: 25,596 films, every boxed and radiologist-test film in it. On it the figures
+    """The real test_list.txt is not shipped (it comes with NIH's release: README.md, "Getting the data"); the
+    rehearsal builder draws a list of its size and shape from the shipped metadata: 25,596 films, every boxed and
+    radiologist-test film in it. On it the figures
     are computed by pandas, and they sit near the official list's (2,797 patients, 9.15 films per patient, up to
     184, the top tenth of patients holding 56% of the films; 1,070 films of 132 patients under 18)."""
     from cxrutils.demo.roots import RehearsalSpec, official_shaped_split
