@@ -13,9 +13,17 @@ Measured in one run, on one machine, over 1024 px phantom PNGs in the NIH layout
   (c) img/s of the real ``train_one_epoch`` (augmentation, step, bookkeeping) fed from
       batches already on the device: the compute bound;
   (d) img/s of the same ``train_one_epoch`` fed by the cache loader, ``drop_last``;
-  the tail: validation over the validation split plus both checkpoints, as a share of
-  the epoch it ends (what idles the GPU between epochs);
+  the tail: validation over the validation split plus the epoch's checkpoint, written as
+  training writes it (``train._save_epoch`` for an improved epoch: one checkpoint, the
+  last one a link to it, the validation predictions and thresholds), as a share of the
+  epoch it ends (what idles the GPU between epochs);
   each of (c), (d) and the tail eager, and compiled with ``--compile`` (or both with ``--both``).
+
+As training does, a GPU runs with ``cudnn.benchmark`` on; every timing ends with a
+synchronisation (``train_one_epoch`` reads its clock after the epoch's loss, which waits
+for the device). Each figure is the median of ``repeats`` epochs after warm-up epochs
+(the cuDNN search, the compilation, the loader's workers), with more repeats on a GPU,
+whose epochs here last about a second.
 
 It prints the figures, a/b and d/c, and writes them as JSON (--out).
 """
@@ -44,12 +52,11 @@ from torchvision import transforms
 from cxrutils.data.images import read_image
 from cxrutils.data.preparation import GRAY_MEAN, GRAY_STD
 from cxrutils.demo.roots import RehearsalSpec, ensure_rehearsal_dataset
-from cxrutils.engine import run_folder
 from cxrutils.engine.data_adapters import open_training_cache, training_dataset
 from cxrutils.engine.model import build_model
 from cxrutils.engine.network_input import prepare_batch
 from cxrutils.engine.runtime import Distributed, describe_runtime, select_device
-from cxrutils.engine.train import TrainingState, train_one_epoch, training_data, validate
+from cxrutils.engine.train import TrainingState, _save_epoch, train_one_epoch, training_data, validate
 from cxrutils.labels import FINDINGS
 from cxrutils.paths import DATA_DIR
 from cxrutils.settings import TrainConfig
@@ -57,10 +64,11 @@ from cxrutils.settings import TrainConfig
 PRESETS: dict[str, dict[str, Any]] = {
     # Small enough for a 2-core CPU in a few minutes.
     "cpu": {"fraction": 0.005, "cache_size": 96, "input_size": 64, "batch_size": 16, "workers": 1, "amp": False,
-            "channels_last": False, "repeats": 3},
-    # The real-data settings on one GPU: about 2,600 training films, 224 px from a 256 px cache.
+            "channels_last": False, "repeats": 3, "fed_warmup": False},
+    # The real-data settings on one GPU: about 2,600 training films, 224 px from a 256 px cache. An epoch is about
+    # a second there: 7 repeats, after a warm-up epoch on each feed, make the median a steady state's.
     "gpu": {"fraction": 0.035, "cache_size": 256, "input_size": 224, "batch_size": 128, "workers": 8, "amp": True,
-            "channels_last": True, "repeats": 2},
+            "channels_last": True, "repeats": 7, "fed_warmup": True},
 }
 
 
@@ -153,8 +161,12 @@ def loader_rates(config: TrainConfig, paths: list[str], cache_loader: DataLoader
             "b_cache_loader": _images_per_second(cache_epoch, device, min_seconds=3.0)}
 
 
-def epoch_rates(config: TrainConfig, data: Any, device: torch.device, repeats: int) -> dict[str, float]:
-    """(c), (d) and the tail for one setting of ``config.compile``, each the median of ``repeats`` epochs."""
+def epoch_rates(config: TrainConfig, data: Any, device: torch.device, repeats: int,
+                fed_warmup: bool = False) -> dict[str, float]:
+    """(c), (d) and the tail for one setting of ``config.compile``, each the median of ``repeats`` epochs.
+
+    ``fed_warmup``: a loader-fed epoch before the timed ones too (its workers start, the page cache fills).
+    """
     torch.manual_seed(0)
     model = build_model("none").to(device)
     if config.channels_last:
@@ -173,6 +185,8 @@ def epoch_rates(config: TrainConfig, data: Any, device: torch.device, repeats: i
         return stats["train_images_per_second"]
 
     epoch(on_device)  # warm-up: cuDNN's algorithm search, and the compilation
+    if fed_warmup:
+        epoch(data.train_loader)
     in_memory, fed, tails, epoch_seconds = [], [], [], []
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(repeats):  # alternated, so drift in the machine's speed does not land on one of them
@@ -183,10 +197,9 @@ def epoch_rates(config: TrainConfig, data: Any, device: torch.device, repeats: i
             epoch_seconds.append(time.perf_counter() - started)
 
             def tail() -> None:
-                validate(model, data.val_loader, criterion, config, device, Distributed())
-                checkpoint = state.to_checkpoint(config, [{}], "bench")
-                run_folder.save_checkpoint(Path(folder) / run_folder.BEST_CHECKPOINT, checkpoint)
-                run_folder.save_checkpoint(Path(folder) / run_folder.LAST_CHECKPOINT, checkpoint)
+                val = validate(model, data.val_loader, criterion, config, device, Distributed())
+                # An improved epoch, as training ends it: one checkpoint written, the last one a link to it.
+                _save_epoch(Path(folder), state, config, [{}], "bench", True, data.val_rows, val)
 
             tails.append(_timed(tail, device))
     tail_seconds, fed_seconds = float(np.median(tails)), float(np.median(epoch_seconds))
@@ -204,6 +217,8 @@ def epoch_rates(config: TrainConfig, data: Any, device: torch.device, repeats: i
 
 def run_benchmark(settings: dict[str, Any]) -> dict[str, Any]:
     device = select_device(settings["device"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as training sets it: fixed input size, the fastest convolutions
     root = bench_root(settings)
     config = TrainConfig(name="bench", data_root=str(root), cache_dir=str(DATA_DIR / "bench" / f"cache_{root.name}_"
                          f"{settings['cache_size']}"), cache_size=settings["cache_size"],
@@ -226,11 +241,11 @@ def run_benchmark(settings: dict[str, Any]) -> dict[str, Any]:
     for compiled in settings["compile"]:
         config.compile = compiled
         key = "compiled" if compiled else "eager"
-        figures = epoch_rates(config, data, device, settings["repeats"])
+        figures = epoch_rates(config, data, device, settings["repeats"], settings.get("fed_warmup", False))
         results[key] = figures
         print(f"[{key}] (c) epoch in memory {figures['c_epoch_in_memory']:9.1f} img/s; (d) epoch fed by the cache "
               f"loader {figures['d_epoch_cache_loader']:9.1f} img/s; d/c = {figures['d_over_c']:.3f}; tail "
-              f"(validation of {figures['val_films']} films + checkpoints) {figures['tail_seconds']:.1f} s = "
+              f"(validation of {figures['val_films']} films + the checkpoint) {figures['tail_seconds']:.1f} s = "
               f"{figures['tail_share']:.1%} of the epoch", flush=True)
     results["settings"] = {**settings, "n_images": len(dataset.metadata), "device": str(device),
                            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else

@@ -3,15 +3,17 @@
 On a lent GPU (one H100/H200 on a 15-minute lease, where starting the machine costs
 minutes), make ONE call:
 
-    timeout 330 .venv/bin/python benchmarks/gpu_check.py --preset gpu --budget-s 280
+    timeout 300 .venv/bin/python benchmarks/gpu_check.py --preset gpu
 
 (``make gpu-check`` runs ``.venv/bin/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)``, with no install step;
 on a machine whose own ``python3`` holds torch and the project is not installed:
-``PYTHONPATH=. timeout 330 python3 benchmarks/gpu_check.py --preset gpu --budget-s 280``.)
-``--budget-s`` bounds the steps; the outer ``timeout`` leaves 50 s for starting Python and
-for the step that is running when the budget ends to be stopped and recorded. Then fetch the
-JSON (``--out``; default reports/gpu_check.json). ``--preset cpu`` runs the same steps, small,
-on a CPU in under about a minute (tests/project/test_gpu_check.py runs it).
+``PYTHONPATH=. timeout 300 python3 benchmarks/gpu_check.py --preset gpu``.)
+The steps share a budget of 260 s (the gpu preset's ``budget_s``, ``GPU_BUDGET_S``; ``--budget-s``
+overrides it); the outer ``timeout`` (``OUTER_TIMEOUT_S``) adds 40 s for what lies outside it:
+starting Python, stopping the step that is running when the budget ends and writing the last
+JSON take a few seconds together, the rest is slack. Then fetch the JSON (``--out``; default
+reports/gpu_check.json). ``--preset cpu`` runs the same steps, small, on a CPU in under about a
+minute (tests/project/test_gpu_check.py runs it).
 
 What makes it fit a short lease:
 
@@ -27,8 +29,10 @@ What makes it fit a short lease:
   (``cxrutils.data.cache``: manifest, index, pixels, progress; ``ImageCache.open`` opens it
   like any built cache) from phantom films, not on a root of PNGs that would take minutes of
   CPU to decode and measure nothing of the GPU;
-- the cheap figures come first, the compiled network (its compilation is the slowest and
-  least predictable step) after them, and the second compiled batch size last.
+- the figures the compile decision needs come first (eager, then compiled, at the profile's
+  batch: the compilation is the slowest and least predictable step, so it must not wait behind
+  others), then the epoch's tail, DDP and the scaling, inference, and last what a short budget
+  may cut: training compiled around DDP, and compiled at the larger batch.
 
 Every timing is synchronised (``torch.cuda.synchronize()`` around each timed region) and at
 steady state: warm-up steps are run and discarded (they hold the cuDNN algorithm search,
@@ -51,28 +55,34 @@ The steps, in order, and their figures (``steps.<name>.figures``):
    ``data_fed``: the same step fed by the real DataLoader over the cache (``make_loader``, 8
    workers or one less than the cores), and ``data_fed_over_in_memory`` (1.0: the loader keeps
    up; below: the GPU waits for data).
-4. ``tail``: ``validation_seconds_per_film`` (the project's ``validate`` over 1,024 films,
-   the median of the calls after the first, whose loader workers start), ``checkpoint_save_seconds``
-   (``TrainingState.to_checkpoint`` and ``run_folder.save_checkpoint``, AdamW's moments
-   included), ``checkpoint_mb``, ``checkpoint_load_seconds`` and ``restored_identical``
-   (the model and optimizer come back bit for bit on the GPU).
-5. ``train_compiled``: batch 96, channels_last, ``torch.compile(dynamic=False)`` with a cold
+4. ``train_compiled``: batch 96, channels_last, ``torch.compile(dynamic=False)`` with a cold
    inductor cache (what a first run on a fresh box pays): ``img_per_s``, ``data_fed``,
    ``peak_gib``, ``compile_seconds`` (what the warm-up steps took beyond steady steps: the
    compilation, plus the cuDNN search eager pays too), ``graphs`` (dynamo's unique graphs),
    ``recompiles_in_warmup`` and ``recompiles_in_timed_steps`` (graphs compiled after the
    first step: 0 expected), ``graph_breaks``.
-6. ``inference``: films/s of ``cxrutils.inference.scoring.infer_films`` (the path ``cxrutils
-   infer`` takes; scoring only, no Grad-CAM) on 128 phantom PNGs of 1024 px (NIH's size), with
-   0 loader workers and with the default (8, or one less than the cores); PNG decoding on the
-   CPU is most of it.
-7. ``torchrun``: ``torchrun --standalone --nproc_per_node=N`` for N = 1, 2, 4, ... up to every
+5. ``tail``: ``validation_seconds_per_film`` (the project's ``validate`` over 1,024 films,
+   the median of the calls after the first, whose loader workers start), ``checkpoint_save_seconds``
+   (``TrainingState.to_checkpoint`` and ``run_folder.save_checkpoint``, AdamW's moments
+   included), ``checkpoint_mb``, ``checkpoint_load_seconds`` and ``restored_identical``
+   (the model and optimizer come back bit for bit on the GPU).
+6. ``torchrun``: ``torchrun --standalone --nproc_per_node=N`` for N = 1, 2, 4, ... up to every
    GPU (a single-GPU box runs only N = 1, and says so), each rank running 10 warm-up then
    3 x 10 timed steps at batch 96 through ``training_network`` (DDP over NCCL; N = 1 is one
    process without DDP, as training runs it): ``img_per_s`` (all ranks together) on batches on
    the GPU (``in_memory``) and fed by the loader (``data_fed``: DistributedSampler, the cores
-   shared among the ranks).
-8. ``train_compiled_large``: step 5 at batch 192 (a fresh process and compilation).
+   shared among the ranks). N = 1 is then measured again inside DDP over a process group of
+   one (``n1.through_ddp``, ``training_network(force_ddp=True)``): DDP and NCCL run on a box
+   with one GPU too, and ``*_over_without_ddp`` is DDP's own cost.
+7. ``inference``: films/s of ``cxrutils.inference.scoring.infer_films`` (the path ``cxrutils
+   infer`` takes; scoring only, no Grad-CAM) on 128 phantom PNGs of 1024 px (NIH's size), with
+   0 loader workers and with infer's default (``scoring.default_workers`` for these films:
+   ``default_workers``); PNG decoding on the CPU is most of it.
+8. ``torchrun_compiled``: step 6's ranks, on every GPU (one GPU: one process forced through
+   DDP), with the network compiled around DDP as ``training_network`` compiles it (a cold
+   inductor cache): ``in_memory``, ``data_fed`` and ``compile`` (``compile_seconds``,
+   ``graphs``: DDP's optimizer splits the graph at its buckets, ``graph_breaks``).
+9. ``train_compiled_large``: step 4 at batch 192 (a fresh process and compilation).
 
 ``summary`` is recomputed from what is there after every step:
 
@@ -80,10 +90,14 @@ The steps, in order, and their figures (``steps.<name>.figures``):
   (channels_last): ``train_seconds`` = 78,000 training films / img/s, ``validation_seconds`` =
   8,600 films x seconds per film, ``checkpoint_seconds`` (one save: training writes the epoch's
   checkpoint once), ``epoch_seconds`` and ``tail_share`` = (validation + checkpoint) / epoch,
-  eager and compiled;
+  eager and compiled, on one process;
 - ``data_fed_over_in_memory``, eager and compiled, at batch 96;
 - ``torchrun_scaling``: per N, img/s and the scaling efficiency img/s(N) / (N x img/s(1)),
-  on the GPU and fed by the loader;
+  on the GPU and fed by the loader; fed by the loader also the NIH epoch on N processes and its
+  ``tail_share`` (``tail_share_rule``: (validation_seconds / N + checkpoint_seconds) /
+  (78,000 / img/s(N) + validation_seconds / N + checkpoint_seconds), as each rank validates
+  1/N of the films and rank 0 saves while the others wait); ``one_process_through_ddp``;
+- ``compiled_ddp``: the compiled DDP img/s against the eager DDP run of as many processes;
 - ``compile_decision``, the figure that decides whether ``compile`` becomes the GPU default
   in configs/train/nih.yaml: yes when, at steady state and fed by the loader (what an epoch
   runs), compiled img/s >= 1.1 x eager img/s (``compiled_over_eager``) AND the compilation is
@@ -94,16 +108,17 @@ The steps, in order, and their figures (``steps.<name>.figures``):
 
 The old check's 2-epoch training and kill-and-resume run are not here: each costs a whole
 ``cxrutils train`` start (index, run record, validation, checkpoints) twice over, a minute or
-more together, which the 280 s budget cannot hold beside the compilation; the CPU test suite
+more together, which the 260 s budget cannot hold beside the compilation; the CPU test suite
 covers resume (tests/engine/test_train.py kills a 2-process torchrun and resumes it). The
 ``tail`` step still checks that a checkpoint saved from the GPU restores the model and the
 optimizer exactly.
 
 ``--preset cpu`` runs the steps on the CPU, tiny (32 px input from a 64 px cache, batches of
-4 and 8, 2 warm-up and 2 x 2 timed steps, one torch thread a process) to check the check: its
-figures mean nothing about a GPU. Its torchrun step runs N = 2 only (2 gloo processes: the DDP
-path), so no scaling efficiency; its ``train_compiled`` compiles a tiny stand-in network with
-the ``eager`` backend (dynamo traces DenseNet121 for tens of seconds on 2 cores), there is no
+4 and 8, 1 warm-up and 2 x 1 timed steps, one torch thread a process) to check the check: its
+figures mean nothing about a GPU. Its torchrun steps run what a box with one GPU runs: N = 1
+without DDP, then through gloo DDP (so no scaling efficiency), and compiled through DDP; its
+compiled steps compile a tiny stand-in network with the
+``eager`` backend (dynamo traces DenseNet121 for tens of seconds on 2 cores), there is no
 ``compile_decision``, and ``train_compiled_large`` (the same code at batch 8) is recorded as
 not applicable. Options for tests and reruns: ``--only STEP,...``, ``--timeout
 STEP=SECONDS``, ``--work DIR`` (default data/gpu_check), ``--out PATH``.
@@ -143,7 +158,16 @@ SCRIPT = Path(__file__).resolve()
 NIH_TRAIN_FILMS = 78_000
 NIH_VAL_FILMS = 8_600
 COMPILE_SPEEDUP_NEEDED = 1.1  # compiled img/s over eager img/s, at steady state, fed by the loader
-STEPS = ("cache", "train_eager", "tail", "train_compiled", "inference", "torchrun", "train_compiled_large")
+# The recommended call on a lent GPU: ``timeout OUTER_TIMEOUT_S ... --preset gpu``, whose steps get GPU_BUDGET_S (the
+# gpu preset's budget_s). The difference covers what is outside the budget: starting Python and importing the check
+# before its clock starts (about a second), stopping the step in flight when the budget ends (a SIGKILL, a second)
+# and the last JSON and summary (under a second); the rest is slack, for a slow file system or a loaded CPU.
+GPU_BUDGET_S = 260
+OUTER_TIMEOUT_S = 300
+# The order is what a short lease keeps: what the compile decision needs first (the eager and compiled rates at
+# the profile's batch), then the epoch's tail, DDP and the scaling, inference, and last the extras the budget may cut.
+STEPS = ("cache", "train_eager", "train_compiled", "tail", "torchrun", "inference", "torchrun_compiled",
+         "train_compiled_large")
 OK, TIMEOUT, ERROR, RUNNING, INTERRUPTED = "ok", "timeout", "error", "running", "interrupted"
 SKIPPED_BUDGET, NOT_APPLICABLE = "skipped: budget", "not applicable"
 
@@ -159,19 +183,20 @@ def default_workers() -> int:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": {
-        "device": "cuda", "budget_s": 280, "torch_threads": None,
+        "device": "cuda", "budget_s": GPU_BUDGET_S, "torch_threads": None,
         "films": 4096, "val_films": 1024, "cache_size": 256, "input_size": 224, "amp": True,
         "batch_sizes": [96, 192], "layouts": ["channels_last", "nchw"],
         "warmup_steps": 10, "windows": 3, "steps_per_window": 10,
         "compile": {"backend": "inductor", "network": "densenet121"},
         "validation_repeats": 3, "checkpoint_repeats": 3,
-        "inference": {"films": 128, "film_size": 1024, "batch_size": 32},
+        "inference": {"films": 128, "film_size": 1024, "batch_size": 32, "warmup": True},
         "torchrun_processes": "1, 2, 4, ... up to every GPU",
+        "torchrun_compiled_processes": "every GPU (one GPU: one process, forced through DDP)",
         # Seconds: a step's own limit, and the least budget left for it to start.
-        "timeouts": {"cache": 60, "train_eager": 120, "tail": 60, "train_compiled": 150, "inference": 60,
-                     "torchrun": 120, "train_compiled_large": 120},
-        "min_s": {"cache": 5, "train_eager": 20, "tail": 10, "train_compiled": 60, "inference": 15, "torchrun": 20,
-                  "train_compiled_large": 60},
+        "timeouts": {"cache": 60, "train_eager": 120, "train_compiled": 150, "tail": 60, "torchrun": 150,
+                     "inference": 60, "torchrun_compiled": 150, "train_compiled_large": 120},
+        "min_s": {"cache": 5, "train_eager": 20, "train_compiled": 60, "tail": 10, "torchrun": 20, "inference": 15,
+                  "torchrun_compiled": 60, "train_compiled_large": 60},
     },
     "cpu": {
         "device": "cpu", "budget_s": 600,
@@ -180,15 +205,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "torch_threads": 1,
         "films": 256, "val_films": 64, "cache_size": 64, "input_size": 32, "amp": False,
         "batch_sizes": [4, 8], "layouts": ["channels_last", "nchw"],
-        "warmup_steps": 2, "windows": 2, "steps_per_window": 2,
+        # A step of DenseNet121 with AdamW takes a third of a second on one core: every code path runs at 3 a measure.
+        "warmup_steps": 1, "windows": 2, "steps_per_window": 1,
         "compile": {"backend": "eager", "network": "tiny"},
-        "validation_repeats": 2, "checkpoint_repeats": 2,
-        "inference": {"films": 8, "film_size": 64, "batch_size": 4},
-        "torchrun_processes": [2],  # the DDP path (gloo); a process on its own is train_eager's data-fed figure
+        "validation_repeats": 2, "checkpoint_repeats": 1,
+        "inference": {"films": 8, "film_size": 64, "batch_size": 4, "warmup": False},
+        # What a box with one GPU runs: one process without DDP, then through DDP (gloo), and compiled through DDP.
+        # A torchrun of N processes costs N + 1 starts of Python and torch, seconds each; tests/engine/test_train.py
+        # runs 2 ranks.
+        "torchrun_processes": [1],
+        "torchrun_compiled_processes": 1,
         "not_applicable": {"train_compiled_large": "the cpu preset runs train_compiled's code once; a second batch "
                                                    "size tells a CPU check nothing more"},
-        "timeouts": {"cache": 60, "train_eager": 120, "tail": 120, "train_compiled": 120, "inference": 120,
-                     "torchrun": 180, "train_compiled_large": 120},
+        "timeouts": {"cache": 60, "train_eager": 120, "train_compiled": 120, "tail": 120, "torchrun": 180,
+                     "inference": 120, "torchrun_compiled": 180, "train_compiled_large": 120},
         "min_s": {step: 1 for step in STEPS},
     },
 }
@@ -433,12 +463,25 @@ def print_summary(summary: dict[str, Any]) -> None:
               f"{number(epoch['checkpoint_seconds'], 1, ' s')} = {number(figures['epoch_seconds'], unit=' s')}; "
               f"tail {number(share and 100 * share, 1, '%')}; data-fed / in-memory "
               f"{number(summary['data_fed_over_in_memory'][mode], 2)}", flush=True)
+    scaling = summary["torchrun_scaling"]
     for feed in ("in_memory", "data_fed"):
-        for processes, figures in summary["torchrun_scaling"].get(feed, {}).items():
+        for processes, figures in scaling.get(feed, {}).items():
+            tail = (f", NIH epoch {number(figures['epoch_seconds'], unit=' s')}, tail "
+                    f"{number(figures['tail_share'] and 100 * figures['tail_share'], 1, '%')}"
+                    if "tail_share" in figures else "")
             print(f"torchrun N={processes}, {feed}: {number(figures['img_per_s'])} img/s, efficiency "
-                  f"{number(figures['efficiency'], 2)}", flush=True)
-    if summary["torchrun_scaling"].get("note"):
-        print(f"torchrun: {summary['torchrun_scaling']['note']}", flush=True)
+                  f"{number(figures['efficiency'], 2)}{tail}", flush=True)
+    through = scaling.get("one_process_through_ddp")
+    if through:
+        print(f"one process through DDP ({through['backend']}): {number(through['data_fed_img_per_s'])} img/s fed, "
+              f"{number(through['data_fed_over_without_ddp'], 3)} x without DDP", flush=True)
+    if scaling.get("note"):
+        print(f"torchrun: {scaling['note']}", flush=True)
+    compiled_ddp = summary["compiled_ddp"]
+    if compiled_ddp:
+        fed = compiled_ddp["data_fed"]
+        print(f"compiled DDP, N={compiled_ddp['processes']}: {number(fed['compiled_img_per_s'])} img/s fed, "
+              f"{number(fed['compiled_over_eager'], 2)} x eager DDP", flush=True)
     decision = summary["compile_decision"]
     print(f"compile decision: {decision['verdict']}", flush=True)
     if "compiled_over_eager" in decision:
@@ -510,15 +553,20 @@ def step_train_eager(check: Check) -> dict[str, Any]:
     return check.child("train", {**_common(check), "configs": configs, "compile": None}, "train_eager")
 
 
-def _compiled(check: Check, batch: int, label: str) -> dict[str, Any]:
-    config = {"name": f"b{batch}_channels_last", "batch_size": batch, "layout": "channels_last", "data_fed": True}
-    # A cold inductor cache each time: what the first compiled run on a fresh box pays.
+def _cold_compile(check: Check, label: str, run: Callable[[dict[str, str]], dict[str, Any]]) -> dict[str, Any]:
+    """``run(environment)`` with an empty inductor cache of its own: what the first compiled run on a fresh box pays."""
     inductor_cache = check.work / "inductor" / f"{label}_{os.getpid()}_{int(time.time())}"
     try:
-        return check.child("train", {**_common(check), "configs": [config], "compile": check.preset["compile"]},
-                           label, environment={"TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)})
+        return run({"TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)})
     finally:
         shutil.rmtree(inductor_cache, ignore_errors=True)
+
+
+def _compiled(check: Check, batch: int, label: str) -> dict[str, Any]:
+    config = {"name": f"b{batch}_channels_last", "batch_size": batch, "layout": "channels_last", "data_fed": True}
+    payload = {**_common(check), "configs": [config], "compile": check.preset["compile"]}
+    return _cold_compile(check, label, lambda environment: check.child("train", payload, label,
+                                                                        environment=environment))
 
 
 def step_train_compiled(check: Check) -> dict[str, Any]:
@@ -537,8 +585,7 @@ def step_tail(check: Check) -> dict[str, Any]:
 
 
 def step_inference(check: Check) -> dict[str, Any]:
-    payload = {**_common(check), **check.preset["inference"], "folder": str(check.work / "inference"),
-               "worker_counts": sorted({0, default_workers()})}
+    payload = {**_common(check), **check.preset["inference"], "folder": str(check.work / "inference")}
     return check.child("inference", payload, "inference")
 
 
@@ -554,16 +601,23 @@ def torchrun_processes(check: Check) -> list[int]:
     return counts + ([gpus] if gpus and gpus not in counts else [])
 
 
+def _per_rank(check: Check, processes: int) -> dict[str, Any]:
+    """A rank's payload: the profile's batch, and the cores shared among the ranks' loader workers."""
+    return {**_common(check), "batch_size": check.preset["batch_sizes"][0],
+            "workers": max(1, min(default_workers(), (os.cpu_count() or 1) // processes - 1))}
+
+
 def step_torchrun(check: Check) -> dict[str, Any]:
     counts = torchrun_processes(check)
     figures: dict[str, Any] = {"process_counts": counts}
     if counts == [1]:
-        figures["note"] = "one GPU: only N = 1 ran; the scaling efficiency needs 2 or more"
+        figures["note"] = ("one process only (one GPU): N = 1 ran without DDP, as training runs it, and forced through "
+                           "DDP; the scaling efficiency needs 2 or more")
     elif 1 not in counts:
         figures["note"] = f"N = {', '.join(map(str, counts))} only: no efficiency without N = 1"
     for processes in counts:
-        per_rank = {**_common(check), "batch_size": check.preset["batch_sizes"][0],
-                    "workers": max(1, min(default_workers(), (os.cpu_count() or 1) // processes - 1))}
+        # N = 1 also runs forced through DDP, over a process group of one: DDP's own cost, and NCCL on any box.
+        per_rank = {**_per_rank(check, processes), "force_ddp_after": processes == 1, "compile": None}
 
         def record(found: dict[str, Any], processes: int = processes) -> None:
             figures[f"n{processes}"] = found
@@ -578,9 +632,29 @@ def step_torchrun(check: Check) -> dict[str, Any]:
     return figures
 
 
+def torchrun_compiled_processes(check: Check) -> int:
+    """Every GPU (one GPU: one process, forced through DDP); the cpu preset's own count."""
+    listed = check.preset["torchrun_compiled_processes"]
+    if isinstance(listed, int):
+        return listed
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def step_torchrun_compiled(check: Check) -> dict[str, Any]:
+    """Training compiled around DDP, as ``training_network`` compiles it, with a cold inductor cache."""
+    processes = torchrun_compiled_processes(check)
+    payload = {**_per_rank(check, processes), "force_ddp": processes == 1, "compile": check.preset["compile"]}
+    label = f"torchrun_compiled_n{processes}"
+    return _cold_compile(check, label, lambda environment: check.child("ddp", payload, label, processes=processes,
+                                                                        environment=environment))
+
+
 STEP_FUNCTIONS: dict[str, Callable[[Check], dict[str, Any]]] = {
-    "cache": step_cache, "train_eager": step_train_eager, "tail": step_tail, "train_compiled": step_train_compiled,
-    "inference": step_inference, "torchrun": step_torchrun, "train_compiled_large": step_train_compiled_large,
+    "cache": step_cache, "train_eager": step_train_eager, "train_compiled": step_train_compiled, "tail": step_tail,
+    "torchrun": step_torchrun, "inference": step_inference, "torchrun_compiled": step_torchrun_compiled,
+    "train_compiled_large": step_train_compiled_large,
 }
 
 
@@ -616,7 +690,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
                  if None not in (train_seconds, validation, checkpoint) else None)
         epoch[mode] = {"data_fed_img_per_s": fed, "train_seconds": train_seconds, "epoch_seconds": total,
                        "tail_share": (validation + checkpoint) / total if total else None}
-    summary = {"nih_epoch": epoch, "data_fed_over_in_memory": ratios, "torchrun_scaling": _scaling(report),
+    summary = {"nih_epoch": epoch, "data_fed_over_in_memory": ratios,
+               "torchrun_scaling": _scaling(report, validation, checkpoint), "compiled_ddp": _compiled_ddp(report),
                "compile_decision": _compile_decision(report, epoch, config)}
     if report["preset"] != "gpu":
         summary["note"] = ("the cpu preset checks the check: its figures say nothing of a GPU, and its compiled "
@@ -640,7 +715,13 @@ def _compile_seconds_at_least(report: dict[str, Any], config: str) -> float | No
     return ended - started if ended and started else None
 
 
-def _scaling(report: dict[str, Any]) -> dict[str, Any]:
+TAIL_SHARE_RULE = ("tail_share(N) = (validation_seconds / N + checkpoint_seconds) / (78,000 / data-fed img/s(N) + "
+                   "validation_seconds / N + checkpoint_seconds): an NIH epoch on N processes, each validating its "
+                   "1/N of the 8,600 films, rank 0 saving the one checkpoint while the others wait")
+
+
+def _scaling(report: dict[str, Any], validation: float | None, checkpoint: float | None) -> dict[str, Any]:
+    """Per N: img/s (all ranks), efficiency img/s(N) / (N x img/s(1)), and fed by the loader the NIH epoch's tail."""
     figures = report["steps"].get("torchrun", {}).get("figures", {})
     scaling: dict[str, Any] = {}
     for feed in ("in_memory", "data_fed"):
@@ -650,12 +731,49 @@ def _scaling(report: dict[str, Any]) -> dict[str, Any]:
             if key.startswith("n") and key[1:].isdigit() and isinstance(value, dict):
                 rate = value.get(feed, {}).get("img_per_s")
                 processes = int(key[1:])
-                per_count[str(processes)] = {"img_per_s": rate, "efficiency": rate / (processes * one)
-                                             if rate and one else None}
+                row = {"img_per_s": rate, "efficiency": rate / (processes * one) if rate and one else None}
+                if feed == "data_fed":
+                    row.update(_epoch_on(processes, rate, validation, checkpoint))
+                per_count[str(processes)] = row
         scaling[feed] = per_count
+    scaling["tail_share_rule"] = TAIL_SHARE_RULE
+    through = _figure(report, "torchrun", "n1", "through_ddp")
+    if isinstance(through, dict):
+        scaling["one_process_through_ddp"] = {
+            "backend": through.get("backend"),
+            **{f"{feed}_img_per_s": through.get(feed, {}).get("img_per_s") for feed in ("in_memory", "data_fed")},
+            **{f"{feed}_over_without_ddp": through.get(f"{feed}_over_without_ddp")
+               for feed in ("in_memory", "data_fed")}}
     if figures.get("note"):
         scaling["note"] = figures["note"]
     return scaling
+
+
+def _epoch_on(processes: int, rate: float | None, validation: float | None,
+              checkpoint: float | None) -> dict[str, float | None]:
+    """An NIH epoch on ``processes`` ranks at ``rate`` img/s in all (``TAIL_SHARE_RULE``); None for a missing figure."""
+    if not rate or validation is None or checkpoint is None:
+        return {"epoch_seconds": None, "tail_share": None}
+    tail = validation / processes + checkpoint
+    epoch = NIH_TRAIN_FILMS / rate + tail
+    return {"epoch_seconds": epoch, "tail_share": tail / epoch}
+
+
+def _compiled_ddp(report: dict[str, Any]) -> dict[str, Any]:
+    """The compiled DDP run against the eager one of as many processes (N = 1: eager through DDP too)."""
+    figures = report["steps"].get("torchrun_compiled", {}).get("figures", {})
+    if not figures.get("processes"):
+        return {}
+    processes = figures["processes"]
+    summary: dict[str, Any] = {"processes": processes, "forced_ddp": figures.get("forced_ddp"),
+                               "compile": figures.get("compile")}
+    eager = _figure(report, "torchrun", f"n{processes}", *(("through_ddp",) if processes == 1 else ()))
+    for feed in ("in_memory", "data_fed"):
+        compiled_rate = figures.get(feed, {}).get("img_per_s")
+        eager_rate = eager.get(feed, {}).get("img_per_s") if isinstance(eager, dict) else None
+        summary[feed] = {"compiled_img_per_s": compiled_rate, "eager_img_per_s": eager_rate,
+                         "compiled_over_eager": compiled_rate / eager_rate if compiled_rate and eager_rate else None}
+    return summary
 
 
 def _compile_decision(report: dict[str, Any], epoch: dict[str, Any], config: str) -> dict[str, Any]:
@@ -1094,12 +1212,17 @@ def fake_run(folder: Path, payload: dict[str, Any]) -> Path:
 
 
 def child_inference(payload: dict[str, Any], reporter: Reporter) -> None:
-    """films/s of the project's inference path on phantom PNGs, with 0 and the default loader workers."""
+    """films/s of the project's inference path on phantom PNGs, with 0 and the default loader workers.
+
+    The default is ``cxrutils infer``'s own (``scoring.default_workers`` for these films and
+    this batch, from the cores), not the training loader's.
+    """
     import numpy as np
     import torch
     from PIL import Image
 
     from cxrutils.demo.phantoms import render_phantom
+    from cxrutils.inference.scoring import default_workers as inference_workers
     from cxrutils.inference.scoring import infer_films, load_inference_model
 
     folder = Path(payload["folder"])
@@ -1117,20 +1240,48 @@ def child_inference(payload: dict[str, Any], reporter: Reporter) -> None:
         torch.backends.cudnn.benchmark = True
     model = load_inference_model(run_dir, device="cuda" if payload["device"] == "cuda" else "cpu")
     reporter.set("device", str(model.device))
-    for workers in payload["worker_counts"]:
+    default = inference_workers(payload["films"], payload["batch_size"])
+    reporter.set("default_workers", default)
+    for workers in sorted({0, default}):
         def run(workers: int = workers) -> Any:
-            return infer_films(model, [films], batch_size=payload["batch_size"], num_workers=workers,
-                               with_gradcam=False, keep_films=False, show_progress=False)
+            # The default as infer passes it (None), so infer_films itself picks the count recorded above.
+            return infer_films(model, [films], batch_size=payload["batch_size"],
+                               num_workers=None if workers == default else workers, with_gradcam=False,
+                               keep_films=False, show_progress=False)
 
-        run()  # warm-up: loader workers, cuDNN's search, the page cache
+        if payload["warmup"]:
+            run()  # warm-up: loader workers, cuDNN's search, the page cache
         result = run()  # the probabilities come back to the CPU: the GPU's work is finished
-        reporter.set(f"workers_{workers}", {"workers": workers, "batch_size": payload["batch_size"],
+        reporter.set(f"workers_{workers}", {"workers": workers, "default": workers == default,
+                                            "batch_size": payload["batch_size"],
                                             "films_per_s": result.n_scored / result.seconds["total"],
                                             "scored": result.n_scored, "seconds": result.seconds["total"]})
 
 
+def start_group_of_one(device: Any) -> str:
+    """A process group of this one process (torchrun's variables name it), so DDP runs: NCCL on a GPU, gloo on a CPU.
+
+    ``runtime.start_process_group`` starts none for one process, as training needs none there.
+    """
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
+    return backend
+
+
 def child_ddp(payload: dict[str, Any], reporter: Reporter) -> None:
-    """One rank under torchrun: DDP training steps, on batches on the device, then fed by the loader."""
+    """One rank under torchrun: training steps on batches on the device, then fed by the loader.
+
+    The network is ``training_network``'s: inside DDP for several processes, without it for
+    one, as training runs them. With ``force_ddp_after`` one process is then measured again
+    inside DDP over a process group of one (``through_ddp``: DDP's own cost, and DDP and NCCL
+    run on a box with one GPU); with ``force_ddp`` it runs only that way (``forced_ddp``).
+    ``compile`` compiles around DDP, as training does (``compiled_ddp``).
+    """
     import torch
     import torch.distributed as dist
 
@@ -1144,10 +1295,13 @@ def child_ddp(payload: dict[str, Any], reporter: Reporter) -> None:
     if device.type == "cpu":  # processes on one machine share its cores
         torch.set_num_threads(payload.get("torch_threads") or max(1, (os.cpu_count() or 1) // ddp.world_size))
     start_process_group(ddp, device)
-    batch = payload["batch_size"]
-    setup = training_setup(payload, batch, True, ddp=ddp)
+    batch, compile_settings = payload["batch_size"], payload.get("compile")
+    forced = not ddp.enabled and payload.get("force_ddp", False)
+    if forced:
+        start_group_of_one(device)
+    setup = training_setup(payload, batch, True, compile_settings["network"] if compile_settings else "densenet121",
+                           ddp=ddp)
     config, model, state, cache = setup["config"], setup["model"], setup["state"], setup["cache"]
-    network = training_network(model, ddp, device)
     amp_dtype = autocast_dtype(device, config.amp)
     generator = torch.Generator(device=device).manual_seed(ddp.rank)
     names = film_names(payload["films"])[payload["val_films"]:]
@@ -1156,32 +1310,90 @@ def child_ddp(payload: dict[str, Any], reporter: Reporter) -> None:
     rows = cache.rows(shard[:batch])
     pixels = torch.from_numpy(cache.pixels[rows]).unsqueeze(1).to(device)
     targets = torch.from_numpy(labels[:len(rows)]).to(device)
-
-    def step(pixels: Any, targets: Any) -> None:
-        images = prepare_batch(pixels, device, config.input_size, config.channels_last, config.augment, generator)
-        training_step(network, images, targets.to(device, non_blocking=True), setup["criterion"], state.optimizer,
-                      state.scaler, amp_dtype)
+    images_per_step = batch * ddp.world_size
+    feeds = 2 if payload.get("force_ddp_after") and not ddp.enabled else 1
+    steps = payload["warmup_steps"] + payload["windows"] * payload["steps_per_window"]
+    # One loader for every data-fed measurement: its workers start once.
+    loader = make_loader(cached_films(cache, names, labels, images_per_step * steps * feeds), batch_size=batch,
+                         shuffle=True, seed=0, num_workers=payload["workers"], drop_last=True,
+                         distributed=ddp.enabled or forced)
+    batches = iter(loader)
 
     def barrier() -> None:
-        if ddp.enabled:
+        if dist.is_initialized():
             dist.barrier()
 
-    images_per_step = batch * ddp.world_size
-    figures: dict[str, Any] = {"processes": ddp.world_size, "backend": dist.get_backend() if ddp.enabled else None,
-                               "batch_per_rank": batch, "workers_per_rank": payload["workers"]}
-    figures["in_memory"] = steady_rate(lambda i: step(pixels, targets), images_per_step, payload, device, barrier)
-    if ddp.is_main:
-        reporter.replace(figures)
-    needed = batch * ddp.world_size * (payload["warmup_steps"] + payload["windows"] * payload["steps_per_window"])
-    loader = make_loader(cached_films(cache, names, labels, needed), batch_size=batch, shuffle=True, seed=0,
-                         num_workers=payload["workers"], drop_last=True, distributed=ddp.enabled)
-    batches = iter(loader)
-    figures["data_fed"] = steady_rate(lambda i: step(*next(batches)), images_per_step, payload, device, barrier)
-    if ddp.is_main:
-        reporter.replace(figures)
-    if ddp.enabled:
+    def measure(network: Any, record: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        def step(pixels: Any, targets: Any) -> None:
+            images = prepare_batch(pixels, device, config.input_size, config.channels_last, config.augment, generator)
+            training_step(network, images, targets.to(device, non_blocking=True), setup["criterion"],
+                          state.optimizer, state.scaler, amp_dtype)
+
+        figures: dict[str, Any] = {}
+        figures["in_memory"] = steady_rate(lambda i: step(pixels, targets), images_per_step, payload, device, barrier)
+        record(figures)
+        figures["data_fed"] = steady_rate(lambda i: step(*next(batches)), images_per_step, payload, device, barrier)
+        record(figures)
+        return figures
+
+    def report(figures: dict[str, Any]) -> None:
+        if ddp.is_main:
+            reporter.replace(figures)
+
+    figures: dict[str, Any] = {"processes": ddp.world_size, "batch_per_rank": batch,
+                               "workers_per_rank": payload["workers"], "ddp": forced or ddp.enabled,
+                               "forced_ddp": forced, "backend": dist.get_backend() if dist.is_initialized() else None}
+    network = training_network(model, ddp, device, force_ddp=forced)
+    if compile_settings:
+        figures.update(compiled_ddp(network, compile_settings, measure, figures, report, payload))
+    else:
+        figures.update(measure(network, lambda found: report({**figures, **found})))
+    report(figures)
+    if payload.get("force_ddp_after") and not ddp.enabled:
+        backend = start_group_of_one(device)
+        inside = training_network(model, ddp, device, force_ddp=True)
+        through: dict[str, Any] = {"backend": backend}
+        through.update(measure(inside, lambda found: report({**figures, "through_ddp": {**through, **found}})))
+        for feed in ("in_memory", "data_fed"):
+            through[f"{feed}_over_without_ddp"] = through[feed]["img_per_s"] / figures[feed]["img_per_s"]
+        figures["through_ddp"] = through
+        report(figures)
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def compiled_ddp(network: Any, compile_settings: dict[str, Any], measure: Callable[..., dict[str, Any]],
+                 figures: dict[str, Any], report: Callable[[dict[str, Any]], None],
+                 payload: dict[str, Any]) -> dict[str, Any]:
+    """``measure`` on ``network`` compiled, with the compilation's seconds, graphs, breaks and recompiles.
+
+    ``recompiles_data_fed``: graphs compiled for the loader's batches after those on the device (0 expected: the
+    loader drops the last, short batch, so every batch has one shape).
+    """
+    import torch
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    compiled = torch.compile(network, backend=compile_settings["backend"], dynamic=False)
+    settings = {"backend": compile_settings["backend"], "network": compile_settings["network"]}
+    # On disk before the compilation starts: a timeout then still says how long it compiled.
+    report({**figures, "compile": {**settings, "phase": "compiling (the first step)",
+                                   "first_step_started_unix": time.time()}})
+    graphs_after: list[int] = []  # after the steps on the device, then after those fed by the loader
+
+    def record(partial: dict[str, Any]) -> None:
+        graphs_after.append(int(counters["stats"]["unique_graphs"]))
+        report({**figures, **partial})
+
+    found = measure(compiled, record)
+    in_memory = found["in_memory"]
+    return {**found, "compile": {**settings, "compile_seconds": in_memory["warmup_excess_seconds"],
+                                 "first_step_seconds": in_memory["first_step_seconds"], "graphs": graphs_after[-1],
+                                 "recompiles_data_fed": graphs_after[-1] - graphs_after[0],
+                                 "graph_breaks": int(sum(counters["graph_break"].values())),
+                                 "warmup_steps": payload["warmup_steps"]}}
 
 
 CHILDREN: dict[str, Callable[[dict[str, Any], Reporter], None]] = {
@@ -1233,7 +1445,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="seconds for all the steps; steps that cannot start in it are skipped (gpu: 280)")
+                        help=f"seconds for all the steps; steps that cannot start in it are skipped (default: the "
+                             f"preset's, gpu {PRESETS['gpu']['budget_s']:g}, cpu {PRESETS['cpu']['budget_s']:g})")
     parser.add_argument("--out", type=Path, default=REPORTS_DIR / "gpu_check.json", help="the JSON report")
     parser.add_argument("--work", type=Path, default=DATA_DIR / "gpu_check",
                         help="the image cache, logs and scratch files")

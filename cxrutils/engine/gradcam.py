@@ -25,6 +25,7 @@ AUTO_GRADCAM_LAYER = "auto"
 MIN_GRADCAM_GRID = 4
 # Input pixels per Grad-CAM pass (16 films at 224 px, one at 1024 px; small inputs share a pass): the
 # forward's activations and the autograd record above the Grad-CAM layer grow with the films in a pass.
+# The one bound of inference, the evaluation's box heatmaps and external localization (gradcam_films_per_pass).
 GRADCAM_PIXELS_PER_PASS = 16 * 224 * 224
 
 

@@ -282,6 +282,7 @@ def warmup_factor(warmup_epochs: float, progress_epochs: float) -> float:
 
 def training_network(
     model: nn.Module, ddp: Distributed, device: torch.device, compile: bool = False, sync_batchnorm: bool = False,
+    force_ddp: bool = False,
 ) -> nn.Module:
     """What ``training_step`` calls: the model, inside DDP under torchrun, compiled around that with ``compile``.
 
@@ -291,10 +292,13 @@ def training_network(
     batch's statistics, unless ``sync_batchnorm`` makes every BatchNorm layer a
     ``SyncBatchNorm``, which normalises by all N batches). Compiled around DDP, its
     all-reduce overlaps the backward pass. One process has nothing to synchronise:
-    ``sync_batchnorm`` changes nothing there.
+    ``sync_batchnorm`` changes nothing there, and training runs it without DDP.
+    ``force_ddp`` wraps one process in DDP all the same (its process group, of one, started
+    by the caller): ``benchmarks/gpu_check.py`` measures DDP's own cost, and runs DDP and
+    NCCL, compiled or not, on a box with one GPU. Training never sets it.
     """
     network: nn.Module = model
-    if ddp.enabled:
+    if ddp.enabled or force_ddp:
         if sync_batchnorm:
             # In place (the network is no BatchNorm itself): the new layers hold the model's own parameters and buffers,
             # so the optimizer, the checkpoint's keys and validation (which uses ``model``) are unchanged.
@@ -369,8 +373,10 @@ def train_one_epoch(
         for group, scheduled in zip(optimizer.param_groups, scheduled_lrs):
             group["lr"] = scheduled
     bar.close()
+    # Read before the clock: ``.item()`` waits for the device to finish the last step, which the CPU only queued.
+    train_loss = total_loss.item() / max(seen, 1)
     elapsed = time.perf_counter() - started
-    return {"train_loss": total_loss.item() / max(seen, 1), "train_images_per_second": seen / max(elapsed, 1e-9)}
+    return {"train_loss": train_loss, "train_images_per_second": seen / max(elapsed, 1e-9)}
 
 
 def _gradients_kept_local(network: nn.Module) -> Any:
@@ -505,51 +511,55 @@ def _train(config: TrainConfig, resume: bool | str, dataset: NIHDataset | None, 
     # Rank 0 only; events an interrupted process wrote after its last checkpoint are dropped (purge from the epoch on).
     board = TrainingBoard(run_dir, enabled=config.tensorboard and ddp.is_main and not finished,
                           first_epoch=state.epoch + 1)
-    if board.enabled:
-        images, _ = _augmented_images(config, cache, data.train_names[:8])
-        board.augmented_batch(images, state.epoch + 1)
-    generator = torch.Generator(device=device)
-    epoch_seconds: list[float] = []  # this process's epochs (not a resumed run's earlier ones): the time-left estimate
-    for epoch in range(state.epoch + 1, config.epochs + 1):
-        if state.stale_epochs >= config.early_stopping_patience:
-            break
-        # Augmentation draws and the shuffle depend only on (seed, epoch, rank): a resumed run repeats them exactly.
-        generator.manual_seed(config.seed * 1000003 + epoch * 1009 + ddp.rank)
-        _reshuffle(data.train_loader, config.seed, epoch)
-        started = time.perf_counter()
-        with stage("train epoch", images=len(data.train_names)):
-            train_stats = train_one_epoch(network, data.train_loader, criterion, state.optimizer, state.scaler,
-                                          config, device, generator, epoch, show_progress=ddp.is_main)
-        if ddp.enabled:  # every rank trained on as many films (DistributedSampler), so the mean of means is the mean
-            train_stats["train_loss"] = mean_over_ranks(train_stats["train_loss"], ddp, device)
-            train_stats["train_images_per_second"] *= ddp.world_size
-        with stage("validate", images=len(data.val_names)):
-            val = validate(model, data.val_loader, val_criterion, config, device, ddp)
-        val_loss, val_mean = broadcast((val["val_loss"], float(np.nanmean(val["auroc"]))) if val else None, ddp)
-        # The lr the epoch's last step used: the scheduler's, times the warmup's share at the epoch's end.
-        lr = state.optimizer.param_groups[0]["lr"] * warmup_factor(config.warmup_epochs, epoch)
-        if config.scheduler == "plateau":
-            state.scheduler.step(val_loss)
-        else:
-            state.scheduler.step()
-        row = {"epoch": epoch, **train_stats, "val_loss": val_loss, "val_auroc_mean": val_mean, "lr": lr,
-               "epoch_seconds": time.perf_counter() - started}
-        if val is not None:
-            row.update({f"val_auroc_{f}": float(a) for f, a in zip(FINDINGS, val["auroc"])})
-        improved = state.record(row, val_mean)
-        rng = gather(rng_state(), ddp)
-        if ddp.is_main:
-            with stage("checkpoint"):
-                _save_epoch(run_dir, state, config, rng, cache.fingerprint, improved, data.val_rows, val)
-            board.epoch(row)
-            epoch_seconds.append(row["epoch_seconds"])
-            announce(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
-                     f"val AUROC {val_mean:.4f}{' (best)' if improved else ''}, "
-                     f"{row['train_images_per_second']:.0f} img/s, {duration_text(row['epoch_seconds'])}",
-                     live=_time_left(epoch_seconds, config.epochs - epoch, state.stale_epochs, config))
-        if ddp.enabled:
-            dist.barrier()
-    board.close()
+    try:
+        if board.enabled:
+            images, _ = _augmented_images(config, cache, data.train_names[:8])
+            board.augmented_batch(images, state.epoch + 1)
+        generator = torch.Generator(device=device)
+        # This process's epochs (not a resumed run's earlier ones): the time-left estimate.
+        epoch_seconds: list[float] = []
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            if state.stale_epochs >= config.early_stopping_patience:
+                break
+            # Augmentation draws and the shuffle depend only on (seed, epoch, rank): a resumed run repeats them exactly.
+            generator.manual_seed(config.seed * 1000003 + epoch * 1009 + ddp.rank)
+            _reshuffle(data.train_loader, config.seed, epoch)
+            started = time.perf_counter()
+            with stage("train epoch", images=len(data.train_names)):
+                train_stats = train_one_epoch(network, data.train_loader, criterion, state.optimizer, state.scaler,
+                                              config, device, generator, epoch, show_progress=ddp.is_main)
+            # Every rank trained on as many films (DistributedSampler), so the mean of the means is the mean.
+            if ddp.enabled:
+                train_stats["train_loss"] = mean_over_ranks(train_stats["train_loss"], ddp, device)
+                train_stats["train_images_per_second"] *= ddp.world_size
+            with stage("validate", images=len(data.val_names)):
+                val = validate(model, data.val_loader, val_criterion, config, device, ddp)
+            val_loss, val_mean = broadcast((val["val_loss"], float(np.nanmean(val["auroc"]))) if val else None, ddp)
+            # The lr the epoch's last step used: the scheduler's, times the warmup's share at the epoch's end.
+            lr = state.optimizer.param_groups[0]["lr"] * warmup_factor(config.warmup_epochs, epoch)
+            if config.scheduler == "plateau":
+                state.scheduler.step(val_loss)
+            else:
+                state.scheduler.step()
+            row = {"epoch": epoch, **train_stats, "val_loss": val_loss, "val_auroc_mean": val_mean, "lr": lr,
+                   "epoch_seconds": time.perf_counter() - started}
+            if val is not None:
+                row.update({f"val_auroc_{f}": float(a) for f, a in zip(FINDINGS, val["auroc"])})
+            improved = state.record(row, val_mean)
+            rng = gather(rng_state(), ddp)
+            if ddp.is_main:
+                with stage("checkpoint"):
+                    _save_epoch(run_dir, state, config, rng, cache.fingerprint, improved, data.val_rows, val)
+                board.epoch(row)
+                epoch_seconds.append(row["epoch_seconds"])
+                announce(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
+                         f"val AUROC {val_mean:.4f}{' (best)' if improved else ''}, "
+                         f"{row['train_images_per_second']:.0f} img/s, {duration_text(row['epoch_seconds'])}",
+                         live=_time_left(epoch_seconds, config.epochs - epoch, state.stale_epochs, config))
+            if ddp.enabled:
+                dist.barrier()
+    finally:
+        board.close()  # also when an epoch raises: the events written so far are flushed, the file closed
     if ddp.enabled:
         dist.destroy_process_group()
     return TrainResult(run_dir=run_dir, best_epoch=state.best_epoch, best_val_auroc_mean=state.best_val_auroc_mean,

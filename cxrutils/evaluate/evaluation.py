@@ -36,7 +36,7 @@ from cxrutils import files
 from cxrutils.data.metadata import age_band
 from cxrutils.data.radiologist_labels import read_radiologist_labels
 from cxrutils.engine import run_folder
-from cxrutils.engine.gradcam import gradcam_grid, gradcam_layer_for
+from cxrutils.engine.gradcam import gradcam_films_per_pass, gradcam_grid, gradcam_layer_for
 from cxrutils.engine.model import BACKBONES
 from cxrutils.engine.network_input import denormalize, prepare_batch
 from cxrutils.engine.predict import SPLITS, predict_split
@@ -879,6 +879,21 @@ def _localization_unavailable(run: run_folder.Run, split: str, boxes: pd.DataFra
     return None
 
 
+def run_box_heatmaps(run: run_folder.Run, boxes: pd.DataFrame, layer: str, desc: str = "Grad-CAM") -> np.ndarray:
+    """Grad-CAM of the run's best model at ``layer`` for each row's image and finding (``localization.box_heatmaps``).
+
+    ``boxes`` needs image and finding (boxes in the model frame for scoring). The films
+    per pass are inference's (``gradcam_films_per_pass`` at the run's input size: a bound
+    on the pixels a pass records for its backward), not the training batch, which says
+    nothing of Grad-CAM's memory. What ``localize`` and the gallery draw, and what
+    benchmarks/bench_localization.py times.
+    """
+    model = run.model()
+    size = run.config.input_size
+    return localization.box_heatmaps(model, run.image_cache(), boxes, size, device=select_device(run.config.device),
+                                     batch_size=gradcam_films_per_pass(size), layer=model.stage(layer), desc=desc)
+
+
 def localize(run: run_folder.Run, boxes: pd.DataFrame, layer: str, seed: int = 0,
              repeats: int = RANDOM_BASELINE_REPEATS, n_bootstrap: int = 1000) -> LocalizationResult:
     """Grad-CAM for each box's image and finding, scored; and the random-heatmap chance level for the same boxes.
@@ -903,11 +918,7 @@ def localize(run: run_folder.Run, boxes: pd.DataFrame, layer: str, seed: int = 0
         if unknown:
             raise KeyError(f"{len(unknown)} boxed images are not in the dataset's metadata, e.g. {unknown[0]}: "
                            "their patient is unknown, so the boxes cannot be resampled by patient")
-        model = run.model()
-        heatmaps = localization.box_heatmaps(
-            model, run.image_cache(), mapped, size, device=select_device(run.config.device),
-            batch_size=run.config.batch_size, layer=model.stage(layer),
-        )
+        heatmaps = run_box_heatmaps(run, mapped, layer)
         grid = gradcam_grid(size, layer)
         scored = localization.score_boxes(heatmaps, mapped)
         scored.insert(scored.columns.get_loc("h") + 1, "patient_id", patient_of.reindex(scored["image"]).to_numpy())
@@ -992,13 +1003,8 @@ def gallery_panels(run: run_folder.Run, layer: str, examples: pd.DataFrame) -> G
     size = run.config.input_size
     if examples.empty:
         return Gallery(examples, np.zeros((0, size, size)), np.zeros((0, size, size)), [], [])
-    model = run.model()
     with stage("gallery Grad-CAM", images=len(examples)):
-        heatmaps = localization.box_heatmaps(
-            model, run.image_cache(), examples[["image", "finding"]], size,
-            device=select_device(run.config.device), batch_size=run.config.batch_size, layer=model.stage(layer),
-            desc="gallery Grad-CAM",
-        )
+        heatmaps = run_box_heatmaps(run, examples[["image", "finding"]], layer, desc="gallery Grad-CAM")
     images = model_frame_images(run, examples["image"].tolist())
     boxes: list[tuple[float, float, float, float] | None] = [None] * len(examples)
     with_box = examples.dropna(subset=["x"])

@@ -35,7 +35,13 @@ import torch
 
 from cxrutils import files
 from cxrutils.engine import run_folder
-from cxrutils.engine.gradcam import gradcam_layer_for, gradcam_per_film, scores_and_gradcam
+from cxrutils.engine.gradcam import (
+    GRADCAM_PIXELS_PER_PASS,
+    gradcam_films_per_pass,
+    gradcam_layer_for,
+    gradcam_per_film,
+    scores_and_gradcam,
+)
 from cxrutils.engine.loader import make_loader
 from cxrutils.engine.model import ChestXrayNet
 from cxrutils.engine.network_input import prepare_batch
@@ -64,9 +70,6 @@ CSV_NAME = "inference.csv"
 JSON_NAME = "inference.json"
 SCORED, REFUSED = "scored", "refused"
 CALL_PREFIX = "call_"
-# Grad-CAM keeps every activation for its backward pass: at most this many input pixels per pass
-# (16 films at 224 px), however small the input; small inputs then share one pass.
-GRADCAM_PIXELS_PER_PASS = 16 * 224 * 224
 
 
 def call_column(finding: str) -> str:
@@ -373,18 +376,23 @@ def _scores_and_heatmaps(loaded: InferenceModel, layer: torch.nn.Module, pixels:
         return [[k for k in range(len(FINDINGS)) if calls[i, k] == 1] if ok[first + i] else []
                 for i in range(len(probabilities))]
 
-    size = max(1, GRADCAM_PIXELS_PER_PASS // config.input_size**2)
-    _, heatmaps = scores_and_gradcam(loaded.model, images, positive_calls, layer=layer, films_per_pass=size)
+    _, heatmaps = scores_and_gradcam(loaded.model, images, positive_calls, layer=layer,
+                                     films_per_pass=_films_per_gradcam_pass(config.input_size))
     probabilities = np.concatenate([p for p, _ in chosen])
     calls = np.concatenate([c for _, c in chosen])
     return probabilities, calls, heatmaps
+
+
+def _films_per_gradcam_pass(input_size: int) -> int:
+    """Films per Grad-CAM pass: ``engine.gradcam``'s bound, the evaluation's too (read here, so a test can lower it)."""
+    return gradcam_films_per_pass(input_size, GRADCAM_PIXELS_PER_PASS)
 
 
 def _add_heatmaps(loaded: InferenceModel, layer: torch.nn.Module, films: list[ScoredFilm],
                   pixels: torch.Tensor) -> None:
     """Grad-CAM of every finding called positive; a film goes through the network once for all of its findings."""
     positive = [index for index, film in enumerate(films) if film.positive_findings]
-    size = max(1, GRADCAM_PIXELS_PER_PASS // loaded.config.input_size**2)
+    size = _films_per_gradcam_pass(loaded.config.input_size)
     for start in range(0, len(positive), size):
         chunk = positive[start : start + size]
         images = prepare_batch(pixels[torch.tensor(chunk)], loaded.device, loaded.config.input_size,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pytest import approx
 
+from cxrutils.inference.scoring import default_workers as inference_workers
 from cxrutils.paths import PROJ_ROOT
 
 SCRIPT = PROJ_ROOT / "benchmarks" / "gpu_check.py"
@@ -82,14 +83,37 @@ def test_the_cpu_preset_runs_every_step_and_records_the_machine_first(tmp_path):
     assert tail["checkpoint_save_seconds"] > 0 and tail["checkpoint_mb"] > 10  # AdamW's moments are in it
     inference = steps["inference"]["figures"]
     assert inference["workers_0"]["scored"] == inference["films"] == 8
+    # infer's own default for 8 films in batches of 4 (a worker per core but one, none beyond the batches), not 0.
+    default = inference_workers(8, 4)
+    assert inference["default_workers"] == default and inference[f"workers_{default}"]["default"] is True
+    # One process as training runs it (no DDP), then the same process through DDP over a group of one.
     torchrun = steps["torchrun"]["figures"]
-    assert torchrun["process_counts"] == [2] and torchrun["n2"]["backend"] == "gloo"
-    assert torchrun["n2"]["in_memory"]["images_per_step"] == 2 * 4  # both ranks' films
+    assert torchrun["process_counts"] == [1]
+    alone = torchrun["n1"]
+    assert alone["ddp"] is False and alone["backend"] is None and alone["in_memory"]["images_per_step"] == 4
+    through = alone["through_ddp"]
+    assert through["backend"] == "gloo" and through["data_fed"]["img_per_s"] > 0
+    assert through["data_fed_over_without_ddp"] == approx(through["data_fed"]["img_per_s"]
+                                                          / alone["data_fed"]["img_per_s"])
+    # Compiled around DDP, one process forced through it: what a box with one GPU runs.
+    compiled_ddp = steps["torchrun_compiled"]["figures"]
+    assert compiled_ddp["processes"] == 1 and compiled_ddp["backend"] == "gloo" and compiled_ddp["ddp"] is True
+    assert compiled_ddp["forced_ddp"] is True and compiled_ddp["in_memory"]["images_per_step"] == 4
+    assert compiled_ddp["compile"]["graphs"] >= 1 and compiled_ddp["compile"]["recompiles_data_fed"] == 0
+    assert compiled_ddp["data_fed"]["img_per_s"] > 0
 
     summary = report["summary"]
     epoch = summary["nih_epoch"]["eager"]
     assert epoch["epoch_seconds"] > epoch["train_seconds"] > 0 and 0 < epoch["tail_share"] < 1
-    assert summary["torchrun_scaling"]["data_fed"]["2"]["img_per_s"] > 0
+    one = summary["torchrun_scaling"]["data_fed"]["1"]
+    assert one["img_per_s"] == alone["data_fed"]["img_per_s"] and one["efficiency"] == approx(1.0)
+    validation, checkpoint = 8_600 * tail["validation_seconds_per_film"], tail["checkpoint_save_seconds"]
+    train = 78_000 / one["img_per_s"]
+    assert one["tail_share"] == approx((validation + checkpoint) / (train + validation + checkpoint))
+    assert summary["torchrun_scaling"]["one_process_through_ddp"]["backend"] == "gloo"
+    compared = summary["compiled_ddp"]["data_fed"]
+    assert compared["compiled_over_eager"] == approx(compiled_ddp["data_fed"]["img_per_s"]
+                                                     / through["data_fed"]["img_per_s"])
     assert summary["compile_decision"]["verdict"].startswith("not applicable")
     # The cache was written in the image cache's own format: the project opens it as any built cache.
     from cxrutils.data.cache import ImageCache
@@ -153,8 +177,11 @@ def _gpu_report(eager_fed: float | None, compiled_fed: float | None, compile_sec
     return {"preset": "gpu", "steps": {
         "train_eager": trained(eager_fed), "train_compiled": trained(compiled_fed, compile_seconds=compile_seconds),
         "tail": {"figures": {"validation_seconds_per_film": 0.001, "checkpoint_save_seconds": 0.5}},
-        "torchrun": {"figures": {"n1": {"in_memory": {"img_per_s": 1000.0}, "data_fed": {"img_per_s": 900.0}},
-                                 "n2": {"in_memory": {"img_per_s": 1800.0}, "data_fed": {"img_per_s": 1500.0}}}}}}
+        "torchrun": {"figures": {"n1": {"in_memory": {"img_per_s": 1000.0}, "data_fed": {"img_per_s": 900.0},
+                                        "through_ddp": {"backend": "nccl", "data_fed": {"img_per_s": 880.0},
+                                                        "data_fed_over_without_ddp": 880.0 / 900.0}},
+                                 "n2": {"in_memory": {"img_per_s": 1800.0}, "data_fed": {"img_per_s": 1500.0}}}},
+        "torchrun_compiled": {"figures": {"processes": 1, "forced_ddp": True, "data_fed": {"img_per_s": 1100.0}}}}}
 
 
 def test_the_summary_extrapolates_an_nih_epoch_and_decides_on_compile_by_its_rule():
@@ -163,7 +190,18 @@ def test_the_summary_extrapolates_an_nih_epoch_and_decides_on_compile_by_its_rul
     assert eager["train_seconds"] == approx(78.0) and summary["nih_epoch"]["validation_seconds"] == approx(8.6)
     assert eager["epoch_seconds"] == approx(78.0 + 8.6 + 0.5)
     assert eager["tail_share"] == approx((8.6 + 0.5) / (78.0 + 8.6 + 0.5))
-    assert summary["torchrun_scaling"]["in_memory"]["2"]["efficiency"] == approx(0.9)
+    scaling = summary["torchrun_scaling"]
+    assert scaling["in_memory"]["2"]["efficiency"] == approx(0.9)
+    # Per N, the epoch's tail from its definition: each rank validates 1/N of 8,600 films (8.6 s on one), rank 0
+    # saves the checkpoint (0.5 s) while the others wait, and the N ranks train 78,000 films at img/s(N) together.
+    for processes, rate in ((1, 900.0), (2, 1500.0)):
+        tail = 8.6 / processes + 0.5
+        assert scaling["data_fed"][str(processes)]["tail_share"] == approx(tail / (78_000 / rate + tail))
+        assert scaling["data_fed"][str(processes)]["epoch_seconds"] == approx(78_000 / rate + tail)
+    assert "validation_seconds / N" in scaling["tail_share_rule"]
+    assert scaling["one_process_through_ddp"]["data_fed_over_without_ddp"] == approx(880.0 / 900.0)
+    # Compiled DDP on one GPU (forced) against eager through DDP on one process, fed by the loader.
+    assert summary["compiled_ddp"]["data_fed"]["compiled_over_eager"] == approx(1100.0 / 880.0)
     decision = summary["compile_decision"]
     assert decision["compiled_over_eager"] == approx(1.3) and decision["epoch_seconds_saved"] == approx(18.0)
     assert decision["amortised_within_one_epoch"] is True
@@ -184,3 +222,18 @@ def test_the_summary_extrapolates_an_nih_epoch_and_decides_on_compile_by_its_rul
     assert decision["compile_seconds_at_least"] == approx(150.0) and decision["verdict"].startswith("keep eager")
     stopped["steps"]["train_compiled"]["ended_unix"] = 1050.0  # 50 s: it might still have paid back
     assert gpu_check.summarise(stopped)["compile_decision"]["verdict"].startswith("undecided")
+
+
+def test_the_recommended_call_fits_five_minutes_and_the_compile_decision_runs_first():
+    # One budget, the gpu preset's: the docstring's command (which the README quotes) leaves it to the preset.
+    assert gpu_check.PRESETS["gpu"]["budget_s"] == gpu_check.GPU_BUDGET_S
+    command = f"timeout {gpu_check.OUTER_TIMEOUT_S} .venv/bin/python benchmarks/gpu_check.py --preset gpu\n"
+    assert command in gpu_check.__doc__ and "--budget-s 2" not in gpu_check.__doc__
+    assert f"budget of {gpu_check.GPU_BUDGET_S} s" in gpu_check.__doc__
+    assert gpu_check.OUTER_TIMEOUT_S <= 5 * 60
+    # Outside the budget: starting Python, a SIGKILL to the step in flight, the last JSON; seconds, with slack.
+    assert gpu_check.OUTER_TIMEOUT_S - gpu_check.GPU_BUDGET_S >= 30
+    steps = list(gpu_check.STEPS)
+    assert steps[:3] == ["cache", "train_eager", "train_compiled"]  # what compile_decision reads, first
+    assert steps[-2:] == ["torchrun_compiled", "train_compiled_large"]  # what a short budget may cut, last
+    assert set(steps) == set(gpu_check.STEP_FUNCTIONS) == set(gpu_check.PRESETS["gpu"]["timeouts"])
