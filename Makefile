@@ -37,10 +37,11 @@ demo: $(INSTALLED)  ## build the phantom demo data if missing, run every noteboo
 	$(VENV)/bin/cxrutils reports --profile runs_compared
 
 EXTERNAL_DEMO_COLLECTIONS ?= chexpert padchest
-external-demo: $(INSTALLED)  ## the demo run on phantom CheXpert and PadChest roots (notebook 07) -> reports/external/
+external-demo: $(INSTALLED)  ## the demo run on phantom CheXpert and PadChest roots (cxrutils external, then notebook 07) -> reports/external/
 	@test -f runs/demo/checkpoint_best.pt || { echo "make external-demo needs runs/demo: run make demo first" >&2; exit 2; }
 	for collection in $(EXTERNAL_DEMO_COLLECTIONS); do \
 	  $(VENV_PYTHON) -c "import sys; from cxrutils.demo.external_roots import ExternalRootSpec, ensure_external_root; ensure_external_root(f'data/external_demo/{sys.argv[1]}', ExternalRootSpec(sys.argv[1], n_patients=100, image_size=256))" $$collection && \
+	  $(VENV)/bin/cxrutils external --run runs/demo --collection $$collection --root data/external_demo/$$collection && \
 	  $(VENV)/bin/cxrutils reports --profile external --set collection=$$collection --set external_root=data/external_demo/$$collection || exit 1; \
 	done
 
