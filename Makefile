@@ -51,11 +51,11 @@ reports: $(INSTALLED)  ## run the notebooks for PROFILE (e.g. make reports PROFI
 metadata-report: $(INSTALLED)  ## the EDA on the metadata shipped in torchxrayvision: no download needed
 	$(VENV)/bin/cxrutils reports --profile metadata
 
-# Arguments for pytest, e.g. TEST_ARGS="-k localization". One process: a pytest-xdist run (-n 2 --dist loadgroup)
-# hung once in a kernel test and is not the default until that is understood (tests/conftest.py).
+# Arguments for pytest, e.g. TEST_ARGS="-k localization" (then one pytest process). Without them, two processes at
+# once: the tests that start Jupyter kernels, and the rest (tests/lanes.py says why not pytest-xdist).
 TEST_ARGS ?=
-test: $(INSTALLED)  ## run the test suite (TEST_ARGS="-k ..." passes arguments to pytest)
-	$(VENV_PYTHON) -m pytest $(TEST_ARGS)
+test: $(INSTALLED)  ## run the test suite in two lanes (TEST_ARGS="-k ..." runs one pytest with those arguments)
+	$(VENV_PYTHON) tests/lanes.py $(TEST_ARGS)
 
 mutation: $(INSTALLED)  ## mutants of stats/ and the evaluation: do the tests catch them? (~25 min) -> reports/mutation.json
 	nice -n 19 $(VENV_PYTHON) benchmarks/mutation.py $(MUTATION_ARGS)

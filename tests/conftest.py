@@ -19,23 +19,26 @@ FIXTURES = Path(__file__).parent / "helpers" / "fixtures"
 # benchmarks/mutation.py runs the same tests hundreds of times: it names a folder here, and the session fixtures'
 # data (built by unmutated code in its first run) is reused from it instead of being built again in every run.
 REUSE_VARIABLE = "CXRUTILS_TEST_FIXTURES"
+# make test's lanes (tests/lanes.py) name the folder their session fixtures are built in once for both.
+SHARED_ROOT_VARIABLE = "CXRUTILS_TEST_SHARED_ROOT"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (``make test`` runs a process per core): one thread per process for torch and BLAS.
+    """With several pytest processes (``make test``'s two lanes, or pytest-xdist): one thread each for torch and BLAS.
 
     Two processes of two threads each on two cores meet at OpenMP barriers while the other holds
     a core, and spin: slower than one thread each. Children (kernels, torchrun) inherit it.
     """
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get(SHARED_ROOT_VARIABLE):
         for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ.setdefault(variable, "1")
 
 
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects: a test reading the rendered reports is a kernel test
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``--dist loadgroup``; not ``make test``'s default: one such run hung in a kernel test),
-    every test that starts Jupyter kernels (marked ``notebook``, or reading the reports rendered once) runs in one
-    worker.
+    """Every test that starts Jupyter kernels (marked ``notebook``, or reading the reports rendered once) is marked
+    ``notebook``: ``make test`` runs them in a lane of their own (``tests/lanes.py``), and under pytest-xdist
+    (``--dist loadgroup``) they share one worker.
 
     jupyter_client picks a kernel's five TCP ports by binding to port 0 and letting go: two
     kernels started at the same moment by two processes can be handed the same ports, and a
@@ -43,12 +46,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     for item in items:
         if item.get_closest_marker("notebook") or "rendered_reports" in getattr(item, "fixturenames", ()):
+            if not item.get_closest_marker("notebook"):
+                item.add_marker(pytest.mark.notebook)
             item.add_marker(pytest.mark.xdist_group("kernels"))
 
 
 def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
-    """Under pytest-xdist, the folder above every worker's temporary root (pytest-xdist's documented recipe for a
-    session fixture built once for all workers); None in a single process."""
+    """Where session fixtures are built once for several pytest processes: ``make test``'s two lanes name a folder
+    (``tests/lanes.py``); under pytest-xdist, the folder above every worker's temporary root (pytest-xdist's
+    documented recipe). None in a single process."""
+    lanes = os.environ.get(SHARED_ROOT_VARIABLE)
+    if lanes:
+        return Path(lanes)
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return None
     return tmp_path_factory.getbasetemp().parent
