@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from box_release import box_archive, noise_png
 
 import cxrutils.data.download as download_module
 from cxrutils.data.download import (
@@ -45,15 +44,8 @@ FILMS = {
 ALL_FILMS = sorted(film for films in FILMS.values() for film in films)
 
 
-def _png(seed: int) -> bytes:
-    """A small noise PNG (noise does not compress, so an archive is some kilobytes and can be cut midway)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(40, 40), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-PNG_BYTES = {film: _png(seed) for seed, film in enumerate(ALL_FILMS)}
+# Noise does not compress, so an archive is some kilobytes and can be cut midway.
+PNG_BYTES = {film: noise_png(seed, size=40) for seed, film in enumerate(ALL_FILMS)}
 
 
 def _tar_gz(members: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:
@@ -71,14 +63,7 @@ def _tar_gz(members: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:
     return buffer.getvalue()
 
 
-def _box_archive(name: str) -> bytes:
-    """An archive as the box's: an images/ folder entry, then images/NAME.png for each of its films."""
-    folder = tarfile.TarInfo("images")
-    folder.type = tarfile.DIRTYPE
-    return _tar_gz([folder, *((f"images/{film}", PNG_BYTES[film]) for film in FILMS[name])])
-
-
-ARCHIVES = {name: _box_archive(name) for name in FILMS}
+ARCHIVES = {name: box_archive({film: PNG_BYTES[film] for film in FILMS[name]}) for name in FILMS}
 
 
 @dataclass
@@ -490,7 +475,7 @@ def test_the_download_verb_unpacks_what_is_there_and_a_damaged_archive_is_one_li
 
     root = tmp_path / "nih"
     root.mkdir()
-    (root / "images_001.tar.gz").write_bytes(_box_archive("images_001.tar.gz"))
+    (root / "images_001.tar.gz").write_bytes(ARCHIVES["images_001.tar.gz"])
     assert cli_main(["download", "nih", "--root", str(root), "--extract-only"]) == 0
     out = capsys.readouterr().out
     assert f"in {root / 'images'}: 0 downloaded, 1 unpacked now, 0 before" in out
@@ -499,7 +484,7 @@ def test_the_download_verb_unpacks_what_is_there_and_a_damaged_archive_is_one_li
     problems = capsys.readouterr().out
     assert "images_012.tar.gz was never downloaded" in problems and "images_001" not in problems
 
-    (root / "images_002.tar.gz").write_bytes(_flip_middle_byte(_box_archive("images_002.tar.gz")))
+    (root / "images_002.tar.gz").write_bytes(_flip_middle_byte(ARCHIVES["images_002.tar.gz"]))
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["download", "nih", "--root", str(root), "--extract-only"])
     assert exit_info.value.code == 1
